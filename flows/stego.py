@@ -1,0 +1,98 @@
+"""Prefect flow `stego` (deployment `full`): reproduce the DVC pipeline and record the run.
+
+DVC decides what is stale; each stage it runs calls `stego <stage>`, whose own flow run
+shows in Prefect beside this one. After a run that changed anything, the flow commits
+`dvc.lock` and the metrics files (and nothing else) with a message naming the stages that
+ran, so `dvc metrics diff HEAD~1` compares the run with the one before.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NONE
+
+RECORDED = ("dvc.lock", "metrics")
+
+
+def _git(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=False)
+
+
+@task(name="dvc-repro", cache_policy=NONE)
+def reproduce(repo: str, targets: list[str] | None = None, force: bool = False) -> list[str]:
+    """Run `dvc repro` through DVC's Python API.
+
+    Args:
+        repo: the DVC project folder.
+        targets: stages to reproduce (default: the whole pipeline).
+        force: rerun stages even when DVC finds them up to date.
+
+    Returns:
+        Names of the stages that ran.
+    """
+    from dvc.repo import Repo
+
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    with Repo(repo) as dvc_repo:
+        stages = dvc_repo.reproduce(targets=targets or None, force=force)
+    return [stage.addressing for stage in stages]
+
+
+@task(name="record-run", cache_policy=NONE)
+def record_run(repo: str, ran: list[str]) -> str | None:
+    """Commit the run's own outputs (`dvc.lock`, `metrics/`) when they changed.
+
+    Files the run did not write (params.yaml, code, data) are never staged; other staged
+    changes of the user's are left as they were by committing only the given paths.
+
+    Returns:
+        The new commit's hash, or None when nothing was recorded.
+    """
+    root = Path(repo)
+    if _git(root, "rev-parse", "--is-inside-work-tree").returncode != 0 or not ran:
+        return None
+    paths = [p for p in RECORDED if (root / p).exists()]
+    changed = _git(root, "status", "--porcelain", "--", *paths).stdout.strip()
+    if not changed:
+        return None
+    params_changed = _git(root, "diff", "--stat", "--", "params.yaml").stdout.strip()
+    message = f"stego run: reproduced {', '.join(ran)}"
+    if params_changed:
+        message += " (params.yaml has uncommitted changes; see dvc.lock for the values used)"
+    _git(root, "add", "--", *paths)
+    result = _git(root, "commit", "--only", "-m", message, "--", *paths)
+    if result.returncode != 0:
+        raise RuntimeError(f"could not commit the run's record: {result.stderr.strip() or result.stdout.strip()}")
+    return _git(root, "rev-parse", "HEAD").stdout.strip()
+
+
+@flow(name="stego", log_prints=True)
+def stego_flow(
+    repo: str = ".", targets: list[str] | None = None, force: bool = False, record: bool = True
+) -> dict[str, Any]:
+    """Reproduce the pipeline (only what DVC finds stale) and record the result.
+
+    Args:
+        repo: the project folder holding dvc.yaml and params.yaml.
+        targets: stages to reproduce; default all.
+        force: rerun up-to-date stages too.
+        record: commit dvc.lock and metrics after a run that changed them.
+
+    Returns:
+        {"ran": stage names, "commit": hash or None}.
+    """
+    logger = get_run_logger()
+    repo = str(Path(repo).resolve())
+    ran = reproduce(repo, targets, force)
+    logger.info("stages that ran: %s", ", ".join(ran) if ran else "none (everything up to date)")
+    commit = None
+    if record and ran:
+        commit = record_run(repo, ran)
+        if commit:
+            logger.info("recorded the run as commit %s", commit[:10])
+    return {"ran": ran, "commit": commit}

@@ -1,0 +1,118 @@
+"""The `stego` command: one subcommand per pipeline stage, each running that stage's Prefect flow.
+
+Paths default to the layout in `dvc.yaml`, so `stego extract` alone does what the DVC
+stage does. Errors a user can fix are printed as one sentence (set STEGO_DEBUG=1 for the
+traceback) and exit with status 2; nothing already written is removed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ARTIFACTS = Path("artifacts")
+DEFAULTS: dict[str, str] = {
+    "params": "params.yaml",
+    "manifest": str(ARTIFACTS / "manifest.parquet"),
+    "quarantine": str(ARTIFACTS / "quarantine.csv"),
+    "validation": str(ARTIFACTS / "validation.json"),
+    "features": str(ARTIFACTS / "features.zarr"),
+    "knn": str(ARTIFACTS / "knn.zarr"),
+    "model": str(ARTIFACTS / "model"),
+    "loss_log": "plots/train_loss.csv",
+    "predictions": str(ARTIFACTS / "predictions.zarr"),
+    "crf_out": str(ARTIFACTS / "crf.zarr"),
+    "scores": "metrics/scores.json",
+    "per_class": "metrics/per_class_iou.json",
+    "confusion": "plots/confusion.png",
+    "overlays": "plots/overlays",
+}
+
+# Each stage: (help text saying what it reads and writes, [path options it takes]).
+STAGES: dict[str, tuple[str, list[str]]] = {
+    "ingest": ("Scan corpus.root; write the manifest (Parquet) and the quarantine list (CSV).", ["manifest", "quarantine"]),
+    "validate": ("Check the manifest and label masks with Great Expectations; write a result JSON.", ["manifest", "validation"]),
+    "extract": ("Run the frozen backbone over the manifest's images; write features to a Zarr store.", ["manifest", "features"]),
+    "knn": ("Read pooled training features; write the faiss top-k neighbour graph to a Zarr store.", ["features", "knn"]),
+    "train": ("Read stored features and the kNN graph; write the head + probes and the loss log.", ["features", "knn", "model", "loss_log"]),
+    "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
+    "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
+    "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays"]),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stego", description="Unsupervised semantic segmentation with STEGO.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo-data", help="Write the deterministic synthetic demo corpus to DIR.",
+                               description="Write the labelled synthetic demo corpus (images/{train,val}, labels/{train,val}) to DIR.")
+    demo.add_argument("directory", type=Path)
+    demo.add_argument("--seed", type=int, default=0)
+    for stage, (text, options) in STAGES.items():
+        sub = commands.add_parser(stage, help=text, description=f"{text} Reads params.yaml blocks as declared in dvc.yaml.")
+        sub.add_argument("--params", default=DEFAULTS["params"], help="params file (default: params.yaml)")
+        for option in options:
+            sub.add_argument(f"--{option.replace('_', '-')}", dest=option, default=DEFAULTS[option],
+                             help=f"(default: {DEFAULTS[option]})")
+        sub.add_argument("--no-prefect", action="store_true", help="call the library directly, without a Prefect flow run")
+        if stage == "train":
+            sub.add_argument("--resume", action="store_true", help="continue from the model folder's checkpoint.pt")
+    run = commands.add_parser("run", help="Run the whole pipeline through DVC (the Prefect flow `stego`).",
+                              description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run.")
+    run.add_argument("--no-record", action="store_true", help="do not commit dvc.lock and metrics after a run that changed them")
+    return parser
+
+
+def _run_stage(stage: str, args: argparse.Namespace) -> Any:
+    paths = {option: getattr(args, option) for option in STAGES[stage][1]}
+    kwargs: dict[str, Any] = {"params_path": args.params, **paths}
+    if stage == "train":
+        kwargs["resume"] = args.resume
+    if args.no_prefect:
+        from flows import stage_functions
+
+        return getattr(stage_functions, stage)(**kwargs)
+    import importlib
+
+    module = importlib.import_module(f"flows.{stage}")
+    return getattr(module, f"{stage}_flow")(**kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `stego` console command."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stego")
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("stego").setLevel(logging.INFO)
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo-data":
+            from stego_tasks.demo_data import make_demo_corpus
+
+            summary = make_demo_corpus(args.directory, seed=args.seed)
+            print(f"demo corpus written to {args.directory}: {summary}")
+        elif args.command == "run":
+            from flows.stego import stego_flow
+
+            stego_flow(record=not args.no_record)
+        else:
+            _run_stage(args.command, args)
+    except KeyboardInterrupt:
+        print(f"stego {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError, PermissionError) as error:
+        if os.environ.get("STEGO_DEBUG"):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"stego {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

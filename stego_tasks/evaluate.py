@@ -1,0 +1,196 @@
+"""Stage `evaluate`: Hungarian-matched scores, per-class IoU, confusion matrix, overlays.
+
+Methods scored on the validation split, all on the same pixels:
+    cluster      cluster probe, Hungarian-matched          (STEGO, no CRF)
+    cluster_crf  cluster probe + dense CRF, matched        (STEGO as published)
+    linear       linear probe, no matching                 (supervised upper reference)
+    linear_crf   linear probe + dense CRF
+    kmeans       k-means on the raw backbone features, matched (the baseline)
+
+Outputs: `scores.json` (DVC metrics; also records the backbone and whether its weights
+were random), `per_class_iou.json`, `confusion.png` and `overlays/` (DVC plots).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from PIL import Image
+
+from stego_tasks import atomic
+from stego_tasks.config import CorpusParams, EvaluateParams
+from stego_tasks.extract import read_split
+from stego_tasks.metrics import ScoreAccumulator
+from stego_tasks.visualize import colorize, panel
+
+log = logging.getLogger("stego")
+
+METHODS = {
+    # method: (array, store, matched)
+    "cluster": ("cluster_pred", "cluster", True),
+    "cluster_crf": ("cluster_pred", "crf", True),
+    "linear": ("linear_pred", "cluster", False),
+    "linear_crf": ("linear_pred", "crf", False),
+    "kmeans": ("kmeans_pred", "cluster", True),
+}
+
+
+def _clean(value: float) -> float | None:
+    # JSON has no NaN; DVC and browsers choke on it.
+    return None if value is None or math.isnan(value) else round(float(value), 4)
+
+
+def _labels_for_metrics(labels: np.ndarray, corpus: CorpusParams) -> np.ndarray:
+    labels = labels.astype(np.int64)
+    # The metrics skip values outside [0, n_classes); move an in-range ignore index out.
+    return np.where(labels == corpus.ignore_index, -1, labels)
+
+
+def score_methods(
+    stores: dict[str, zarr.Group], labels: zarr.Array, corpus: CorpusParams, n_clusters: int, batch: int = 16
+) -> dict[str, dict[str, Any]]:
+    """Accumulate every method's confusion over the validation set, batch by batch.
+
+    Args:
+        stores: {"cluster": predictions group, "crf": CRF group}.
+        labels: uint8 [N, R, R] ground truth.
+        corpus: n_classes and ignore index.
+        n_clusters: clusters of the cluster probe (n_classes + extra clusters).
+        batch: images per batch (memory stays flat in N).
+
+    Returns:
+        {method: scores dict from `ScoreAccumulator.compute`}.
+    """
+    accumulators = {}
+    for method, (array, store, matched) in METHODS.items():
+        if array in stores[store]:
+            clusters = corpus.n_classes if method in ("linear", "linear_crf", "kmeans") else n_clusters
+            accumulators[method] = ScoreAccumulator(corpus.n_classes, clusters, matching=matched)
+    for start in range(0, labels.shape[0], batch):
+        rows = slice(start, start + batch)
+        truth = _labels_for_metrics(labels[rows], corpus)
+        for method, accumulator in accumulators.items():
+            array, store, _ = METHODS[method]
+            accumulator.update(stores[store][array][rows].astype(np.int64), truth)
+    return {method: accumulator.compute() for method, accumulator in accumulators.items()}
+
+
+def plot_confusion(confusion: np.ndarray, assignment: np.ndarray, class_names: list[str], path: Path) -> None:
+    """Row-normalised confusion (true class x matched cluster) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n_classes = confusion.shape[1]
+    # Column j of the plot is the cluster matched to class j; unmatched clusters go last.
+    order = [int(np.flatnonzero(assignment == j)[0]) if (assignment == j).any() else None for j in range(n_classes)]
+    rows = [confusion[c] if c is not None else np.zeros(n_classes) for c in order]
+    matrix = np.asarray(rows, dtype=np.float64).T  # [class, matched cluster]
+    matrix = matrix / np.clip(matrix.sum(axis=1, keepdims=True), 1, None)
+    figure, axis = plt.subplots(figsize=(1.2 + 0.5 * n_classes, 1.0 + 0.5 * n_classes))
+    axis.imshow(matrix, cmap="viridis", vmin=0, vmax=1)
+    axis.set_xticks(range(n_classes), class_names, rotation=90)
+    axis.set_yticks(range(n_classes), class_names)
+    axis.set_xlabel("predicted (matched cluster)")
+    axis.set_ylabel("true class")
+    figure.tight_layout()
+    with atomic.atomic_path(path, suffix=".png") as tmp:
+        figure.savefig(tmp, dpi=80, metadata={"Software": None})
+    plt.close(figure)
+
+
+def write_overlays(
+    out_dir: Path, images: zarr.Array, labels: zarr.Array, predictions: np.ndarray, assignment: np.ndarray,
+    corpus: CorpusParams, n: int,
+) -> list[Path]:
+    """Image | ground truth | matched prediction panels for the first `n` images (one folder, atomically).
+
+    Returns:
+        The written PNG paths.
+    """
+    lookup = np.where(assignment >= 0, assignment, 255).astype(np.int64)
+    written = []
+    with atomic.atomic_path(out_dir) as tmp:
+        tmp.mkdir(parents=True)
+        for index in range(min(n, images.shape[0])):
+            truth = labels[index].astype(np.int64)
+            prediction = lookup[predictions[index].astype(np.int64)]
+            picture = panel([images[index], colorize(truth, corpus.ignore_index), colorize(prediction, 255)])
+            Image.fromarray(picture).save(tmp / f"{index:04d}.png")
+            written.append(out_dir / f"{index:04d}.png")
+    return written
+
+
+def evaluate(
+    store_path: Path,
+    cluster_path: Path,
+    crf_path: Path,
+    scores_path: Path,
+    per_class_path: Path,
+    confusion_path: Path,
+    overlays_dir: Path,
+    corpus: CorpusParams,
+    params: EvaluateParams,
+) -> dict[str, Any]:
+    """Score all methods and draw the report plots.
+
+    Args:
+        store_path: features store (val labels and images).
+        cluster_path: the cluster stage's predictions.
+        crf_path: the crf stage's refined predictions.
+        scores_path, per_class_path: metric JSON files to write.
+        confusion_path: confusion-matrix PNG to write.
+        overlays_dir: folder of overlay PNGs to write.
+        corpus: classes, names, ignore index.
+        params: number of overlays.
+
+    Returns:
+        The scores dict written to `scores_path`.
+    """
+    val = read_split(store_path, "val")
+    stores = {"cluster": zarr.open_group(str(cluster_path), mode="r"), "crf": zarr.open_group(str(crf_path), mode="r")}
+    root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
+    n_clusters = int(stores["cluster"].attrs["n_clusters"])
+    names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]
+    labels = val["labels"]
+    has_labels = bool(np.any(_labels_for_metrics(labels[:], corpus) >= 0) and np.any(labels[:] < corpus.n_classes))
+    scores: dict[str, Any] = {
+        "backbone": root_attrs.get("backbone"),
+        "backbone_weights": "random" if root_attrs.get("weights_source") == "random" else "pretrained",
+        "n_images": int(labels.shape[0]),
+    }
+    per_class: dict[str, dict[str, float | None]] = {}
+    if not has_labels:
+        log.warning("evaluate: the validation images have no labels; writing predictions only")
+        assignment = np.arange(n_clusters)
+    else:
+        results = score_methods(stores, labels, corpus, n_clusters)
+        for method, result in results.items():
+            scores[method] = {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"])}
+            per_class[method] = {name: _clean(v) for name, v in zip(names, result["iou"], strict=True)}
+        best = results["cluster_crf"] if "cluster_crf" in results else results["cluster"]
+        assignment = best["assignment"]
+        plot_confusion(best["confusion"], assignment, names, confusion_path)
+        log.info(
+            "evaluate: cluster mIoU %.1f (crf %.1f), k-means baseline %.1f, linear %.1f",
+            *(scores.get(m, {}).get("miou") or float("nan") for m in ("cluster", "cluster_crf", "kmeans", "linear")),
+        )
+    source = "crf" if "cluster_pred" in stores["crf"] else "cluster"
+    write_overlays(overlays_dir, val["images"], labels, stores[source]["cluster_pred"], assignment, corpus, params.n_overlays)
+    if not has_labels:
+        _blank_confusion(confusion_path)
+    atomic.write_json(scores_path, scores)
+    atomic.write_json(per_class_path, per_class)
+    return scores
+
+
+def _blank_confusion(path: Path) -> None:
+    # DVC expects every declared output; without labels there is no matrix to draw.
+    with atomic.atomic_path(path, suffix=".png") as tmp:
+        Image.new("RGB", (200, 40), "white").save(tmp)

@@ -1,0 +1,77 @@
+"""Progress for long stages: a tqdm bar on a terminal, plain periodic log lines otherwise."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from types import TracebackType
+
+log = logging.getLogger("stego")
+
+
+class Progress:
+    """Count finished items and report rate and ETA.
+
+    On a terminal it draws a tqdm bar; in logs (CI, Prefect workers, `dvc repro` piped to
+    a file) it writes one line every `log_every_s` seconds instead of redrawing a bar.
+
+    Args:
+        total: number of items expected.
+        desc: what is being counted, e.g. "extract train".
+        unit: the item's name, e.g. "img".
+        log_every_s: seconds between log lines when not on a terminal.
+    """
+
+    def __init__(self, total: int, desc: str, unit: str = "it", log_every_s: float = 10.0):
+        self.total = total
+        self.desc = desc
+        self.unit = unit
+        self.count = 0
+        self._start = time.monotonic()
+        self._last_log = self._start
+        self._log_every_s = log_every_s
+        self._bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+
+    def update(self, n: int = 1, **postfix: float) -> None:
+        """Record `n` more finished items; `postfix` values (e.g. loss) are shown too."""
+        self.count += n
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+            return
+        now = time.monotonic()
+        if now - self._last_log >= self._log_every_s or self.count >= self.total:
+            self._last_log = now
+            log.info("%s", self.line(**postfix))
+
+    def line(self, **postfix: float) -> str:
+        """One human line: count/total, rate, ETA and postfix values."""
+        elapsed = max(time.monotonic() - self._start, 1e-9)
+        rate = self.count / elapsed
+        eta = (self.total - self.count) / rate if rate > 0 else float("inf")
+        extra = "".join(f" {k}={v:.4g}" for k, v in postfix.items())
+        return (
+            f"{self.desc}: {self.count}/{self.total} {self.unit} "
+            f"({rate:.2f} {self.unit}/s, ETA {eta:.0f} s){extra}"
+        )
+
+    def close(self) -> None:
+        """Finish the bar (or write the final log line)."""
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            log.info("%s", self.line())
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

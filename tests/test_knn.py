@@ -1,0 +1,178 @@
+"""Tests for stego_tasks.knn: pooling, exact cosine top-k, positive sampling."""
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import chi2
+
+from stego_tasks.knn import knn_graph, pool_features, sample_positives
+
+
+def _brute_force_sims(x: np.ndarray) -> np.ndarray:
+    """Cosine similarity matrix in float64 with the diagonal (self) set to -inf."""
+    u = x.astype(np.float64)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    sims = u @ u.T
+    np.fill_diagonal(sims, -np.inf)
+    return sims
+
+
+def test_pool_features_matches_manual_mean_and_norm():
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(4, 6, 3, 5)).astype(np.float32)
+    feats[2] = 0.0  # an all-zero image must not become NaN
+    expected = feats.reshape(4, 6, -1).mean(axis=2)
+    norms = np.linalg.norm(expected, axis=1, keepdims=True)
+    expected = np.where(norms > 0, expected / np.where(norms > 0, norms, 1), 0)
+
+    out_np = pool_features(feats)
+    out_torch = pool_features(torch.from_numpy(feats).half())
+    assert out_np.dtype == np.float32 and out_np.shape == (4, 6), (
+        f"got {out_np.dtype} {out_np.shape}"
+    )
+    np.testing.assert_allclose(
+        out_np, expected, atol=1e-6, err_msg="numpy input: wrong pooled vectors"
+    )
+    np.testing.assert_allclose(
+        out_torch, expected, atol=2e-3, err_msg="float16 tensor input: wrong pooled vectors"
+    )
+    assert np.all(out_np[2] == 0), f"zero features should pool to zeros, got {out_np[2]}"
+
+
+def test_pool_features_rejects_pooled_input():
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\]"):
+        pool_features(np.zeros((3, 4), np.float32))
+
+
+@pytest.mark.parametrize("k", [1, 5, 12])
+def test_knn_graph_matches_brute_force(k):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(150, 24)).astype(np.float32) * rng.uniform(0.1, 10, size=(150, 1)).astype(
+        np.float32
+    )
+    knn = knn_graph(x, k=k, batch_size=64)
+    sims = _brute_force_sims(x)
+    assert knn.shape == (150, k) and knn.dtype == np.int64, f"got {knn.shape} {knn.dtype}"
+    got = np.take_along_axis(sims, knn, axis=1)
+    expected = -np.sort(-sims, axis=1)[:, :k]
+    # Similarity values, not indices, so near-ties in either order both pass.
+    np.testing.assert_allclose(
+        got, expected, atol=1e-5, err_msg="neighbour similarities differ from brute force"
+    )
+    assert np.all(np.diff(got, axis=1) <= 1e-6), (
+        "neighbours are not ordered by decreasing similarity"
+    )
+    assert not np.any(knn == np.arange(150)[:, None]), "a query appears among its own neighbours"
+
+
+def test_knn_graph_two_images():
+    x = np.array([[1.0, 0.0], [0.6, 0.8]], np.float32)
+    knn = knn_graph(x, k=7)
+    np.testing.assert_array_equal(
+        knn, [[1], [0]], err_msg="with N=2 each image's only neighbour is the other"
+    )
+
+
+def test_knn_graph_clips_k_to_n_minus_one():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(6, 3)).astype(np.float32)
+    knn = knn_graph(x, k=30)
+    assert knn.shape == (6, 5), f"k=30 on 6 images should give 5 columns, got shape {knn.shape}"
+    for i, row in enumerate(knn):
+        assert sorted(row.tolist()) == [j for j in range(6) if j != i], (
+            f"row {i} is not all other images: {row}"
+        )
+
+
+def test_knn_graph_excludes_self_among_duplicates():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(3, 8)).astype(np.float32)
+    # Rows 0..4 identical, rows 5..7 distinct: ties with self at similarity 1.
+    x = np.concatenate([np.repeat(base[:1], 5, axis=0), base[1:], -base[:1]], axis=0)
+    for k in (2, 4, 6):
+        knn = knn_graph(x, k=k, batch_size=3)
+        assert not np.any(knn == np.arange(len(x))[:, None]), f"k={k}: self present in {knn}"
+        for i in range(5):
+            twins = set(range(5)) - {i}
+            row = set(knn[i].tolist())
+            # The 4 twins are the most similar images: fewer columns hold only twins,
+            # 4 or more hold all of them.
+            ok = row <= twins if k < 4 else twins <= row
+            assert ok, f"k={k}: row {i} = {knn[i]} does not fit twins {sorted(twins)}"
+
+
+def test_knn_graph_batched_equals_unbatched():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 16)).astype(np.float32)
+    full = knn_graph(x, k=7, batch_size=10_000)
+    for batch_size in (5, 32, 299):
+        np.testing.assert_array_equal(
+            knn_graph(x, k=7, batch_size=batch_size),
+            full,
+            err_msg=f"batch_size={batch_size} changed the graph",
+        )
+
+
+@pytest.mark.parametrize(
+    ("shape", "k", "match"),
+    [((1, 4), 3, "at least 2"), ((5, 4), 0, "k >= 1"), ((5,), 3, r"\[N, C\]")],
+)
+def test_knn_graph_rejects_bad_input(shape, k, match):
+    with pytest.raises(ValueError, match=match):
+        knn_graph(np.ones(shape, np.float32), k=k)
+
+
+def test_knn_graph_rejects_nan():
+    x = np.ones((4, 3), np.float32)
+    x[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        knn_graph(x, k=2)
+
+
+def test_sample_positives_is_uniform_over_first_columns():
+    knn = np.array([[10, 11, 12, 13, 14, 15, 16], [20, 21, 22, 23, 24, 25, 26]], np.int64)
+    gen = torch.Generator().manual_seed(0)
+    draws = np.concatenate(
+        [sample_positives(knn, np.zeros(7000, np.int64), gen) for _ in range(10)]
+    )
+    counts = np.array([(draws == v).sum() for v in range(10, 17)])
+    assert counts.sum() == 70_000, f"draws outside row 0's neighbours: {np.unique(draws)}"
+    expected = 10_000
+    stat = float(((counts - expected) ** 2 / expected).sum())
+    limit = chi2.ppf(0.999, df=6)
+    assert stat < limit, f"counts {counts} are not uniform: chi-square {stat:.1f} >= {limit:.1f}"
+
+    few = sample_positives(knn, np.ones(5000, np.int64), gen, n_neighbors=3)
+    assert set(np.unique(few).tolist()) == {20, 21, 22}, (
+        f"n_neighbors=3 should draw columns 0..2, got {np.unique(few)}"
+    )
+    clipped = sample_positives(knn, np.ones(5000, np.int64), gen, n_neighbors=100)
+    assert set(np.unique(clipped).tolist()) == set(range(20, 27)), (
+        f"n_neighbors=100 should use all 7 columns, got {np.unique(clipped)}"
+    )
+
+
+def test_sample_positives_types_and_reproducibility():
+    knn = np.arange(40, dtype=np.int64).reshape(8, 5)
+    index = torch.tensor([0, 3, 7, 3])
+    a = sample_positives(knn, index, torch.Generator().manual_seed(5))
+    b = sample_positives(knn, index.numpy(), torch.Generator().manual_seed(5))
+    assert isinstance(a, torch.Tensor) and a.dtype == torch.int64, (
+        f"tensor in should give int64 tensor, got {a!r}"
+    )
+    assert isinstance(b, np.ndarray), f"array in should give array out, got {type(b)}"
+    np.testing.assert_array_equal(a.numpy(), b, err_msg="same seed, different draws")
+    rows = np.asarray(a) // 5
+    np.testing.assert_array_equal(
+        rows, index.numpy(), err_msg="a partner was taken from another image's row"
+    )
+
+
+def test_sample_positives_rejects_bad_arguments():
+    knn = np.zeros((4, 3), np.int64)
+    with pytest.raises(TypeError, match="torch.Generator"):
+        sample_positives(knn, np.array([0]), np.random.default_rng(0))
+    with pytest.raises(ValueError, match="4 rows"):
+        sample_positives(knn, np.array([4]), torch.Generator())
+    with pytest.raises(ValueError, match="n_neighbors"):
+        sample_positives(knn, np.array([0]), torch.Generator(), n_neighbors=0)
