@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                                description="Write the labelled synthetic demo corpus (images/{train,val}, labels/{train,val}) to DIR.")
     demo.add_argument("directory", type=Path)
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--n-train", type=int, default=48, help="training images (default: 48)")
+    demo.add_argument("--n-val", type=int, default=16, help="validation images (default: 16)")
+    demo.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     for stage, (text, options) in STAGES.items():
         sub = commands.add_parser(stage, help=text, description=f"{text} Reads params.yaml blocks as declared in dvc.yaml.")
         sub.add_argument("--params", default=DEFAULTS["params"], help="params file (default: params.yaml)")
@@ -87,14 +90,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stego")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("stego").setLevel(logging.INFO)
     args = _parser().parse_args(argv)
+    logging.getLogger("stego").setLevel(logging.INFO)
+    if args.command == "demo-data" or getattr(args, "no_prefect", False):
+        # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         if args.command == "demo-data":
             from stego_tasks.demo_data import make_demo_corpus
 
-            summary = make_demo_corpus(args.directory, seed=args.seed)
+            summary = make_demo_corpus(
+                args.directory, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed
+            )
             print(f"demo corpus written to {args.directory}: {summary}")
         elif args.command == "run":
             from flows.stego import stego_flow
