@@ -37,6 +37,10 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     tmp.unlink()
     try:
         yield tmp
+        if tmp.is_file():
+            # Flush to disk before the rename, so a power cut cannot leave an empty file.
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp, target)

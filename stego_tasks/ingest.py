@@ -21,9 +21,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -31,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from stego_tasks import atomic
 from stego_tasks.images import (
     DEFAULT_MIN_SIZE,
     IMAGE_EXTENSIONS,
@@ -102,38 +100,6 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         while block := f.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def atomic_output(path: Path) -> Iterator[Path]:
-    """Yield a temporary path in `path`'s folder; on success it replaces `path` atomically.
-
-    On any exception the temporary file is removed and `path` is left as it was, so a
-    failed or interrupted write never leaves half a file under the final name. (A
-    SIGKILL can still leave a hidden `.<name>.*.tmp` file behind, never a broken output.)
-
-    Args:
-        path: final output path; its parent folder is created if needed.
-
-    Yields:
-        Temporary path to write the complete output to.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        # mkstemp creates 0600 files; outputs should be as readable as any other.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
 
 
 def resolve_in_corpus(root: Path, rel_path: str) -> Path:
@@ -324,9 +290,9 @@ def _write_outputs(
 ) -> None:
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
     table = table.replace_schema_metadata({_NEXT_ID_KEY: str(next_id).encode()})
-    with atomic_output(manifest_path) as tmp:
+    with atomic.atomic_path(manifest_path) as tmp:
         pq.write_table(table, tmp)
-    with atomic_output(quarantine_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic.atomic_path(quarantine_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(QUARANTINE_COLUMNS)
         writer.writerows(rejected)

@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from stego_tasks import atomic
 from stego_tasks.images import DEFAULT_MIN_SIZE, load_label
-from stego_tasks.ingest import SPLITS, atomic_output, read_manifest, resolve_in_corpus
+from stego_tasks.ingest import SPLITS, read_manifest, resolve_in_corpus
 
 MIN_IMAGES: dict[str, int] = {"train": 2, "val": 1}
 N_LISTED = 20  # offending names kept per expectation in the result file
@@ -289,7 +290,7 @@ def validate(
         },
         "expectations": expectations,
     }
-    with atomic_output(Path(result_path)) as tmp:
+    with atomic.atomic_path(Path(result_path)) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     if failed:
         raise ValidationFailed(

@@ -1,0 +1,38 @@
+"""Crash-safe writes: the target is either the old content or the complete new one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stego_tasks import atomic
+
+
+def test_write_json_is_sorted_and_complete(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "scores.json"
+    atomic.write_json(target, {"b": 1, "a": [1.5, 2]})
+    assert target.read_text() == '{\n  "a": [\n    1.5,\n    2\n  ],\n  "b": 1\n}\n', "unexpected JSON layout"
+    assert [p.name for p in target.parent.iterdir()] == ["scores.json"], "temporary file left behind"
+
+
+def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
+    target = tmp_path / "manifest.csv"
+    target.write_text("old")
+    with pytest.raises(RuntimeError, match="boom"), atomic.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old", "a failed write must leave the previous content"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"], "temporary file left behind"
+
+
+def test_directory_target_is_replaced_whole(tmp_path: Path) -> None:
+    target = tmp_path / "overlays"
+    target.mkdir()
+    (target / "stale.png").write_text("x")
+    with atomic.atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "0000.png").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["0000.png"], "old directory content must be gone"
+    assert json.loads(json.dumps(sorted(p.name for p in tmp_path.iterdir()))) == ["overlays"], "temp dir left behind"
