@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +21,7 @@ def torch_threads_per_worker(params: DaskParams) -> int | None:
 
 
 @contextmanager
-def dask_client(params: DaskParams) -> Iterator[object]:
+def dask_client(params: DaskParams, connect_timeout_s: float = 10.0) -> Iterator[object]:
     """Yield a Dask client: an existing scheduler at `params.address`, else a local cluster.
 
     The local cluster binds to 127.0.0.1 and has no dashboard, so nothing is exposed on
@@ -28,15 +29,18 @@ def dask_client(params: DaskParams) -> Iterator[object]:
 
     Args:
         params: the `dask` block (address, n_workers, threads_per_worker).
+        connect_timeout_s: how long to wait for a scheduler at `params.address`.
 
     Yields:
         A connected `distributed.Client`; the cluster is closed on exit.
     """
     from dask.distributed import Client, LocalCluster
 
+    # The scheduler's connect/close chatter drowns the stage's own progress lines.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
     if params.address:
         try:
-            client = Client(params.address, timeout="10s")
+            client = Client(params.address, timeout=f"{connect_timeout_s}s")
         except (OSError, TimeoutError) as error:
             raise ConnectionError(
                 f"no Dask scheduler answers at {params.address} ({error}); start one with "

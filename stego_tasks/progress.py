@@ -32,6 +32,7 @@ class Progress:
         self._last_log = self._start
         self._log_every_s = log_every_s
         self._bar = None
+        self._logged_count = -1
         if sys.stderr.isatty():
             from tqdm import tqdm
 
@@ -48,6 +49,7 @@ class Progress:
         now = time.monotonic()
         if now - self._last_log >= self._log_every_s or self.count >= self.total:
             self._last_log = now
+            self._logged_count = self.count
             log.info("%s", self.line(**postfix))
 
     def line(self, **postfix: float) -> str:
@@ -65,7 +67,7 @@ class Progress:
         """Finish the bar (or write the final log line)."""
         if self._bar is not None:
             self._bar.close()
-        else:
+        elif self._logged_count != self.count:
             log.info("%s", self.line())
 
     def __enter__(self) -> Progress:
