@@ -64,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-prefect", action="store_true", help="call the library directly, without a Prefect flow run")
         if stage == "train":
             sub.add_argument("--resume", action="store_true", help="continue from the model folder's checkpoint.pt")
+    predict = commands.add_parser(
+        "predict", help="Segment new images with a trained run; write palette PNGs, overlays and class maps.",
+        description="Read IMAGES_OR_DIR and a trained run folder (artifacts/model, params.yaml, artifacts/assignment.json); "
+        "write <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png (when the run was evaluated "
+        "with labels) and legend.json to --out.",
+    )
+    from stego_tasks.predict import add_arguments
+
+    add_arguments(predict)
     run = commands.add_parser("run", help="Run the whole pipeline through DVC (the Prefect flow `stego`).",
                               description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run.")
     run.add_argument("--no-record", action="store_true", help="do not commit dvc.lock and metrics after a run that changed them")
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     args = _parser().parse_args(argv)
     logging.getLogger("stego").setLevel(logging.INFO)
-    if args.command == "demo-data" or getattr(args, "no_prefect", False):
+    if args.command in ("demo-data", "predict") or getattr(args, "no_prefect", False):
         # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -103,6 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.directory, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed
             )
             print(f"demo corpus written to {args.directory}: {summary}")
+        elif args.command == "predict":
+            from stego_tasks.predict import main_from_args
+
+            return main_from_args(args)
         elif args.command == "run":
             from flows.stego import stego_flow
 

@@ -116,7 +116,7 @@ def dense_crf(image: np.ndarray, logits: np.ndarray, params: CRFParams = CRFPara
     crf.addPairwiseBilateral(
         sxy=params.bilateral_sxy,
         srgb=params.bilateral_srgb,
-        rgbim=np.ascontiguousarray(image),
+        rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),  # pydensecrf needs a writable buffer
         compat=params.bilateral_compat,
     )
     q = crf.inference(params.iterations)
