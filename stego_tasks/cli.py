@@ -73,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     from stego_tasks.predict import add_arguments
 
     add_arguments(predict)
+    adapt = commands.add_parser(
+        "adapt", help="Turn a CocoStuff-27 / Cityscapes-27 / Potsdam(-3) download into a corpus folder.",
+    )
+    from stego_tasks import adapters
+
+    adapters.add_arguments(adapt)
     run = commands.add_parser("run", help="Run the whole pipeline through DVC (the Prefect flow `stego`).",
                               description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run.")
     run.add_argument("--no-record", action="store_true", help="do not commit dvc.lock and metrics after a run that changed them")
@@ -101,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     args = _parser().parse_args(argv)
     logging.getLogger("stego").setLevel(logging.INFO)
-    if args.command in ("demo-data", "predict") or getattr(args, "no_prefect", False):
+    if args.command in ("demo-data", "predict", "adapt") or getattr(args, "no_prefect", False):
         # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -112,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
                 args.directory, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed
             )
             print(f"demo corpus written to {args.directory}: {summary}")
+        elif args.command == "adapt":
+            from stego_tasks.adapters import main_from_args as adapt_main
+
+            return adapt_main(args)
         elif args.command == "predict":
             from stego_tasks.predict import main_from_args
 

@@ -1,0 +1,133 @@
+"""Dataset adapters: turn the STEGO benchmarks, in their usual on-disk layouts, into corpora.
+
+Each adapter writes `DST/images/{train,val}`, `DST/labels/{train,val}` (class-index PNGs,
+255 = unlabelled) and `DST/corpus.yaml` (the `corpus` params block), so every pipeline
+stage runs on the benchmark unchanged::
+
+    stego adapt cocostuff27 /data/cocostuff /data/corpora/cocostuff27
+
+| name | source layout | classes |
+|---|---|---|
+| `cocostuff27` | `images/`, `annotations/`, `curated/` of COCO-Stuff (STEGO's `cocostuff`) | 27 |
+| `cityscapes27` | `leftImg8bit/`, `gtFine/` of Cityscapes | 27 |
+| `potsdam3` | `imgs/*.mat`, `gt/*.mat`, split lists (STEGO's `potsdam`) | 3 |
+| `potsdam` | the same, fine labels kept | 6 |
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import yaml
+
+from stego_tasks.adapters.cityscapes import CITYSCAPES27
+from stego_tasks.adapters.cocostuff import COCOSTUFF27
+from stego_tasks.adapters.core import (
+    CORPUS_FILE,
+    AdaptSummary,
+    DatasetAdapter,
+    Entry,
+    LabelParams,
+    build_lut,
+    remap_labels,
+)
+from stego_tasks.adapters.potsdam import POTSDAM, POTSDAM3
+
+__all__ = [
+    "ADAPTERS",
+    "AdaptSummary",
+    "LabelParams",
+    "DatasetAdapter",
+    "Entry",
+    "adapt",
+    "add_arguments",
+    "build_lut",
+    "get_adapter",
+    "main_from_args",
+    "remap_labels",
+]
+
+ADAPTERS: dict[str, DatasetAdapter] = {a.name: a for a in (COCOSTUFF27, CITYSCAPES27, POTSDAM3, POTSDAM)}
+
+
+LAYOUT_HELP = """\
+Write a STEGO benchmark as a corpus: DST/images/{train,val}, DST/labels/{train,val}
+(class-index PNGs, 255 = unlabelled) and DST/corpus.yaml (the params to set). Images are
+hard-linked (copied across filesystems); rerunning updates only what changed.
+
+Source layouts (SRC):
+  cocostuff27   images/{train2017,val2017}/<id>.jpg, annotations/{train2017,val2017}/<id>.png,
+                curated/train2017/Coco164kFull_Stuff_Coarse.txt,
+                curated/val2017/Coco164kFull_Stuff_Coarse_7.txt
+  cityscapes27  leftImg8bit/{train,val}/<city>/<stem>_leftImg8bit.png,
+                gtFine/{train,val}/<city>/<stem>_gtFine_labelIds.png
+  potsdam3      imgs/<id>.mat, gt/<id>.mat, labelled_train.txt, labelled_test.txt
+  potsdam         (+ unlabelled_train.txt with --unlabelled-train); potsdam keeps the 6 classes
+"""
+
+
+def get_adapter(name: str) -> DatasetAdapter:
+    """The adapter registered as `name`.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown dataset adapter {name!r}; choose one of {', '.join(sorted(ADAPTERS))}.")
+    return ADAPTERS[name]
+
+
+def adapt(name: str, src: str | Path, dst: str | Path, *, unlabelled_train: bool = False) -> AdaptSummary:
+    """Materialise benchmark `name` from `src` as a corpus at `dst`.
+
+    Args:
+        name: a key of `ADAPTERS`.
+        src: the benchmark root in its usual layout.
+        dst: output corpus root (new, empty, or an earlier output of the same adapter).
+        unlabelled_train: add the unlabelled training images (Potsdam adapters only).
+
+    Returns:
+        AdaptSummary, whose `params` are the corpus params to set (also in DST/corpus.yaml).
+    """
+    return get_adapter(name)(Path(src), Path(dst), unlabelled_train=unlabelled_train)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `stego adapt NAME SRC DST` arguments (and the layouts as description) to `parser`."""
+    parser.description = parser.description or LAYOUT_HELP
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("name", choices=sorted(ADAPTERS), metavar="NAME", help=f"dataset: {', '.join(sorted(ADAPTERS))}")
+    parser.add_argument("src", type=Path, metavar="SRC", help="the dataset root in its usual layout")
+    parser.add_argument("dst", type=Path, metavar="DST", help="output corpus root (new, empty, or an earlier output)")
+    parser.add_argument("--unlabelled-train", action="store_true",
+                        help="Potsdam: add the ids of unlabelled_train.txt to the training split")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `stego adapt` from parsed arguments; print a summary and the corpus params.
+
+    Errors about the layout or destination (ValueError, FileNotFoundError) propagate, for
+    the CLI's one-sentence error handler.
+
+    Args:
+        args: namespace from a parser set up by `add_arguments`.
+
+    Returns:
+        0 when every listed image was written, 2 when some were skipped as unreadable.
+    """
+    summary = adapt(args.name, args.src, args.dst, unlabelled_train=args.unlabelled_train)
+    images = ", ".join(f"{n} {s}" for s, n in summary.n_images.items())
+    labels = ", ".join(f"{n} {s}" for s, n in summary.n_labels.items())
+    print(
+        f"{summary.name}: {args.dst} holds images ({images}) and labels ({labels}); this run linked "
+        f"{summary.n_linked}, copied {summary.n_copied}, converted {summary.n_converted}, "
+        f"kept {summary.n_skipped} up-to-date files and removed {summary.n_removed} stale ones."
+    )
+    for path, reason in summary.failed[:10]:
+        print(f"  skipped {path}: {reason}")
+    if len(summary.failed) > 10:
+        print(f"  ... and {len(summary.failed) - 10} more skipped")
+    block = yaml.safe_dump({"corpus": summary.params.as_block(args.dst)}, sort_keys=False, width=1000)
+    print(f"Set these params (also in {Path(args.dst) / CORPUS_FILE}):\n{block}", end="")
+    return 2 if summary.failed else 0
