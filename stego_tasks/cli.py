@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     from stego_tasks import adapters
 
     adapters.add_arguments(adapt)
+    report = commands.add_parser(
+        "report", help="Write one self-contained HTML page for a run (metrics, IoU bars, confusion, losses, overlays).",
+    )
+    from stego_tasks.report import add_arguments as add_report_arguments
+
+    add_report_arguments(report)
     run = commands.add_parser("run", help="Run the whole pipeline through DVC (the Prefect flow `stego`).",
                               description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run.")
     run.add_argument("--no-record", action="store_true", help="do not commit dvc.lock and metrics after a run that changed them")
@@ -107,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     args = _parser().parse_args(argv)
     logging.getLogger("stego").setLevel(logging.INFO)
-    if args.command in ("demo-data", "predict", "adapt") or getattr(args, "no_prefect", False):
+    if args.command in ("demo-data", "predict", "adapt", "report") or getattr(args, "no_prefect", False):
         # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
@@ -122,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
             from stego_tasks.adapters import main_from_args as adapt_main
 
             return adapt_main(args)
+        elif args.command == "report":
+            from stego_tasks.report import main_from_args as report_main
+
+            return report_main(args)
         elif args.command == "predict":
             from stego_tasks.predict import main_from_args
 
