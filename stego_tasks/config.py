@@ -150,6 +150,11 @@ T = TypeVar("T")
 
 
 def _build(cls: type[T], values: dict[str, Any] | None, where: str) -> T:
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(
+            f"params.yaml block '{where}' must be a mapping of keys to values, got "
+            f"{type(values).__name__} {values!r}; write it as `{where}:` followed by indented `key: value` lines."
+        )
     values = dict(values or {})
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - set(known))

@@ -76,7 +76,8 @@ def five_crop_boxes(height: int, width: int, ratio: float) -> list[tuple[int, in
         (0, width - crop_w, crop_h, crop_w),
         (height - crop_h, 0, crop_h, crop_w),
         (height - crop_h, width - crop_w, crop_h, crop_w),
-        ((height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w),
+        # torchvision's center_crop rounds half to even; `// 2` is one pixel off for odd margins.
+        (int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0)), crop_h, crop_w),
     ]
 
 

@@ -207,13 +207,18 @@ def _step(model, optimizers, data: TrainingData, index: torch.Tensor, params: Tr
     }
 
 
-def _batches(size: int, batch_size: int, generator: torch.Generator):
+def _batches(size: int, batch_size: int, seed: int, start_step: int = 0):
     # Epoch-wise shuffling, as the reference's DataLoader(shuffle=True, drop_last=True).
+    # Each epoch's order depends on (seed, epoch) alone, so a run resumed at any step,
+    # even mid-epoch, draws exactly the batches the uninterrupted run would have drawn.
     batch_size = min(batch_size, size)
+    per_epoch = size // batch_size
+    epoch, first = divmod(start_step, per_epoch)
     while True:
-        order = torch.randperm(size, generator=generator)
-        for start in range(0, size - batch_size + 1, batch_size):
+        order = torch.from_numpy(np.random.default_rng([seed % 2**64, epoch]).permutation(size))
+        for start in range(first * batch_size, per_epoch * batch_size, batch_size):
             yield order[start : start + batch_size]
+        epoch, first = epoch + 1, 0
 
 
 def _optimizers(model: StegoModel, params: TrainParams) -> list[torch.optim.Optimizer]:
@@ -299,7 +304,7 @@ def fit(
     if resume and checkpoint is not None and checkpoint.exists():
         start, rows = _load_checkpoint(checkpoint, model, optimizers, generator)
         log.info("train: resuming from step %d", start)
-    batches = _batches(data.size, params.batch_size, generator)
+    batches = _batches(data.size, params.batch_size, seed, start)
     with Progress(params.steps, "train", unit="step") as progress:
         progress.update(start)
         for step in range(start, params.steps):

@@ -1,0 +1,349 @@
+"""Tests for stego_tasks.extract: preprocessing, the Zarr store layout, resume, growth, rebuilds.
+
+The store is built once per module (a tiny random ViT, 6 + 3 demo images of 64 px, a
+one-worker local Dask cluster that `extract` starts itself) and copied by every test that
+changes it. Those reruns connect to one module-wide scheduler through `dask.address`, so
+its worker imports torch and builds the backbone once.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from torchvision.transforms.functional import five_crop
+
+from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
+from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
+from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.extract import (
+    ExtractSummary,
+    extract,
+    five_crop_boxes,
+    preprocess,
+    read_split,
+    resize_center_crop,
+)
+from stego_tasks.images import load_label, load_rgb
+from stego_tasks.ingest import ingest, read_manifest
+
+BACKBONE = BackboneParams(name="vit_tiny_patch16_224", weights="random")
+PARAMS = ExtractParams(resolution=32, batch_size=4, device="cpu")
+DASK = DaskParams(n_workers=1, threads_per_worker=1)
+N_TRAIN, N_VAL = 6, 3
+
+
+@dataclass(frozen=True)
+class Base:
+    """The module's corpus, manifest and store, built once."""
+
+    tmp: Path
+    root: Path
+    manifest: Path
+    store: Path
+    summary: ExtractSummary
+
+
+def _corpus(root: Path, demo: bool = True) -> CorpusParams:
+    return CorpusParams(root=str(root), n_classes=5, ignore_index=255, demo=demo)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Base:
+    tmp = tmp_path_factory.mktemp("extract")
+    root = tmp / "corpus"
+    make_demo_corpus(root, n_train=N_TRAIN, n_val=N_VAL, size=64)
+    manifest = tmp / "manifest.parquet"
+    ingest(root, manifest, tmp / "quarantine.csv")
+    store = tmp / "features.zarr"
+    summary = extract(manifest, store, _corpus(root), BACKBONE, PARAMS, DASK)
+    return Base(tmp, root, manifest, store, summary)
+
+
+@pytest.fixture(scope="module")
+def scheduler() -> Iterator[DaskParams]:
+    from dask.distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None, silence_logs=40
+    )
+    yield DaskParams(address=cluster.scheduler_address)
+    cluster.close()
+
+
+def _copy(base: Base, tmp_path: Path) -> Base:
+    """A private copy of corpus, manifest and store that a test may change."""
+    for name in ("corpus", "manifest.parquet", "features.zarr"):
+        source = base.tmp / name
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name)
+        else:
+            shutil.copy2(source, tmp_path / name)
+    return Base(tmp_path, tmp_path / "corpus", tmp_path / "manifest.parquet", tmp_path / "features.zarr", base.summary)
+
+
+def _arrays(store: Path) -> dict[str, np.ndarray]:
+    root = zarr.open_group(str(store), mode="r")
+    return {f"{split}/{name}": root[split][name][:] for split in ("train", "val") for name in root[split].array_keys()}
+
+
+def _assert_same(got: np.ndarray, want: np.ndarray, what: str) -> None:
+    """Integers exactly; features to float16 rounding (reruns may use another thread count)."""
+    assert got.shape == want.shape and got.dtype == want.dtype, f"{what}: {got.shape} {got.dtype} vs {want.shape} {want.dtype}"
+    if np.issubdtype(want.dtype, np.floating):
+        np.testing.assert_allclose(got.astype(np.float32), want.astype(np.float32), rtol=2e-3, atol=1e-5, err_msg=what)
+    else:
+        assert np.array_equal(got, want), what
+
+
+@lru_cache(maxsize=2)
+def _reference_backbone(name: str) -> Backbone:
+    # Extraction seeds random weights with 0 so that every worker embeds with one net.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return create_backbone(name, weights="random")
+
+
+def _embed(images: np.ndarray) -> torch.Tensor:
+    """float32 features [B, C, h, w] of uint8 images [B, R, R, 3], run here, not on Dask."""
+    model = _reference_backbone(BACKBONE.name)
+    batch = normalize(torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2), model.mean, model.std)
+    with torch.no_grad():
+        return model(batch).float()
+
+
+def _split_rows(manifest: Path, split: str):
+    frame = read_manifest(manifest)
+    return frame[frame["split"] == split].sort_values("id")
+
+
+# --- preprocessing -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (37, 50), (45, 31), (101, 77), (9, 9)])
+def test_five_crop_boxes_equal_torchvision_five_crop(height, width):
+    image = torch.arange(height * width * 3).reshape(3, height, width)
+    size = [int(height * 0.5), int(width * 0.5)]
+    expected = five_crop(image, size)
+    boxes = five_crop_boxes(height, width, 0.5)
+    assert len(boxes) == 5, f"expected 5 boxes, got {len(boxes)}"
+    for index, ((top, left, h, w), crop) in enumerate(zip(boxes, expected, strict=True)):
+        ours = image[:, top : top + h, left : left + w]
+        assert torch.equal(ours, crop), f"crop {index} of a {height}x{width} image differs from torchvision's"
+
+
+def test_preprocess_five_crop_cuts_the_torchvision_crops_of_image_and_label():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    label = rng.integers(0, 5, (37, 50), dtype=np.uint8)
+    pieces = preprocess(image, label, 16, five_crop=True, crop_ratio=0.5)
+    crops = five_crop(torch.from_numpy(image).permute(2, 0, 1), [18, 25])
+    label_crops = five_crop(torch.from_numpy(label)[None], [18, 25])
+    for index, ((crop, crop_label), expected, expected_label) in enumerate(zip(pieces, crops, label_crops, strict=True)):
+        want = resize_center_crop(expected.permute(1, 2, 0).numpy(), 16)
+        want_label = resize_center_crop(expected_label[0].numpy(), 16, nearest=True)
+        assert np.array_equal(crop, want), f"image crop {index} is not the resized torchvision crop"
+        assert np.array_equal(crop_label, want_label), f"label crop {index} is not cut like its image"
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_resize_center_crop_keeps_the_centre_of_the_long_side(transpose):
+    # 40 x 80 label whose value is the 4-px band of the column: the 40 central columns
+    # (20..59) are bands 5..14; halving maps each band onto 2 output columns.
+    label = np.repeat((np.arange(80) // 4)[None, :], 40, axis=0).astype(np.uint8)
+    label = label.T if transpose else label
+    out = resize_center_crop(label, 20, nearest=True)
+    expected = np.repeat((5 + np.arange(20) // 2)[None, :], 20, axis=0)
+    expected = expected.T if transpose else expected
+    assert out.shape == (20, 20), f"shape {out.shape}"
+    assert np.array_equal(out, expected), f"nearest resize did not keep the central square:\n{out}"
+
+
+def test_resize_center_crop_bilinear_shape_and_centre():
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    image[:, 20:60] = 200  # the central 40 x 40 square (of the 80 columns) is bright
+    out = resize_center_crop(image, 20)
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8, f"got {out.shape} {out.dtype}"
+    assert resize_center_crop(np.zeros((50, 70, 3), np.uint8), 32).shape == (32, 32, 3), "non-integer scale shape"
+    # Away from the two borders, where bilinear weights reach the dark margin, all bright.
+    assert np.all(out[:, 2:-2] == 200), f"centre columns not kept: {np.unique(out[:, 2:-2])}"
+    assert np.all(out[:, [0, -1]] < 200), "the border columns should blend in the dark margin"
+
+
+# --- the store -----------------------------------------------------------------------------
+
+
+def test_store_layout_shapes_and_dtypes(base):
+    root = zarr.open_group(str(base.store), mode="r")
+    dim, grid, res = 192, 2, 32  # vit_tiny: 192 channels; 32 px / 16 px patches
+    rows = {"train": 5 * N_TRAIN, "val": N_VAL}
+    assert base.summary.rows == rows, f"summary rows {base.summary.rows}"
+    assert base.summary.chunks_total == {"train": 2, "val": 1}, f"chunks {base.summary.chunks_total}"
+    assert base.summary.chunks_computed == base.summary.chunks_total, "a fresh store must compute every chunk"
+    assert base.summary.weights_source == "random", f"weights source {base.summary.weights_source}"
+    expected = {
+        "feats": ((dim, grid, grid), np.float16),
+        "pooled": ((dim,), np.float32),
+        "labels": ((res, res), np.uint8),
+        "image_ids": ((), np.int64),
+        "crops": ((), np.int8),
+    }
+    for split, n in rows.items():
+        group = root[split]
+        names = set(expected) | {"done"} | ({"images", "feats_flip"} if split == "val" else set())
+        assert set(group.array_keys()) == names, f"{split} arrays {sorted(group.array_keys())}"
+        for name, (tail, dtype) in expected.items():
+            assert group[name].shape == (n, *tail), f"{split}/{name} shape {group[name].shape}"
+            assert group[name].dtype == dtype, f"{split}/{name} dtype {group[name].dtype}"
+        assert bool(np.all(group["done"][:])), f"{split}: not every chunk is done"
+    assert root["val"]["images"].shape == (N_VAL, res, res, 3), "val images shape"
+    assert root["val"]["feats_flip"].shape == (N_VAL, dim, grid, grid), "val feats_flip shape"
+    assert dict(root.attrs) == {"backbone": BACKBONE.name, "weights_source": "random", "resolution": 32}, (
+        f"root attrs {dict(root.attrs)}"
+    )
+
+
+def test_ids_and_crops_follow_the_manifest(base):
+    root = zarr.open_group(str(base.store), mode="r")
+    train_ids = _split_rows(base.manifest, "train")["id"].to_numpy()
+    val_ids = _split_rows(base.manifest, "val")["id"].to_numpy()
+    assert len(train_ids) == N_TRAIN and len(val_ids) == N_VAL, "ingest lost images"
+    assert np.array_equal(root["train"]["image_ids"][:], np.repeat(train_ids, 5)), "train image ids"
+    assert np.array_equal(root["train"]["crops"][:], np.tile(np.arange(5), N_TRAIN)), "train crop indices"
+    assert np.array_equal(root["val"]["image_ids"][:], val_ids), "val image ids"
+    assert np.array_equal(root["val"]["crops"][:], np.zeros(N_VAL)), "val crop indices"
+
+
+def test_train_features_equal_the_backbone_rerun_on_the_image_files(base):
+    group = read_split(base.store, "train")
+    rows = _split_rows(base.manifest, "train")
+    inputs, labels = [], []
+    for path, label_path in zip(rows["path"], rows["label_path"], strict=True):
+        pieces = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 32, True, 0.5)
+        inputs += [crop for crop, _ in pieces]
+        labels += [crop_label for _, crop_label in pieces]
+    feats = _embed(np.stack(inputs))
+    stored = group["feats"][:].astype(np.float32)
+    scale = float(feats.abs().max())
+    np.testing.assert_allclose(stored, feats.numpy(), rtol=2e-3, atol=2e-3 * scale, err_msg="train feats")
+    pooled = group["pooled"][:]
+    np.testing.assert_allclose(np.linalg.norm(pooled, axis=1), 1.0, atol=1e-5, err_msg="pooled is not unit norm")
+    mean = feats.mean(dim=(2, 3)).numpy().astype(np.float64)
+    expected = mean / np.linalg.norm(mean, axis=1, keepdims=True)
+    np.testing.assert_allclose(pooled, expected, atol=1e-5, err_msg="pooled != normalised mean of float32 feats")
+    assert np.array_equal(group["labels"][:], np.stack(labels)), "train labels are not cropped like the images"
+
+
+def test_val_images_labels_and_flipped_features(base):
+    group = read_split(base.store, "val")
+    rows = _split_rows(base.manifest, "val")
+    images, labels = [], []
+    for path, label_path in zip(rows["path"], rows["label_path"], strict=True):
+        [(image, label)] = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 32, False, 0.5)
+        images.append(image)
+        labels.append(label)
+    images = np.stack(images)
+    assert np.array_equal(group["images"][:], images), "val images are not the resized, centre-cropped files"
+    assert np.array_equal(group["labels"][:], np.stack(labels)), "val labels are not resized like the images"
+    feats, flipped = _embed(images), _embed(images[:, :, ::-1])
+    scale = float(feats.abs().max())
+    np.testing.assert_allclose(group["feats"][:].astype(np.float32), feats.numpy(), rtol=2e-3, atol=2e-3 * scale,
+                               err_msg="val feats")
+    np.testing.assert_allclose(group["feats_flip"][:].astype(np.float32), flipped.numpy(), rtol=2e-3,
+                               atol=2e-3 * scale, err_msg="val feats_flip are not the features of the mirrored input")
+    assert not np.allclose(feats.numpy(), flipped.numpy(), atol=1e-2), "mirroring changed nothing: test is vacuous"
+
+
+# --- resume, growth, rebuild ---------------------------------------------------------------
+
+
+def test_rerun_recomputes_only_an_unfinished_chunk(base, scheduler, tmp_path):
+    copy = _copy(base, tmp_path)
+    group = zarr.open_group(str(copy.store), mode="a")["train"]
+    group["done"][1] = False  # as if the run died while writing chunk 1 (rows 20..29)
+    group["feats"][20:30] = 0
+    group["pooled"][20:30] = 0
+    group["pooled"][0] = 7.0  # chunk 0 stays done: a rerun must trust it, not rewrite it
+    with pytest.raises(ValueError, match="incomplete"):
+        read_split(copy.store, "train")
+    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, PARAMS, scheduler)
+    assert summary.chunks_computed == {"train": 1, "val": 0}, f"computed {summary.chunks_computed}"
+    before, after = _arrays(base.store), _arrays(copy.store)
+    assert set(before) == set(after), "the rerun changed the set of arrays"
+    assert np.all(after["train/pooled"][0] == 7.0), "a done chunk was recomputed"
+    after["train/pooled"][0] = before["train/pooled"][0]
+    for name in before:
+        _assert_same(after[name], before[name], f"{name} differs from the uninterrupted run")
+
+
+def test_grown_corpus_extracts_only_the_new_images(base, scheduler, tmp_path):
+    copy = _copy(base, tmp_path)
+    make_demo_corpus(copy.root, n_train=N_TRAIN + 2, n_val=N_VAL, size=64)  # same first 6, 2 new
+    grown = ingest(copy.root, copy.manifest, tmp_path / "quarantine.csv")
+    assert grown.n_new == 2 and grown.n_kept == N_TRAIN + N_VAL, f"ingest summary {grown}"
+    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, PARAMS, scheduler)
+    # Images 4, 5 shared chunk 1 with room for two more: only that chunk is redone.
+    assert summary.chunks_total == {"train": 2, "val": 1}, f"chunks {summary.chunks_total}"
+    assert summary.chunks_computed == {"train": 1, "val": 0}, f"computed {summary.chunks_computed}"
+    before, after = _arrays(base.store), _arrays(copy.store)
+    assert after["train/feats"].shape[0] == 5 * (N_TRAIN + 2), f"train rows {after['train/feats'].shape}"
+    old = 5 * N_TRAIN
+    for name in before:
+        if name.startswith("train/") and name != "train/done":
+            _assert_same(after[name][:old], before[name], f"old rows of {name} changed")
+        elif name.startswith("val/"):
+            _assert_same(after[name], before[name], f"{name} changed")
+    new_ids = _split_rows(copy.manifest, "train")["id"].to_numpy()[-2:]
+    assert np.array_equal(after["train/image_ids"][old:], np.repeat(new_ids, 5)), "new rows' image ids"
+    assert np.all(np.abs(after["train/feats"][old:]).sum(axis=(1, 2, 3)) > 0), "new rows were left empty"
+    assert bool(np.all(after["train/done"])), "not every chunk is done after growth"
+
+
+def test_changed_resolution_rebuilds_the_store(base, scheduler, tmp_path):
+    copy = _copy(base, tmp_path)
+    params = ExtractParams(resolution=48, batch_size=4, device="cpu")
+    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, scheduler)
+    assert summary.chunks_computed == summary.chunks_total == {"train": 2, "val": 1}, f"{summary}"
+    root = zarr.open_group(str(copy.store), mode="r")
+    assert root["train"]["feats"].shape == (30, 192, 3, 3), f"train feats {root['train']['feats'].shape}"
+    assert root["val"]["images"].shape == (3, 48, 48, 3), f"val images {root['val']['images'].shape}"
+    assert root.attrs["resolution"] == 48, f"root attrs {dict(root.attrs)}"
+    assert root["val"].attrs["fingerprint"]["resolution"] == 48, "fingerprint not updated"
+
+
+def test_resolution_must_be_a_multiple_of_the_patch(base, tmp_path):
+    store = tmp_path / "features.zarr"
+    params = ExtractParams(resolution=40, batch_size=4, device="cpu")
+    with pytest.raises(ValueError, match=r"resolution 40 is not a multiple of the backbone's patch size 16.*32"):
+        extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DASK)
+    assert not store.exists(), "a refused run must not create the store"
+
+
+def test_random_fallback_only_on_the_demo_corpus(base, scheduler, tmp_path, monkeypatch, caplog):
+    empty_cache = tmp_path / "hub"
+    empty_cache.mkdir()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(empty_cache))
+    auto = BackboneParams(name=BACKBONE.name, weights="auto")
+    refused = tmp_path / "refused.zarr"
+    with pytest.raises(WeightsNotFoundError, match="offline"):
+        extract(base.manifest, refused, _corpus(base.root, demo=False), auto, PARAMS, scheduler)
+    assert not refused.exists(), "a corpus that is not the demo must not get a store from random weights"
+
+    # On the demo corpus the fallback gives the seeded random net of weights="random", so
+    # the store built with it is complete as it stands: nothing is recomputed.
+    copy = _copy(base, tmp_path)
+    with caplog.at_level(logging.WARNING, logger="stego"):
+        summary = extract(copy.manifest, copy.store, _corpus(copy.root, demo=True), auto, PARAMS, scheduler)
+    assert summary.weights_source == "random", f"weights source {summary.weights_source}"
+    assert "DEMO ONLY" in caplog.text, "the fallback must be announced loudly"
+    assert summary.chunks_computed == {"train": 0, "val": 0}, f"computed {summary.chunks_computed}"
+    assert zarr.open_group(str(copy.store), mode="r").attrs["weights_source"] == "random", "store does not say random"
