@@ -71,14 +71,13 @@ def crf(params_path: str, features: str, predictions: str, crf_out: str) -> dict
     from stego_tasks.crf import CRFParams, crf_stage
 
     block = load_params(params_path).crf
-    fields = {f.name for f in dataclasses.fields(CRFParams)}
-    crf_params = CRFParams(**{k: v for k, v in dataclasses.asdict(block).items() if k in fields})
+    crf_params = CRFParams(**{f.name: getattr(block, f.name) for f in dataclasses.fields(CRFParams)})
     return crf_stage(Path(features), Path(predictions), Path(crf_out), crf_params, workers=block.workers)
 
 
 def evaluate(
     params_path: str, features: str, predictions: str, crf_out: str, scores: str, per_class: str, confusion: str,
-    overlays: str,
+    overlays: str, assignment: str,
 ) -> dict[str, Any]:
     """Scores, per-class IoU, confusion matrix and overlays."""
     from stego_tasks.evaluate import evaluate as run
@@ -86,5 +85,5 @@ def evaluate(
     params = load_params(params_path)
     return run(
         Path(features), Path(predictions), Path(crf_out), Path(scores), Path(per_class), Path(confusion),
-        Path(overlays), params.corpus, params.evaluate,
+        Path(overlays), params.corpus, params.evaluate, Path(assignment),
     )

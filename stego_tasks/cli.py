@@ -30,6 +30,7 @@ DEFAULTS: dict[str, str] = {
     "per_class": "metrics/per_class_iou.json",
     "confusion": "plots/confusion.png",
     "overlays": "plots/overlays",
+    "assignment": str(ARTIFACTS / "assignment.json"),
 }
 
 # Each stage: (help text saying what it reads and writes, [path options it takes]).
@@ -41,7 +42,7 @@ STAGES: dict[str, tuple[str, list[str]]] = {
     "train": ("Read stored features and the kNN graph; write the head + probes and the loss log.", ["features", "knn", "model", "loss_log"]),
     "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
     "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
-    "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays"]),
+    "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment"]),
 }
 
 

@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from stego_tasks.crf import CRFParams
+
 
 @dataclass(frozen=True)
 class CorpusParams:
@@ -51,9 +53,15 @@ class BackboneParams:
 
 @dataclass(frozen=True)
 class ExtractParams:
-    """Feature extraction: square resolution, five-crop for train, batch = one Zarr chunk."""
+    """Feature extraction: square resolution, five-crop for train, batch = one Zarr chunk.
+
+    `resolution` is the training crops' side (published: 224); `val_resolution` the side of
+    the centre-cropped evaluation images (the reference evaluates at 320), also used by
+    `stego predict` for the shorter image side. Null means the same as `resolution`.
+    """
 
     resolution: int = 224
+    val_resolution: int | None = 320
     five_crop: bool = True
     crop_ratio: float = 0.5
     batch_size: int = 8
@@ -102,15 +110,9 @@ class ClusterParams:
 
 
 @dataclass(frozen=True)
-class CrfParamsBlock:
-    """Dense CRF (published parameters) and its process pool size."""
+class CrfParamsBlock(CRFParams):
+    """Dense CRF: the published parameters (`crf.CRFParams`) plus the process pool size."""
 
-    iterations: int = 10
-    gaussian_sxy: float = 1.0
-    gaussian_compat: float = 3.0
-    bilateral_sxy: float = 67.0
-    bilateral_srgb: float = 3.0
-    bilateral_compat: float = 4.0
     workers: int = 2
 
 

@@ -137,6 +137,7 @@ def evaluate(
     overlays_dir: Path,
     corpus: CorpusParams,
     params: EvaluateParams,
+    assignment_path: Path | None = None,
 ) -> dict[str, Any]:
     """Score all methods and draw the report plots.
 
@@ -149,6 +150,8 @@ def evaluate(
         overlays_dir: folder of overlay PNGs to write.
         corpus: classes, names, ignore index.
         params: number of overlays.
+        assignment_path: JSON to write the Hungarian cluster -> class map of the cluster
+            probe to (`cluster_to_class` null without labels); `stego predict` names classes with it.
 
     Returns:
         The scores dict written to `scores_path`.
@@ -187,6 +190,9 @@ def evaluate(
         _blank_confusion(confusion_path)
     atomic.write_json(scores_path, scores)
     atomic.write_json(per_class_path, per_class)
+    if assignment_path is not None:
+        mapping = [int(c) for c in assignment] if has_labels else None
+        atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": names, "method": "cluster_crf"})
     return scores
 
 

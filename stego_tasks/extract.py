@@ -38,6 +38,7 @@ from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, Extract
 from stego_tasks.dask_cluster import dask_client, torch_threads_per_worker
 from stego_tasks.images import load_label, load_rgb
 from stego_tasks.ingest import read_manifest, resolve_in_corpus
+from stego_tasks.locking import artifact_lock
 from stego_tasks.progress import Progress
 
 log = logging.getLogger("stego")
@@ -220,6 +221,13 @@ def extract_chunk(job: ChunkJob) -> dict[str, np.ndarray]:
 # --- the store -----------------------------------------------------------------------
 
 
+def split_resolution(params: ExtractParams, split: str) -> int:
+    """Network input side for a split: `val_resolution` (when set) for val, else `resolution`."""
+    if split == "val" and params.val_resolution:
+        return params.val_resolution
+    return params.resolution
+
+
 def _fingerprint(backbone: Backbone, params: ExtractParams, split: str) -> dict[str, Any]:
     five_crop = params.five_crop and split == "train"
     return {
@@ -228,7 +236,7 @@ def _fingerprint(backbone: Backbone, params: ExtractParams, split: str) -> dict[
         "weights_source": backbone.weights_source,
         "patch_size": backbone.patch_size,
         "embed_dim": backbone.embed_dim,
-        "resolution": params.resolution,
+        "resolution": split_resolution(params, split),
         "five_crop": five_crop,
         "crop_ratio": params.crop_ratio if five_crop else None,
         "flip": params.flip and split == "val",
@@ -332,7 +340,7 @@ def _jobs_for_split(
             label_paths=tuple(str(resolve_in_corpus(root, p)) if p else None for p in part["label_path"]),
             backbone_name=backbone.name,
             backbone_weights="random" if backbone.weights_source == "random" else _weights_arg(backbone),
-            resolution=params.resolution,
+            resolution=split_resolution(params, split),
             five_crop=params.five_crop and split == "train",
             crop_ratio=params.crop_ratio,
             flip=params.flip and split == "val",
@@ -372,16 +380,17 @@ def extract(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         backbone = load_backbone(backbone_params, allow_random_fallback=corpus.demo)
-    if params.resolution % backbone.patch_size:
-        raise ValueError(
-            f"extract.resolution {params.resolution} is not a multiple of the backbone's patch size "
-            f"{backbone.patch_size}; use e.g. {params.resolution // backbone.patch_size * backbone.patch_size}."
-        )
+    for key in ("resolution", "val_resolution"):
+        value = getattr(params, key)
+        if value and value % backbone.patch_size:
+            raise ValueError(
+                f"extract.{key} {value} is not a multiple of the backbone's patch size "
+                f"{backbone.patch_size}; use e.g. {max(1, value // backbone.patch_size) * backbone.patch_size}."
+            )
     device = str(resolve_device(params.device))
-    grid = params.resolution // backbone.patch_size
-    root = zarr.open_group(str(store_path), mode="a", zarr_format=3)
     summary = ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source)
-    with dask_client(dask) as client:
+    with artifact_lock(store_path), dask_client(dask) as client:
+        root = zarr.open_group(str(store_path), mode="a", zarr_format=3)
         for split in SPLITS:
             jobs = list(
                 _jobs_for_split(manifest, split, corpus, params, backbone, device, torch_threads_per_worker(dask))
@@ -390,6 +399,7 @@ def extract(
             crops = 5 if fingerprint["five_crop"] else 1
             ids = manifest[manifest["split"] == split].sort_values("id")["id"].to_numpy()
             row_ids = np.repeat(ids, crops).astype(np.int64)
+            grid = split_resolution(params, split) // backbone.patch_size
             group = _open_split(root, split, fingerprint, len(row_ids), grid)
             rows_per_chunk = params.batch_size * crops
             pending = set(_pending_chunks(group, row_ids, rows_per_chunk))
@@ -398,9 +408,11 @@ def extract(
             summary.chunks_total[split] = len(jobs)
             summary.chunks_computed[split] = len(todo)
             _run_jobs(client, todo, group, rows_per_chunk, row_ids, split, len(ids))
-    root.attrs["backbone"] = backbone.name
-    root.attrs["weights_source"] = backbone.weights_source
-    root.attrs["resolution"] = params.resolution
+        root.attrs["backbone"] = backbone.name
+        root.attrs["weights_source"] = backbone.weights_source
+        # "resolution" is what inference uses (the evaluation side); training crops are recorded apart.
+        root.attrs["resolution"] = split_resolution(params, "val")
+        root.attrs["train_resolution"] = params.resolution
     return summary
 
 

@@ -163,7 +163,9 @@ def _read_assignment(path: Path, n_clusters: int, info: dict) -> tuple[np.ndarra
     if not path.is_file():
         return None, ()
     data = json.loads(path.read_text())
-    mapping = np.asarray(data.get("cluster_to_class", []), dtype=np.int64)
+    if data.get("cluster_to_class") is None:  # evaluated without labels: nothing to map
+        return None, ()
+    mapping = np.asarray(data["cluster_to_class"], dtype=np.int64)
     n_classes = int(info["n_classes"])
     if mapping.shape != (n_clusters,) or mapping.min() < -1 or mapping.max() >= min(n_classes, UNMATCHED):
         raise ValueError(

@@ -32,6 +32,7 @@ from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
 from stego_tasks.extract import read_split, resolve_device
 from stego_tasks.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.knn import sample_positives
+from stego_tasks.locking import artifact_lock
 from stego_tasks.loss import correspondence_loss
 from stego_tasks.progress import Progress
 
@@ -358,8 +359,9 @@ def train(
         "linear_probe_trained": data.labels is not None,
     }
     checkpoint = Path(model_dir) / "checkpoint.pt"
-    model, rows = fit(data, corpus.n_classes, params, seed, corpus.ignore_index, info, checkpoint, resume)
-    save_model(model, model_dir)
-    write_loss_log(loss_log, rows)
-    checkpoint.unlink(missing_ok=True)
+    with artifact_lock(model_dir):
+        model, rows = fit(data, corpus.n_classes, params, seed, corpus.ignore_index, info, checkpoint, resume)
+        save_model(model, model_dir)
+        write_loss_log(loss_log, rows)
+        checkpoint.unlink(missing_ok=True)
     return model

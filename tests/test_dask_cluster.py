@@ -18,9 +18,8 @@ def _free_port() -> int:
 
 def test_unanswered_address_fails_with_one_sentence() -> None:
     address = f"tcp://127.0.0.1:{_free_port()}"
-    with pytest.raises(ConnectionError) as info:
-        with dask_client(DaskParams(address=address), connect_timeout_s=2):
-            pass
+    with pytest.raises(ConnectionError) as info, dask_client(DaskParams(address=address), connect_timeout_s=2):
+        pass
     message = str(info.value)
     assert message.startswith(f"no Dask scheduler answers at {address}"), f"unexpected message {message!r}"
     assert "dask.address to null" in message, f"the message must say how to run locally: {message!r}"

@@ -89,6 +89,7 @@ def _run(tmp: Path, corpus: CorpusParams, n_overlays: int = 2) -> tuple[dict, di
     scores = evaluate(
         tmp / "features.zarr", tmp / "cluster.zarr", tmp / "crf.zarr", out / "scores.json", out / "per_class_iou.json",
         out / "confusion.png", out / "overlays", corpus, EvaluateParams(n_overlays=n_overlays),
+        out / "assignment.json",
     )
     on_disk = json.loads((out / "scores.json").read_text())
     assert on_disk == scores, "scores.json differs from the returned scores"
@@ -127,6 +128,16 @@ def test_scores_equal_a_brute_force_matching(tmp_path, case):
                 assert got is None, f"{method}/{name}: NaN IoU must be written as null, got {got}"
             else:
                 assert got == pytest.approx(want, abs=1e-4), f"{method}/{name} IoU {got} != {want}"
+    # The written assignment is a matching as good as the exhaustive one (ties may differ).
+    assignment = json.loads((tmp_path / "reports" / "assignment.json").read_text())
+    mapping = np.asarray(assignment["cluster_to_class"])
+    assert mapping.shape == (n_classes + extra,), f"one entry per cluster, got {mapping.shape}"
+    assert sorted(mapping[mapping >= 0].tolist()) == list(range(n_classes)), f"not a matching: {mapping}"
+    assert assignment["class_names"] == list(names), f"class names {assignment['class_names']}"
+    pred, valid = preds["crf"]["cluster_pred"], (labels != ignore) & (labels < n_classes)
+    tp = int((mapping[pred[valid].astype(int)] == labels[valid]).sum())
+    best_accuracy, _, _, _ = _brute_force(pred, labels, corpus, n_classes + extra, True)
+    assert 100 * tp / valid.sum() == pytest.approx(best_accuracy, abs=1e-6), "assignment is not an optimal matching"
 
 
 def test_ignored_pixels_do_not_count(tmp_path):
@@ -187,6 +198,8 @@ def test_unlabelled_validation_set_writes_predictions_only(tmp_path):
     scores, per_class, out = _run(tmp_path, corpus)
     assert set(scores) == {"backbone", "backbone_weights", "n_images"}, f"scores without labels {scores}"
     assert per_class == {}, f"per-class IoU without labels {per_class}"
+    assignment = json.loads((out / "assignment.json").read_text())
+    assert assignment["cluster_to_class"] is None, f"no labels, no assignment: {assignment}"
     with Image.open(out / "confusion.png") as image:
         image.load()
     assert len(list((out / "overlays").iterdir())) == 2, "overlays must still be drawn"

@@ -25,9 +25,9 @@ def test_second_process_is_refused_with_holder_pid(tmp_path: Path) -> None:
     holder.start()
     try:
         assert ready.wait(30), "the holder process never took the lock"
-        with pytest.raises(ArtifactLocked, match=rf"being written by another stego run \(pid {holder.pid}\)"):
-            with artifact_lock(artifact, timeout=0.2):
-                pass
+        expected = rf"being written by another stego run \(pid {holder.pid}\)"
+        with pytest.raises(ArtifactLocked, match=expected), artifact_lock(artifact, timeout=0.2):
+            pass
     finally:
         holder.join(30)
     with artifact_lock(artifact, timeout=1):
