@@ -36,7 +36,7 @@ from stego_tasks.images import load_label, load_rgb
 from stego_tasks.ingest import ingest, read_manifest
 
 BACKBONE = BackboneParams(name="vit_tiny_patch16_224", weights="random")
-PARAMS = ExtractParams(resolution=32, batch_size=4, device="cpu")
+PARAMS = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu")
 DASK = DaskParams(n_workers=1, threads_per_worker=1)
 N_TRAIN, N_VAL = 6, 3
 
@@ -183,20 +183,22 @@ def test_resize_center_crop_bilinear_shape_and_centre():
 
 def test_store_layout_shapes_and_dtypes(base):
     root = zarr.open_group(str(base.store), mode="r")
-    dim, grid, res = 192, 2, 32  # vit_tiny: 192 channels; 32 px / 16 px patches
+    dim = 192  # vit_tiny: 192 channels; patches of 16 px
+    side = {"train": 32, "val": 48}  # extract.resolution / extract.val_resolution
     rows = {"train": 5 * N_TRAIN, "val": N_VAL}
     assert base.summary.rows == rows, f"summary rows {base.summary.rows}"
     assert base.summary.chunks_total == {"train": 2, "val": 1}, f"chunks {base.summary.chunks_total}"
     assert base.summary.chunks_computed == base.summary.chunks_total, "a fresh store must compute every chunk"
     assert base.summary.weights_source == "random", f"weights source {base.summary.weights_source}"
-    expected = {
-        "feats": ((dim, grid, grid), np.float16),
-        "pooled": ((dim,), np.float32),
-        "labels": ((res, res), np.uint8),
-        "image_ids": ((), np.int64),
-        "crops": ((), np.int8),
-    }
     for split, n in rows.items():
+        res, grid = side[split], side[split] // 16
+        expected = {
+            "feats": ((dim, grid, grid), np.float16),
+            "pooled": ((dim,), np.float32),
+            "labels": ((res, res), np.uint8),
+            "image_ids": ((), np.int64),
+            "crops": ((), np.int8),
+        }
         group = root[split]
         names = set(expected) | {"done"} | ({"images", "feats_flip"} if split == "val" else set())
         assert set(group.array_keys()) == names, f"{split} arrays {sorted(group.array_keys())}"
@@ -204,11 +206,10 @@ def test_store_layout_shapes_and_dtypes(base):
             assert group[name].shape == (n, *tail), f"{split}/{name} shape {group[name].shape}"
             assert group[name].dtype == dtype, f"{split}/{name} dtype {group[name].dtype}"
         assert bool(np.all(group["done"][:])), f"{split}: not every chunk is done"
-    assert root["val"]["images"].shape == (N_VAL, res, res, 3), "val images shape"
-    assert root["val"]["feats_flip"].shape == (N_VAL, dim, grid, grid), "val feats_flip shape"
-    assert dict(root.attrs) == {"backbone": BACKBONE.name, "weights_source": "random", "resolution": 32}, (
-        f"root attrs {dict(root.attrs)}"
-    )
+    assert root["val"]["images"].shape == (N_VAL, 48, 48, 3), "val images shape"
+    assert root["val"]["feats_flip"].shape == (N_VAL, dim, 3, 3), "val feats_flip shape"
+    expected_attrs = {"backbone": BACKBONE.name, "weights_source": "random", "resolution": 48, "train_resolution": 32}
+    assert dict(root.attrs) == expected_attrs, f"root attrs {dict(root.attrs)}"
 
 
 def test_ids_and_crops_follow_the_manifest(base):
@@ -247,7 +248,7 @@ def test_val_images_labels_and_flipped_features(base):
     rows = _split_rows(base.manifest, "val")
     images, labels = [], []
     for path, label_path in zip(rows["path"], rows["label_path"], strict=True):
-        [(image, label)] = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 32, False, 0.5)
+        [(image, label)] = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 48, False, 0.5)
         images.append(image)
         labels.append(label)
     images = np.stack(images)
@@ -309,19 +310,20 @@ def test_grown_corpus_extracts_only_the_new_images(base, scheduler, tmp_path):
 
 def test_changed_resolution_rebuilds_the_store(base, scheduler, tmp_path):
     copy = _copy(base, tmp_path)
-    params = ExtractParams(resolution=48, batch_size=4, device="cpu")
+    params = ExtractParams(resolution=48, val_resolution=64, batch_size=4, device="cpu")
     summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, scheduler)
     assert summary.chunks_computed == summary.chunks_total == {"train": 2, "val": 1}, f"{summary}"
     root = zarr.open_group(str(copy.store), mode="r")
     assert root["train"]["feats"].shape == (30, 192, 3, 3), f"train feats {root['train']['feats'].shape}"
-    assert root["val"]["images"].shape == (3, 48, 48, 3), f"val images {root['val']['images'].shape}"
-    assert root.attrs["resolution"] == 48, f"root attrs {dict(root.attrs)}"
-    assert root["val"].attrs["fingerprint"]["resolution"] == 48, "fingerprint not updated"
+    assert root["val"]["images"].shape == (3, 64, 64, 3), f"val images {root['val']['images'].shape}"
+    assert root.attrs["resolution"] == 64 and root.attrs["train_resolution"] == 48, f"root attrs {dict(root.attrs)}"
+    assert root["train"].attrs["fingerprint"]["resolution"] == 48, "train fingerprint not updated"
+    assert root["val"].attrs["fingerprint"]["resolution"] == 64, "val fingerprint not updated"
 
 
 def test_resolution_must_be_a_multiple_of_the_patch(base, tmp_path):
     store = tmp_path / "features.zarr"
-    params = ExtractParams(resolution=40, batch_size=4, device="cpu")
+    params = ExtractParams(resolution=40, val_resolution=None, batch_size=4, device="cpu")
     with pytest.raises(ValueError, match=r"resolution 40 is not a multiple of the backbone's patch size 16.*32"):
         extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DASK)
     assert not store.exists(), "a refused run must not create the store"
