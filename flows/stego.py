@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ def reproduce(repo: str, targets: list[str] | None = None, force: bool = False) 
 
     Args:
         repo: the DVC project folder.
-        targets: stages to reproduce (default: the whole pipeline).
+        targets: stages to reproduce, as `dvc repro` takes them inside `repo` (default: all).
         force: rerun stages even when DVC finds them up to date.
 
     Returns:
@@ -38,8 +39,20 @@ def reproduce(repo: str, targets: list[str] | None = None, force: bool = False) 
     from dvc.repo import Repo
 
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    with Repo(repo) as dvc_repo:
-        stages = dvc_repo.reproduce(targets=targets or None, force=force)
+    # Stage commands call `stego`; a worker started as `.venv/bin/prefect worker start`
+    # without the venv activated has no `stego` on PATH, so add the bin folder of this interpreter.
+    bin_dir = str(Path(sys.executable).parent)
+    if bin_dir not in os.environ.get("PATH", "").split(os.pathsep):
+        os.environ["PATH"] = os.pathsep.join(filter(None, [bin_dir, os.environ.get("PATH")]))
+    # DVC resolves targets, the default `dvc.yaml` included, against the current folder, not
+    # against Repo(repo): from elsewhere it collects another project's stages and fails.
+    previous = os.getcwd()
+    os.chdir(repo)
+    try:
+        with Repo(repo) as dvc_repo:
+            stages = dvc_repo.reproduce(targets=targets or None, force=force)
+    finally:
+        os.chdir(previous)
     return [stage.addressing for stage in stages]
 
 

@@ -8,6 +8,7 @@ traceback) and exit with status 2; nothing already written is removed.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -46,7 +47,26 @@ STAGES: dict[str, tuple[str, list[str]]] = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+# Commands outside the pipeline: (help, module providing add_arguments / main_from_args).
+TOOLS: dict[str, tuple[str, str]] = {
+    "predict": (
+        "Segment new images with a trained run: reads IMAGES_OR_DIR and the run's artifacts/model, params.yaml and "
+        "artifacts/assignment.json; writes <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png "
+        "and legend.json to --out.",
+        "stego_tasks.predict",
+    ),
+    "adapt": (
+        "Turn a CocoStuff-27 / Cityscapes-27 / Potsdam(-3) download into a corpus folder (images, labels, corpus.yaml).",
+        "stego_tasks.adapters",
+    ),
+    "report": (
+        "Write one self-contained HTML page for a run (metrics, IoU bars, confusion, losses, overlays, quarantine).",
+        "stego_tasks.report",
+    ),
+}
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stego", description="Unsupervised semantic segmentation with STEGO.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo-data", help="Write the deterministic synthetic demo corpus to DIR.",
@@ -65,27 +85,11 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--no-prefect", action="store_true", help="call the library directly, without a Prefect flow run")
         if stage == "train":
             sub.add_argument("--resume", action="store_true", help="continue from the model folder's checkpoint.pt")
-    predict = commands.add_parser(
-        "predict", help="Segment new images with a trained run; write palette PNGs, overlays and class maps.",
-        description="Read IMAGES_OR_DIR and a trained run folder (artifacts/model, params.yaml, artifacts/assignment.json); "
-        "write <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png (when the run was evaluated "
-        "with labels) and legend.json to --out.",
-    )
-    from stego_tasks.predict import add_arguments
-
-    add_arguments(predict)
-    adapt = commands.add_parser(
-        "adapt", help="Turn a CocoStuff-27 / Cityscapes-27 / Potsdam(-3) download into a corpus folder.",
-    )
-    from stego_tasks import adapters
-
-    adapters.add_arguments(adapt)
-    report = commands.add_parser(
-        "report", help="Write one self-contained HTML page for a run (metrics, IoU bars, confusion, losses, overlays).",
-    )
-    from stego_tasks.report import add_arguments as add_report_arguments
-
-    add_report_arguments(report)
+    for name, (text, module) in TOOLS.items():
+        sub = commands.add_parser(name, help=text, description=text)
+        # Their modules import torch and friends; load them only for the command being run.
+        if name == command:
+            importlib.import_module(module).add_arguments(sub)
     run = commands.add_parser("run", help="Run the whole pipeline through DVC (the Prefect flow `stego`).",
                               description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run.")
     run.add_argument("--no-record", action="store_true", help="do not commit dvc.lock and metrics after a run that changed them")
@@ -101,8 +105,6 @@ def _run_stage(stage: str, args: argparse.Namespace) -> Any:
         from flows import stage_functions
 
         return getattr(stage_functions, stage)(**kwargs)
-    import importlib
-
     module = importlib.import_module(f"flows.{stage}")
     return getattr(module, f"{stage}_flow")(**kwargs)
 
@@ -112,11 +114,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stego")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     logging.getLogger("stego").setLevel(logging.INFO)
-    if args.command in ("demo-data", "predict", "adapt", "report") or getattr(args, "no_prefect", False):
+    if args.command == "demo-data" or args.command in TOOLS or getattr(args, "no_prefect", False):
         # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    else:
+        # Prefect attaches its console and API handlers to "stego"; the root would print it twice.
+        logging.getLogger("stego").propagate = False
     try:
         if args.command == "demo-data":
             from stego_tasks.demo_data import make_demo_corpus
@@ -125,18 +131,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.directory, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed
             )
             print(f"demo corpus written to {args.directory}: {summary}")
-        elif args.command == "adapt":
-            from stego_tasks.adapters import main_from_args as adapt_main
-
-            return adapt_main(args)
-        elif args.command == "report":
-            from stego_tasks.report import main_from_args as report_main
-
-            return report_main(args)
-        elif args.command == "predict":
-            from stego_tasks.predict import main_from_args
-
-            return main_from_args(args)
+        elif args.command in TOOLS:
+            return importlib.import_module(TOOLS[args.command][1]).main_from_args(args)
         elif args.command == "run":
             from flows.stego import stego_flow
 

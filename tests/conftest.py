@@ -1,0 +1,315 @@
+"""Shared fixtures: an isolated environment for Prefect and DVC, a tiny git + DVC project, and
+one real local Prefect server for every subprocess the pipeline tests start.
+
+Prefect reads its settings once, when it is first imported, so the isolating variables are
+set when pytest loads this file, before any test module imports `prefect`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The interpreter running pytest sits beside the `stego`, `dvc` and `prefect` commands.
+VENV_BIN = Path(sys.executable).parent
+
+# Never talk to a user's Prefect server or profile, send telemetry, or prompt; for the whole
+# session, since any test module may import prefect.
+_PREFECT_HOME = Path(tempfile.mkdtemp(prefix="stego-tests-prefect-home-"))
+ISOLATION = {
+    "PREFECT_HOME": str(_PREFECT_HOME),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "DVC_NO_ANALYTICS": "1",
+    "GIT_TERMINAL_PROMPT": "0",
+}
+# For the pipeline's own processes (stages, flows, workers). No hub downloads. Tiny tensors
+# gain nothing from threads, and spinning OpenMP threads on a busy 2-core machine made a
+# 30-step training 25 times slower (measured).
+SUBPROCESS_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+}
+os.environ.update(ISOLATION)
+for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
+    os.environ.pop(_name, None)
+os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+
+# Tiny but complete: a random-weight ViT-Ti/16 at 32 px (2 x 2 patches) over 6 + 3 images.
+TINY_PARAMS = {
+    ("backbone", "name"): "vit_tiny_patch16_224",
+    ("backbone", "weights"): "random",
+    ("extract", "resolution"): 32,
+    ("train", "steps"): 30,
+    ("train", "log_every"): 10,
+    ("crf", "workers"): 1,
+    ("evaluate", "n_overlays"): 2,
+}
+DEMO_CMD = "stego demo-data data/demo"
+TINY_DEMO_CMD = "stego demo-data data/demo --n-train 6 --n-val 3 --size 64"
+# Produced by the pipeline, or environment: never copied into a test project.
+NOT_COPIED = ("artifacts/", "data/", "metrics/", "plots/", "dvc.lock", ".dvc/", ".venv/", "benchmarks/")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the session's Prefect home."""
+    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
+
+
+def run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, timeout: float = 300, check: bool = True
+) -> subprocess.CompletedProcess:
+    """Run a command and capture its output; fail the test with that output when it fails.
+
+    Args:
+        args: the command and its arguments.
+        cwd: folder to run in.
+        env: full environment (default: this process's).
+        timeout: seconds before the command is killed.
+        check: fail the test on a non-zero exit status.
+
+    Returns:
+        The completed process, stdout and stderr as text.
+    """
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if check and result.returncode != 0:
+        pytest.fail(
+            f"`{' '.join(args)}` exited with {result.returncode} in {cwd}:\n"
+            f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
+        )
+    return result
+
+
+def set_params(project: Path, updates: dict[tuple[str, ...], object]) -> None:
+    """Set keys of `project/params.yaml` in place, keeping its comments and order.
+
+    Args:
+        project: folder holding params.yaml.
+        updates: {(block, key, ...): value}.
+    """
+    from ruamel.yaml import YAML
+
+    yaml = YAML()
+    path = project / "params.yaml"
+    params = yaml.load(path.read_text())
+    for keys, value in updates.items():
+        block = params
+        for key in keys[:-1]:
+            block = block[key]
+        assert keys[-1] in block, f"params.yaml has no key {'.'.join(keys)}"
+        block[keys[-1]] = value
+    with path.open("w") as handle:
+        yaml.dump(params, handle)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stop_process_group(process: subprocess.Popen, grace: float = 15) -> None:
+    """Stop a process started with `start_new_session=True` and everything it started.
+
+    SIGTERM to the group first (Prefect and uvicorn shut down cleanly on it), then SIGKILL.
+    """
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=grace)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class PrefectServer:
+    """A running `prefect server start`: its API URL, process and log file."""
+
+    api_url: str
+    process: subprocess.Popen
+    log: Path
+
+
+def start_prefect_server(home: Path, timeout: float = 120) -> PrefectServer:
+    """Start a local Prefect server (own process group, own PREFECT_HOME) and wait for /api/health.
+
+    The scheduler and the other background services are off: runs happen only when a test
+    asks for one, so a scheduled deployment cannot start a run in the middle of a test.
+
+    Args:
+        home: PREFECT_HOME of the server (its SQLite database lives there).
+        timeout: seconds to wait for the API to answer.
+
+    Returns:
+        The running server; stop it with `stop_process_group(server.process)`.
+    """
+    port = free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    log = home / "server.log"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
+    with log.open("w") as handle:
+        process = subprocess.Popen(
+            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
+            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    api_url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"prefect server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
+                if response.status == 200:
+                    return PrefectServer(api_url, process, log)
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    stop_process_group(process)
+    raise RuntimeError(f"prefect server did not answer within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrefectServer]:
+    """One real Prefect server for the session.
+
+    Every `stego <stage>` that DVC starts would otherwise start its own ephemeral server
+    (about 4 s each); pointed at this one with PREFECT_API_URL they only connect.
+    """
+    server = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    try:
+        yield server
+    finally:
+        stop_process_group(server.process)
+
+
+@pytest.fixture(scope="session")
+def project_env(prefect_server: PrefectServer) -> dict[str, str]:
+    """Environment for the `dvc`, `git`, `stego` and `prefect` subprocesses of the tests."""
+    return {**os.environ, **ISOLATION, **SUBPROCESS_ENV, "PREFECT_API_URL": prefect_server.api_url}
+
+
+def _copy_sources(destination: Path) -> None:
+    """Copy the repo's tracked files and new, not-ignored ones (e.g. an uncommitted prefect.yaml)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    for name in listed:
+        if name.startswith(NOT_COPIED) or not (REPO / name).is_file():
+            continue
+        target = destination / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, target)
+
+
+def make_tiny_project(root: Path, env: dict[str, str]) -> Path:
+    """Build a committed git + DVC copy of the repo whose pipeline runs in seconds.
+
+    Args:
+        root: empty folder to create the project in.
+        env: environment for git and dvc.
+
+    Returns:
+        The project folder (`root`), with one commit and nothing reproduced yet.
+    """
+    _copy_sources(root)
+    run(["git", "init", "--quiet", "--initial-branch", "main"], root, env)
+    run(["git", "config", "user.name", "STEGO tests"], root, env)
+    run(["git", "config", "user.email", "stego-tests@example.invalid"], root, env)
+    run(["git", "config", "commit.gpgsign", "false"], root, env)
+    run([str(VENV_BIN / "dvc"), "init", "--quiet"], root, env)
+    # The repo's own DVC config (analytics off, autostage off) replaces the fresh one.
+    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    site_cache = root.parent / f"{root.name}-dvc-site-cache"
+    run([str(VENV_BIN / "dvc"), "config", "--local", "core.site_cache_dir", str(site_cache)], root, env)
+    set_params(root, TINY_PARAMS)
+    dvc_yaml = root / "dvc.yaml"
+    text = dvc_yaml.read_text()
+    assert text.count(f"cmd: {DEMO_CMD}\n") == 1, f"dvc.yaml's demo_data cmd is no longer `{DEMO_CMD}`"
+    dvc_yaml.write_text(text.replace(f"cmd: {DEMO_CMD}\n", f"cmd: {TINY_DEMO_CMD}\n"))
+    run(["git", "add", "--all"], root, env)
+    run(["git", "commit", "--quiet", "-m", "tiny STEGO project"], root, env)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_project(tmp_path_factory: pytest.TempPathFactory, project_env: dict[str, str]) -> Path:
+    """A committed tiny git + DVC project (see `make_tiny_project`); nothing reproduced yet.
+
+    Session-wide: tests must not change it; they change a `project_copy` instead.
+    """
+    return make_tiny_project(tmp_path_factory.mktemp("tiny-project"), project_env)
+
+
+def stage_graph(project: Path) -> dict[str, set[str]]:
+    """Each stage of the project's pipeline and the stages it depends on, directly or not.
+
+    Read from DVC's own graph, so the tests follow stages added to dvc.yaml.
+
+    Args:
+        project: a DVC project folder.
+
+    Returns:
+        {stage name: names of all its upstream stages}.
+    """
+    import networkx as nx
+    from dvc.repo import Repo
+
+    with Repo(str(project)) as repo:
+        graph = repo.index.graph  # edges point from a stage to the stages it depends on
+        return {stage.name: {up.name for up in nx.descendants(graph, stage)} for stage in graph}
+
+
+def downstream(graph: dict[str, set[str]], stage: str) -> set[str]:
+    """`stage` and every stage that depends on it, directly or not."""
+    return {stage} | {name for name, upstream in graph.items() if stage in upstream}
+
+
+def dvc_repro(project: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`dvc repro` in `project`; fails the test when it fails."""
+    return run([str(VENV_BIN / "dvc"), "repro", *args], project, env, timeout=400)
+
+
+@pytest.fixture(scope="session")
+def reproduced_project(tmp_path_factory: pytest.TempPathFactory, tiny_project: Path, project_env: dict[str, str]) -> Path:
+    """A copy of `tiny_project` after one full `dvc repro`, its results committed.
+
+    That repro's stdout is in `repro-output.txt` beside the project folder.
+    """
+    project = tmp_path_factory.mktemp("reproduced") / "project"
+    shutil.copytree(tiny_project, project, symlinks=True)
+    result = dvc_repro(project, project_env)
+    (project.parent / "repro-output.txt").write_text(result.stdout)
+    run(["git", "add", "--all"], project, project_env)
+    run(["git", "commit", "--quiet", "-m", "first run"], project, project_env)
+    return project
+
+
+@pytest.fixture
+def project_copy(tmp_path: Path, reproduced_project: Path, project_env: dict[str, str]) -> Path:
+    """A private copy of `reproduced_project` that a test may change."""
+    project = tmp_path / "project"
+    shutil.copytree(reproduced_project, project, symlinks=True)
+    site_cache = tmp_path / "dvc-site-cache"
+    run([str(VENV_BIN / "dvc"), "config", "--local", "core.site_cache_dir", str(site_cache)], project, project_env)
+    return project

@@ -1,0 +1,60 @@
+"""The `stego` command: every subcommand documents what it reads and writes, and a user
+error is one sentence on stderr with exit status 2 (no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stego_tasks.cli import STAGES, TOOLS, main
+
+COMMANDS = [*STAGES, *TOOLS, "demo-data", "run"]
+
+
+def _stego(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "stego_tasks.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0, f"`stego {command} --help` exited with {exit_info.value.code}"
+    text = capsys.readouterr().out
+    assert f"usage: stego {command}" in text, f"no usage line for {command}"
+    if command in STAGES:
+        assert "Read" in text and "write" in text, f"`stego {command} --help` must say what it reads and writes"
+
+
+def test_top_level_help_lists_every_command_without_heavy_imports() -> None:
+    result = _stego("--help")
+    assert result.returncode == 0, result.stderr
+    for command in COMMANDS:
+        assert command in result.stdout, f"{command} missing from `stego --help`"
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys; from stego_tasks.cli import _parser; _parser(); print('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert probe.stdout.strip() == "False", "building the parser must not import torch (it slows every stage)"
+
+
+def test_user_error_is_one_sentence_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("corpus:\n  root: no-such-corpus\n")
+    result = _stego("ingest", "--no-prefect", "--manifest", "m.parquet", "--quarantine", "q.csv", cwd=tmp_path)
+    assert result.returncode == 2, f"exit status {result.returncode}: {result.stderr}"
+    lines = [line for line in result.stderr.splitlines() if line.startswith("stego ingest: error:")]
+    assert len(lines) == 1, f"expected one error line, got stderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, "a user error must not print a traceback"
+    assert "no-such-corpus" in lines[0], f"the error must name the corpus it looked at: {lines[0]}"
+
+
+def test_unknown_params_key_is_reported_in_one_line(tmp_path: Path) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  stepz: 3\n")
+    result = _stego("knn", "--no-prefect", cwd=tmp_path)
+    assert result.returncode == 2, f"exit status {result.returncode}: {result.stderr}"
+    assert "stego knn: error: params.yaml block 'train' has unknown key(s) ['stepz']" in result.stderr, result.stderr

@@ -1,0 +1,99 @@
+"""End-to-end `dvc repro` on the tiny project: every stage runs once, then only what a change
+makes stale runs again, and `dvc metrics diff` compares two recorded runs.
+
+The stages that ran are read from DVC's output ("Running stage 'x':") and compared with
+DVC's own graph of the project: a change must re-run the changed stage and everything
+downstream of it, and nothing upstream; stages added after `evaluate` are followed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import VENV_BIN, downstream, dvc_repro, run, set_params, stage_graph
+
+pytestmark = pytest.mark.slow
+
+CORE_STAGES = ["demo_data", "ingest", "validate", "extract", "knn", "train", "cluster", "crf", "evaluate"]
+# What each method's predictions are scored as in metrics/scores.json.
+METHODS = ("cluster", "cluster_crf", "kmeans", "linear", "linear_crf")
+CRF_METHODS = ("cluster_crf", "linear_crf")
+
+
+def stages_ran(output: str) -> list[str]:
+    """Stage names in the order DVC ran them, from `dvc repro` stdout."""
+    return re.findall(r"^Running stage '([^']+)':", output, flags=re.MULTILINE)
+
+
+def commit_run(project: Path, env: dict[str, str], message: str) -> None:
+    """Commit a run together with the params that produced it."""
+    run(["git", "add", "params.yaml", "dvc.lock", "metrics"], project, env)
+    run(["git", "commit", "--quiet", "-m", message], project, env)
+
+
+def test_first_run_runs_every_stage_and_writes_scores(reproduced_project: Path) -> None:
+    """The first repro runs each stage once, after all it depends on, and scores every method."""
+    output = (reproduced_project.parent / "repro-output.txt").read_text()
+    ran = stages_ran(output)
+    graph = stage_graph(reproduced_project)
+    assert set(CORE_STAGES) <= set(graph), f"dvc.yaml lacks core stages: {sorted(set(CORE_STAGES) - set(graph))}"
+    assert sorted(ran) == sorted(graph), f"first repro ran {ran}; the pipeline has {sorted(graph)}"
+    for stage, upstream in graph.items():
+        late = [up for up in upstream if ran.index(up) > ran.index(stage)]
+        assert not late, f"{stage} ran before {late}, which it depends on: {ran}"
+    scores = json.loads((reproduced_project / "metrics" / "scores.json").read_text())
+    for method in METHODS:
+        assert set(scores.get(method, {})) >= {"miou", "accuracy"}, f"scores.json lacks miou/accuracy of {method}: {scores}"
+        assert 0 <= scores[method]["miou"] <= 100, f"{method} mIoU {scores[method]['miou']} is not a percentage"
+    assert scores["backbone_weights"] == "random", f"the tiny project asked for random weights, scores say {scores}"
+    assert scores["n_images"] == 3, f"the tiny corpus has 3 validation images, scores count {scores['n_images']}"
+
+
+def test_noop_repro_runs_nothing(project_copy: Path, project_env: dict[str, str]) -> None:
+    """With nothing changed, `dvc repro` runs no stage and says so."""
+    result = dvc_repro(project_copy, project_env)
+    assert stages_ran(result.stdout) == [], f"a no-op repro ran {stages_ran(result.stdout)}:\n{result.stdout}"
+    assert "Data and pipelines are up to date." in result.stdout, f"no up-to-date message:\n{result.stdout}"
+
+
+def test_crf_param_reruns_crf_and_evaluate_only(project_copy: Path, project_env: dict[str, str]) -> None:
+    """A crf param re-runs crf + evaluate; `dvc metrics diff` then shows only CRF scores moved."""
+    set_params(project_copy, {("crf", "iterations"): 5})
+    result = dvc_repro(project_copy, project_env)
+    ran = stages_ran(result.stdout)
+    expected = downstream(stage_graph(project_copy), "crf")
+    assert {"crf", "evaluate"} <= expected, f"evaluate is not downstream of crf in dvc.yaml: {sorted(expected)}"
+    assert ran[:1] == ["crf"] and sorted(ran) == sorted(expected), f"crf.iterations change ran {ran}, expected {sorted(expected)}"
+
+    commit_run(project_copy, project_env, "crf.iterations 5")
+    diff = run([str(VENV_BIN / "dvc"), "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json"], project_copy, project_env)
+    metrics = json.loads(diff.stdout)
+    assert set(metrics) == {"metrics/scores.json", "metrics/per_class_iou.json"}, f"metrics diff files: {sorted(metrics)}"
+    scores = metrics["metrics/scores.json"]
+    for method in METHODS:
+        for key in ("miou", "accuracy"):
+            entry = scores.get(f"{method}.{key}")
+            assert entry is not None and set(entry) == {"old", "new", "diff"}, f"{method}.{key} diff entry: {entry}"
+            assert entry["diff"] == pytest.approx(entry["new"] - entry["old"]), f"{method}.{key}: diff != new - old"
+    assert scores.get("backbone_weights") == {"old": "random", "new": "random"}, f"weights entry: {scores.get('backbone_weights')}"
+    # Text entries (backbone names) carry old/new but no diff.
+    moved = {name for file in metrics.values() for name, entry in file.items() if entry.get("diff", 0) != 0}
+    assert moved, "changing crf.iterations from 10 to 5 moved no score at all"
+    assert all(name.startswith(CRF_METHODS) for name in moved), f"a crf param moved non-CRF scores: {sorted(moved)}"
+
+
+def test_train_param_reruns_from_train_on(project_copy: Path, project_env: dict[str, str]) -> None:
+    """A train param re-runs train, cluster, crf, evaluate (and what follows); never the stages before train."""
+    set_params(project_copy, {("train", "steps"): 20})
+    result = dvc_repro(project_copy, project_env)
+    ran = stages_ran(result.stdout)
+    expected = downstream(stage_graph(project_copy), "train")
+    assert {"train", "cluster", "crf", "evaluate"} <= expected, f"dvc.yaml's stages after train: {sorted(expected)}"
+    assert ran[:1] == ["train"] and sorted(ran) == sorted(expected), f"train.steps change ran {ran}, expected {sorted(expected)}"
+    upstream = {"demo_data", "ingest", "validate", "extract", "knn"} & set(ran)
+    assert not upstream, f"a train param re-ran stages before train: {sorted(upstream)}"
+    lock = (project_copy / "dvc.lock").read_text()
+    assert re.search(r"^\s+steps: 20$", lock, flags=re.MULTILINE), "dvc.lock does not record train.steps 20"
