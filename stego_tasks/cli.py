@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `stego` console command."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "stego")
+    # Library logs outside a flow run (e.g. `--no-prefect`) stay local instead of warning.
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
