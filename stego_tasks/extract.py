@@ -248,13 +248,13 @@ def _open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_row
     """Open the split's group, or (re)create it when the settings that shaped it changed."""
     if split in root:
         group = root[split]
-        if dict(group.attrs).get("fingerprint") == fingerprint:
-            _resize_split(group, n_rows, fingerprint["batch_size"])
+        # A split killed while being created has no `done` yet (or no fingerprint): rebuild it.
+        if dict(group.attrs).get("fingerprint") == fingerprint and "done" in group:
+            _resize_split(group, n_rows)
             return group
         log.info("extract %s: backbone or preprocessing changed; rebuilding the split", split)
         del root[split]
     group = root.create_group(split)
-    group.attrs["fingerprint"] = fingerprint
     crops = 5 if fingerprint["five_crop"] else 1
     rows_per_chunk = fingerprint["batch_size"] * crops
     res, dim = fingerprint["resolution"], fingerprint["embed_dim"]
@@ -273,21 +273,24 @@ def _open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_row
         group.create_array(name, shape=(n_rows, *tail), chunks=(rows_per_chunk, *tail), dtype=dtype, fill_value=0)
     n_chunks = -(-n_rows // rows_per_chunk)
     group.create_array("done", shape=(n_chunks,), chunks=(max(n_chunks, 1),), dtype="bool", fill_value=False)
+    group.attrs["fingerprint"] = fingerprint  # last: only a complete layout is ever reused
     return group
 
 
-def _resize_split(group: zarr.Group, n_rows: int, batch_size: int) -> None:
+def _resize_split(group: zarr.Group, n_rows: int) -> None:
     for name in group.array_keys():
         if name != "done" and group[name].shape[0] != n_rows:
             group[name].resize((n_rows, *group[name].shape[1:]))
     rows_per_chunk = group["feats"].chunks[0]
     n_chunks = -(-n_rows // rows_per_chunk)
     done = group["done"]
-    if done.shape[0] != n_chunks:
-        keep = done[: min(done.shape[0], n_chunks)]
-        del group["done"]
-        new = group.create_array("done", shape=(n_chunks,), chunks=(max(n_chunks, 1),), dtype="bool", fill_value=False)
-        new[: keep.shape[0]] = keep
+    old = done.shape[0]
+    if old != n_chunks:
+        # Resized in place (never deleted and recreated), so a kill here cannot lose the flags;
+        # new entries are cleared explicitly because a shrunk chunk keeps its old values.
+        done.resize((n_chunks,))
+        if n_chunks > old:
+            done[old:] = False
 
 
 def _pending_chunks(group: zarr.Group, row_ids: np.ndarray, rows_per_chunk: int) -> list[int]:
@@ -389,12 +392,15 @@ def extract(
             )
     device = str(resolve_device(params.device))
     summary = ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source)
+    # Resolving every path first refuses a manifest that escapes the corpus before anything starts.
+    threads = torch_threads_per_worker(dask)
+    jobs_by_split = {
+        split: list(_jobs_for_split(manifest, split, corpus, params, backbone, device, threads)) for split in SPLITS
+    }
     with artifact_lock(store_path), dask_client(dask) as client:
         root = zarr.open_group(str(store_path), mode="a", zarr_format=3)
         for split in SPLITS:
-            jobs = list(
-                _jobs_for_split(manifest, split, corpus, params, backbone, device, torch_threads_per_worker(dask))
-            )
+            jobs = jobs_by_split[split]
             fingerprint = _fingerprint(backbone, params, split)
             crops = 5 if fingerprint["five_crop"] else 1
             ids = manifest[manifest["split"] == split].sort_values("id")["id"].to_numpy()

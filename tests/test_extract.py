@@ -26,6 +26,7 @@ from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, Extract
 from stego_tasks.demo_data import make_demo_corpus
 from stego_tasks.extract import (
     ExtractSummary,
+    _resize_split,
     extract,
     five_crop_boxes,
     preprocess,
@@ -283,6 +284,25 @@ def test_rerun_recomputes_only_an_unfinished_chunk(base, scheduler, tmp_path):
     after["train/pooled"][0] = before["train/pooled"][0]
     for name in before:
         _assert_same(after[name], before[name], f"{name} differs from the uninterrupted run")
+
+
+def test_split_killed_while_being_created_is_rebuilt(base, scheduler, tmp_path):
+    copy = _copy(base, tmp_path)
+    root = zarr.open_group(str(copy.store), mode="a")
+    del root["train"]["done"]  # as if killed after the arrays but before the done flags
+    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, PARAMS, scheduler)
+    assert summary.chunks_computed == {"train": 2, "val": 0}, f"computed {summary.chunks_computed}"
+    before, after = _arrays(base.store), _arrays(copy.store)
+    for name in before:
+        _assert_same(after[name], before[name], f"{name} differs after rebuilding a half-created split")
+
+
+def test_shrunk_then_regrown_split_does_not_trust_stale_done_flags(base, scheduler, tmp_path):
+    copy = _copy(base, tmp_path)
+    group = zarr.open_group(str(copy.store), mode="a")["train"]
+    _resize_split(group, 5 * 4)  # manifest shrank to 4 images: one chunk
+    _resize_split(group, 5 * N_TRAIN)  # and grew back: chunk 1 must be pending again
+    assert group["done"][:].tolist() == [True, False], f"done flags {group['done'][:].tolist()}"
 
 
 def test_grown_corpus_extracts_only_the_new_images(base, scheduler, tmp_path):
