@@ -432,7 +432,8 @@ def _state_dict_from_hub(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
             return read_checkpoint(path), "hub-download"
     repo = spec.hf_repo or f"timm's repo for {spec.timm_name}"
     raise WeightsNotFoundError(
-        f"No weights for backbone {spec.name} ({reason}): pass a local checkpoint path as weights, "
-        f"put the Hugging Face repo {repo} ({'/'.join(_HUB_FILENAMES)}) in the hub cache {cache_dir}, "
-        "or go online so it can be downloaded (or pass weights='random' to run on random weights)."
+        f"No weights for backbone {spec.name} ({reason}): pass a local checkpoint path as weights "
+        f"(backbone.weights in params.yaml, --weights for stego predict), put the Hugging Face repo {repo} "
+        f"({'/'.join(_HUB_FILENAMES)}) in the hub cache {cache_dir}, or go online so it can be downloaded "
+        "(weights 'random' runs on random weights, for smoke tests only)."
     )
