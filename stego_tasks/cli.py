@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo-data" or args.command in TOOLS or getattr(args, "no_prefect", False):
         # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    else:
-        # Prefect attaches its console and API handlers to "stego"; the root would print it twice.
-        logging.getLogger("stego").propagate = False
+
     try:
         if args.command == "demo-data":
             from stego_tasks.demo_data import make_demo_corpus
