@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
+import psutil
 import pytest
 
 from stego_tasks.config import DaskParams
@@ -30,6 +32,11 @@ def test_local_cluster_runs_tasks_on_loopback() -> None:
         assert client.submit(sum, [1, 2, 3]).result() == 6, "the local cluster computed a wrong sum"
         workers = client.scheduler_info()["workers"]
         assert all(address.startswith("tcp://127.0.0.1:") for address in workers), f"not on loopback: {list(workers)}"
+        # Every socket the cluster listens on (scheduler, HTTP server, workers, nannies) is loopback.
+        pids = {os.getpid()} | {child.pid for child in psutil.Process().children(recursive=True)}
+        listening = [c.laddr for c in psutil.net_connections(kind="tcp") if c.status == "LISTEN" and c.pid in pids]
+        assert listening, "found no listening socket of the cluster"
+        assert all(address.ip == "127.0.0.1" for address in listening), f"exposed beyond loopback: {listening}"
 
 
 def test_threads_split_cores_between_local_workers(monkeypatch: pytest.MonkeyPatch) -> None:
