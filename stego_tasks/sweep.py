@@ -1,0 +1,459 @@
+"""`stego sweep-k`: how many clusters? Refit the cluster probe for several K and compare.
+
+In STEGO only the cluster probe depends on the number of clusters K; the head does not.
+So a finished run's head turns the stored training features (never the backbone) into
+codes once, and for every K a fresh `ClusterProbe` with K centroids is fitted on those
+codes with the `train` stage's update: the probe's own loss (minus the mean best cosine
+similarity, a spherical k-means), Adam at `train.probe_lr`, `train.steps` steps on
+shuffled batches of `train.batch_size` crops, seeded. Two additions, both because a
+centroid that starts far from every code never moves and silently turns K into a smaller
+K: the centroids start at random training codes (`--init random` for the training's own
+N(0, 1) start), and the best of a few restarts, judged on the training codes, is kept.
+Each probe then labels the val split as `stego cluster` does (flip-averaged code
+upsampled to the label grid).
+
+Per K it reports the unsupervised criterion, the mean over val pixels of the cosine
+similarity between the code and its nearest centroid (the probe's objective; higher means
+tighter clusters), the same on the training codes, and, when the val split has labels,
+Hungarian-matched mIoU and accuracy. The training criterion keeps growing with K, so look
+for the K after which it stops improving much (an elbow), not for its maximum.
+
+Outputs: `<out>.json` (one row per K) and `<out>.png` (criterion and mIoU against K).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import zarr
+
+from stego_tasks import atomic
+from stego_tasks.cluster import BATCH, predict_code
+from stego_tasks.extract import read_split
+from stego_tasks.head import ClusterProbe
+from stego_tasks.metrics import ScoreAccumulator
+from stego_tasks.train import StegoModel, _batches, load_model
+
+ROW_KEYS = ("k", "criterion", "train_criterion", "miou", "accuracy")
+
+
+def parse_ks(text: str) -> list[int]:
+    """Parse a comma-separated K list such as "3,5,8,12".
+
+    Args:
+        text: the `--ks` value.
+
+    Returns:
+        The Ks in the given order.
+
+    Raises:
+        ValueError: empty list, a non-integer, a K below 1 or a repeated K.
+    """
+    parts = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"--ks {text!r} holds no number of clusters; pass e.g. --ks 3,5,8,12.")
+    try:
+        ks = [int(part) for part in parts]
+    except ValueError:
+        raise ValueError(f"--ks {text!r} must be comma-separated integers, e.g. --ks 3,5,8,12.") from None
+    check_ks(ks)
+    return ks
+
+
+def check_ks(ks: list[int]) -> None:
+    """Raise a ValueError unless `ks` is a non-empty list of distinct integers >= 1."""
+    if not ks:
+        raise ValueError("the list of cluster counts is empty; give at least one K, e.g. 3,5,8,12.")
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    if bad:
+        raise ValueError(f"every K must be an integer >= 1, got {bad}; give e.g. 3,5,8,12.")
+    if len(set(ks)) != len(ks):
+        raise ValueError(f"the K list {list(ks)} repeats a value; give each K once.")
+
+
+def training_codes(model: StegoModel, feats: zarr.Array | np.ndarray, batch: int = 64) -> torch.Tensor:
+    """Codes of the training crops from stored features, head in eval mode (no dropout).
+
+    Args:
+        model: trained model (its head is used).
+        feats: stored backbone features [M, C, h, w] (float16 in the store).
+        batch: crops per head forward pass.
+
+    Returns:
+        float32 codes [M, D, h, w], D = the head's n_codes.
+    """
+    model.eval()
+    rows = feats.shape[0]
+    chunks = []
+    with torch.no_grad():
+        for start in range(0, rows, batch):
+            chunk = torch.from_numpy(np.asarray(feats[start : min(start + batch, rows)])).float()
+            chunks.append(model.head(chunk))
+    return torch.cat(chunks)
+
+
+INITS = ("codes", "random")
+
+
+def fit_cluster_probe(
+    codes: torch.Tensor, n_clusters: int, *, steps: int, batch_size: int, lr: float, seed: int, init: str = "codes"
+) -> ClusterProbe:
+    """Fit a fresh K-centroid cluster probe on fixed codes with the `train` stage's update.
+
+    The same update as in `train._step`, restricted to the probe: its own loss
+    (`ClusterProbe.forward` with hard assignment), Adam at `lr`, batches drawn by
+    `train._batches` (epoch-wise shuffling). train.py has no probe-only step to reuse,
+    hence these few lines. The global torch RNG is left untouched.
+
+    Initial centroids: with init="random" the probe's own N(0, 1) draw, exactly as in
+    training. A centroid that starts where no code is nearest never gets a gradient and
+    stays dead, which makes a K behave like a smaller one (on the demo run's codes most
+    fits with K = 8 kept only 4 or 5 live centroids); so by default (init="codes") the
+    centroids start at K distinct randomly drawn training code vectors (k-means' Forgy
+    start), rescaled to the norm sqrt(D) of the N(0, 1) draw so that Adam's fixed step
+    turns them by comparable angles.
+
+    Args:
+        codes: training codes [M, D, h, w].
+        n_clusters: K, the number of centroids.
+        steps: optimiser steps.
+        batch_size: crops per step (capped at M).
+        lr: Adam learning rate (the run's `train.probe_lr`).
+        seed: seeds the initial centroids and the batch order.
+        init: "codes" or "random", see above.
+
+    Returns:
+        The fitted probe (eval mode, CPU), centroids [K, D] in `probe.clusters`.
+    """
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    dim = int(codes.shape[1])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = ClusterProbe(dim, n_clusters)
+    if init == "codes":
+        flat = codes.permute(0, 2, 3, 1).reshape(-1, dim)
+        if flat.shape[0] < n_clusters:
+            raise ValueError(f"K = {n_clusters} exceeds the {flat.shape[0]} training code vectors; choose a smaller K.")
+        chosen = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(seed))[:n_clusters]
+        with torch.no_grad():
+            probe.clusters.copy_(F.normalize(flat[chosen], dim=1) * math.sqrt(dim))
+    optimizer = torch.optim.Adam(probe.parameters(), lr=lr)
+    batches = _batches(int(codes.shape[0]), batch_size, seed)
+    probe.train()
+    for _ in range(steps):
+        loss, _ = probe(codes[next(batches)], None)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return probe.eval()
+
+
+def probe_objective(probe: ClusterProbe, codes: torch.Tensor, batch: int = 64) -> float:
+    """Mean over all positions of the best cosine similarity to a centroid (minus the probe loss).
+
+    Args:
+        probe: a cluster probe with centroids [K, D].
+        codes: codes [M, D, h, w].
+        batch: crops per step.
+
+    Returns:
+        The mean, in [-1, 1]; higher means tighter clusters.
+    """
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, codes.shape[0], batch):
+            total += float(probe.similarity(codes[start : start + batch]).amax(1).double().sum())
+    return total / (codes.shape[0] * codes.shape[2] * codes.shape[3])
+
+
+def best_cluster_probe(
+    codes: torch.Tensor,
+    n_clusters: int,
+    *,
+    restarts: int,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+    init: str = "codes",
+) -> ClusterProbe:
+    """Fit `restarts` probes and keep the one with the best objective on the training codes.
+
+    Restarts guard against a poor start (two initial centroids in one cluster, or a dead
+    centroid, see `fit_cluster_probe`); they are judged on the training codes, without
+    labels. Restart 0 uses `seed` itself, so restarts=1 is exactly one fit.
+
+    Args:
+        codes: training codes [M, D, h, w].
+        n_clusters: K.
+        restarts: number of fits (>= 1).
+        steps: optimiser steps per fit.
+        batch_size: crops per step.
+        lr: Adam learning rate.
+        seed: base seed; restart r > 0 uses a seed derived from (seed, r).
+        init: initial centroids, "codes" or "random" (see `fit_cluster_probe`).
+
+    Returns:
+        The probe with the highest `probe_objective` (the first one on ties).
+    """
+    best, best_score = None, -math.inf
+    for restart in range(restarts):
+        restart_seed = seed if restart == 0 else int(np.random.SeedSequence([seed, restart]).generate_state(1)[0])
+        probe = fit_cluster_probe(codes, n_clusters, steps=steps, batch_size=batch_size, lr=lr, seed=restart_seed,
+                                  init=init)
+        score = probe_objective(probe, codes)
+        if score > best_score:
+            best, best_score = probe, score
+    assert best is not None, "restarts must be >= 1"
+    return best
+
+
+def evaluate_probes(
+    model: StegoModel,
+    val: zarr.Group,
+    probes: list[ClusterProbe],
+    *,
+    flip: bool = True,
+    alpha: float = 2.0,
+) -> list[dict[str, Any]]:
+    """Criterion and Hungarian scores of each probe on the val split.
+
+    Args:
+        model: the run's model (head used; class count and ignore index from its info).
+        val: the store's val group (feats, optional feats_flip, labels [N, R, R]).
+        probes: fitted probes, one per K.
+        flip: average with the mirrored code when the store holds `feats_flip`.
+        alpha: cluster-stage temperature; predictions are argmax of
+            log_softmax(alpha * similarity) as in `stego cluster` (the same for any alpha > 0).
+
+    Returns:
+        One row per probe: k, criterion (mean best cosine over all val pixels), and miou /
+        accuracy in percent (None when no val pixel has a valid label).
+    """
+    n_classes = int(model.info["n_classes"])
+    ignore = model.info.get("ignore_index")
+    n_images, size = val["labels"].shape[0], val["labels"].shape[1]
+    use_flip = flip and "feats_flip" in val
+    sums = [0.0] * len(probes)
+    scores = [ScoreAccumulator(n_classes, probe.n_clusters) for probe in probes]
+    pixels = 0
+    with torch.no_grad():
+        for start in range(0, n_images, BATCH):
+            rows = slice(start, min(start + BATCH, n_images))
+            feats = torch.from_numpy(val["feats"][rows]).float()
+            flipped = torch.from_numpy(val["feats_flip"][rows]).float() if use_flip else None
+            code = predict_code(model, feats, flipped, size)
+            labels = val["labels"][rows].astype(np.int64)
+            if ignore is not None:
+                labels[labels == ignore] = -1
+            pixels += code.shape[0] * size * size
+            for index, probe in enumerate(probes):
+                sums[index] += float(probe.similarity(code).amax(1).double().sum())
+                preds = probe.log_probs(code, alpha).argmax(1).numpy()
+                scores[index].update(preds, labels)
+    rows_out = []
+    for probe, total, accumulator in zip(probes, sums, scores, strict=True):
+        labelled = int(accumulator.confusion.sum()) > 0
+        result = accumulator.compute() if labelled else {}
+        rows_out.append({
+            "k": probe.n_clusters,
+            "criterion": total / pixels,
+            "miou": float(result["miou"]) if labelled else None,
+            "accuracy": float(result["accuracy"]) if labelled else None,
+        })
+    return rows_out
+
+
+def sweep_k(
+    store_path: Path,
+    model_dir: Path,
+    ks: list[int],
+    out_json: Path,
+    out_png: Path,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    alpha: float = 2.0,
+    flip: bool = True,
+    restarts: int = 3,
+    init: str = "codes",
+) -> list[dict[str, Any]]:
+    """Refit the cluster probe for each K on the run's training codes and score it on val.
+
+    Scores are Hungarian-matched with n_clusters = K: with K > n_classes the pixels of
+    clusters left unmatched count as errors (unlike the reference, which drops them), and
+    with K < n_classes some classes cannot be matched at all and score IoU 0. The row for
+    the run's own K is a refit on eval-mode codes without CRF, so it differs somewhat from
+    `metrics/scores.json`. Runs on the CPU.
+
+    Args:
+        store_path: features Zarr store (train feats for fitting, val split for scoring).
+        model_dir: the train stage's model folder.
+        ks: numbers of clusters to try, distinct, each >= 1.
+        out_json: JSON file to write: the rows, sorted by K.
+        out_png: PNG plot to write: criterion and mIoU against K.
+        seed: seeds every probe (each K is fitted with the same seed, whatever the list).
+        steps: optimiser steps per probe; None for the run's `train.steps`.
+        alpha: cluster-stage temperature (see `evaluate_probes`).
+        flip: flip-average the val codes when the store has mirrored features.
+        restarts: probes fitted per K from different initial centroids; the one with the
+            best objective on the training codes is kept (see `best_cluster_probe`).
+        init: initial centroids: "codes" (default; K random training code vectors) or
+            "random" (the probe's N(0, 1) draw, as in training; see `fit_cluster_probe`).
+
+    Returns:
+        Rows sorted by K, each with the keys `ROW_KEYS`: k; criterion, the mean best
+        cosine over val pixels; train_criterion, the same over the training codes the probe
+        was fitted on (it grows with K when no centroid is dead); miou and accuracy in
+        percent, None when the val split has no labels.
+
+    Raises:
+        ValueError: invalid K list, steps or alpha, or features that do not fit the model.
+        FileNotFoundError: no trained model in `model_dir`.
+    """
+    check_ks(list(ks))
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}.")
+    model = load_model(model_dir)
+    train_params = model.info.get("train", {})
+    steps = int(train_params.get("steps", 5000)) if steps is None else steps
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}.")
+    if restarts < 1:
+        raise ValueError(f"restarts must be >= 1, got {restarts}.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+    train_feats = read_split(store_path, "train")["feats"]
+    val = read_split(store_path, "val")
+    in_dim = int(model.info["in_dim"])
+    if train_feats.shape[1] != in_dim or val["feats"].shape[1] != in_dim:
+        raise ValueError(
+            f"{store_path} holds {train_feats.shape[1]}-d features but the model in {model_dir} expects "
+            f"{in_dim}-d ones; pass the features store the run was trained on."
+        )
+    if train_feats.shape[0] < 1 or val["feats"].shape[0] < 1:
+        raise ValueError(
+            f"{store_path} holds {train_feats.shape[0]} training and {val['feats'].shape[0]} val crops; "
+            "the sweep needs at least one of each."
+        )
+    codes = training_codes(model, train_feats)
+    fit = {"steps": steps, "batch_size": int(train_params.get("batch_size", 16)),
+           "lr": float(train_params.get("probe_lr", 5e-3)), "init": init}
+    probes = [best_cluster_probe(codes, int(k), restarts=restarts, seed=seed, **fit) for k in sorted(ks)]
+    rows = evaluate_probes(model, val, probes, flip=flip, alpha=alpha)
+    for row, probe in zip(rows, probes, strict=True):
+        row["train_criterion"] = probe_objective(probe, codes)
+    rows = [{key: row[key] for key in ROW_KEYS} for row in rows]
+    atomic.write_json(out_json, rows)
+    with atomic.atomic_path(out_png, suffix=".png") as tmp:
+        tmp.write_bytes(plot_png(rows, int(model.info["n_classes"])))
+    return rows
+
+
+def plot_png(rows: list[dict[str, Any]], n_classes: int) -> bytes:
+    """Criterion and (when present) mIoU / accuracy against K, as PNG bytes.
+
+    Args:
+        rows: rows as from `sweep_k`, sorted by K.
+        n_classes: marked with a dashed line.
+
+    Returns:
+        The PNG file's bytes (no Software metadata, default style: byte-stable).
+    """
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ks = [row["k"] for row in rows]
+    scored = [row for row in rows if row["miou"] is not None and not math.isnan(row["miou"])]
+    buffer = io.BytesIO()
+    with matplotlib.style.context("default"):
+        figure = Figure(figsize=(9.0, 3.4))
+        FigureCanvasAgg(figure)
+        left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
+        left.plot(ks, [row["criterion"] for row in rows], marker="o", label="val pixels")
+        left.plot(ks, [row["train_criterion"] for row in rows], marker="s", label="training codes")
+        left.set_title("mean best cosine to a centroid")
+        left.set_ylabel("criterion (higher = tighter)")
+        left.legend(fontsize=8)
+        if scored:
+            right.plot([r["k"] for r in scored], [r["miou"] for r in scored], marker="o", label="mIoU")
+            right.plot([r["k"] for r in scored], [r["accuracy"] for r in scored], marker="s", label="accuracy")
+            right.set_ylabel("percent (Hungarian-matched)")
+            right.legend(fontsize=8)
+        else:
+            right.text(0.5, 0.5, "no val labels", ha="center", va="center", transform=right.transAxes)
+        right.set_title("val scores")
+        for axis in (left, right):
+            axis.axvline(n_classes, color="grey", linestyle="--", linewidth=0.8)
+            axis.set_xlabel(f"K (dashed: n_classes = {n_classes})")
+            axis.set_xticks(ks)
+            axis.grid(alpha=0.3)
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def _out_paths(out: Path) -> tuple[Path, Path]:
+    """`plots/k_sweep` (or `.json` / `.png`) -> (plots/k_sweep.json, plots/k_sweep.png)."""
+    out = Path(out)
+    if out.suffix in (".json", ".png"):
+        out = out.with_suffix("")
+    return Path(f"{out}.json"), Path(f"{out}.png")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `stego sweep-k` arguments to `parser`."""
+    parser.add_argument("--run", type=Path, default=Path("."), metavar="DIR",
+                        help="project folder of a trained run, holding artifacts/model and artifacts/features.zarr (default: .)")
+    parser.add_argument("--ks", required=True, metavar="K,K,...", help="numbers of clusters to try, e.g. 3,5,8,12")
+    parser.add_argument("--out", type=Path, default=Path("plots/k_sweep"), metavar="PREFIX",
+                        help="writes PREFIX.json and PREFIX.png (default: plots/k_sweep)")
+    parser.add_argument("--seed", type=int, default=None, help="probe seed (default: the run's seed)")
+    parser.add_argument("--steps", type=int, default=None, help="probe steps per K (default: the run's train.steps)")
+    parser.add_argument("--restarts", type=int, default=3,
+                        help="probe fits per K, the best on the training codes kept (default: 3)")
+    parser.add_argument("--init", choices=INITS, default="codes",
+                        help="initial centroids: random training codes (default) or the probe's N(0,1) draw as in training")
+    parser.add_argument("--alpha", type=float, default=2.0, help="cluster-probe temperature (default: 2.0)")
+    parser.add_argument("--no-flip", action="store_true", help="score val codes without flip averaging")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `stego sweep-k` from parsed arguments and print one line per K.
+
+    Errors (FileNotFoundError, ValueError) propagate to the CLI's one-sentence handler.
+
+    Returns:
+        0.
+    """
+    ks = parse_ks(args.ks)
+    run = Path(args.run)
+    model_dir, store = run / "artifacts" / "model", run / "artifacts" / "features.zarr"
+    if not (model_dir / "model.json").is_file() or not (model_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{run} holds no trained model (artifacts/model/model.json + model.safetensors); "
+            "pass --run the folder of a run whose `stego train` finished."
+        )
+    if not store.is_dir():
+        raise FileNotFoundError(f"{run} holds no features store (artifacts/features.zarr); run `stego extract` first.")
+    seed = args.seed
+    if seed is None:
+        seed = int(json.loads((model_dir / "model.json").read_text()).get("seed", 0))
+    out_json, out_png = _out_paths(args.out)
+    rows = sweep_k(store, model_dir, ks, out_json, out_png, seed=seed, steps=args.steps, alpha=args.alpha,
+                   flip=not args.no_flip, restarts=args.restarts, init=args.init)
+    for row in rows:
+        scores = "" if row["miou"] is None else f"  mIoU {row['miou']:.1f}  accuracy {row['accuracy']:.1f}"
+        print(f"K={row['k']:<3d} criterion {row['criterion']:.4f} (train {row['train_criterion']:.4f}){scores}")
+    print(f"wrote {out_json} and {out_png}")
+    return 0
