@@ -22,7 +22,7 @@ demo: $(STAMP)
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/dvc metrics show
 
 test: $(STAMP)
-	$(BIN)/ruff check stego_tasks flows tests benchmarks
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 
 clean:
