@@ -1,0 +1,274 @@
+"""Benchmark: head training steps/s from stored features vs running the backbone each step.
+
+Stage path: features and labels loaded from a Zarr store exactly as `stego train` does
+(`train.load_training_data`), then `train._step` (kNN positive sampling, head forward on
+batch and positives, correspondence loss, probes, Adam) per batch.
+
+Baseline (the reference's way): each step first runs the frozen backbone on the batch's
+images and on their kNN positives, then the same `_step` on those fresh features. The
+images are already decoded and normalised in memory, so the baseline is, if anything,
+flattered. Same batch size, resolution, model and torch threads. Goal: ratio >= 25.
+
+Memory: `stego train` is run (load + a few steps) in a fresh process on a store of N and
+of 4N stored crops, and its peak RSS (VmHWM) is read. Goal: flat in N.
+
+Run:  .venv/bin/python benchmarks/bench_train.py                    (224 px, a few minutes)
+      .venv/bin/python benchmarks/bench_train.py --resolution 112     (quick)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+GOAL_RATIO = 25.0
+GOAL_RSS_GROWTH = 1.25  # "flat": peak RSS at 4N within 25 % of the one at N
+N_CLASSES = 5
+ROWS_PER_CHUNK = 40  # extract's chunking: batch_size 8 images x 5 crops
+
+
+def _parse() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", default="dino_vits8", help="backbone registry name or timm ViT name (default: dino_vits8)")
+    parser.add_argument("--weights", default="random", help="backbone weights: random | auto | checkpoint path (default: random)")
+    parser.add_argument("--resolution", type=int, default=224, help="crop side in pixels (default: 224)")
+    parser.add_argument("--batch-size", type=int, default=16, help="train.batch_size (default: 16)")
+    parser.add_argument("--crops", type=int, default=160, help="stored crops for the speed runs (default: 160)")
+    parser.add_argument("--steps", type=int, default=5, help="stage steps timed per repeat (default: 5)")
+    parser.add_argument("--baseline-steps", type=int, default=1, help="baseline steps timed per repeat (default: 1)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported (default: 3)")
+    parser.add_argument("--rss-crops", type=int, default=128, help="N, stored crops of the small memory run (default: 128)")
+    parser.add_argument("--rss-factor", type=int, default=4, help="the large memory run has factor x N crops (default: 4)")
+    parser.add_argument("--rss-steps", type=int, default=5, help="training steps in each memory run (default: 5)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads for both paths (default: 2)")
+    parser.add_argument("--skip-rss", action="store_true", help="skip the memory runs")
+    parser.add_argument("--rss-worker", nargs=4, metavar=("STORE", "KNN", "STEPS", "THREADS"), help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def _train_params(batch_size: int, steps: int):
+    from stego_tasks.config import TrainParams
+
+    return TrainParams(steps=steps, batch_size=batch_size, device="cpu", log_every=10**9, checkpoint_every=0)
+
+
+def write_stores(root: Path, crops: int, dim: int, grid: int, resolution: int, seed: int = 0) -> tuple[Path, Path]:
+    """Write a features store (extract's train layout and chunking) and a kNN store.
+
+    Args:
+        root: folder to write `features.zarr` and `knn.zarr` into.
+        crops: stored training crops M.
+        dim: feature channels C.
+        grid: feature map side h = w.
+        resolution: label side R.
+        seed: seed of the random features and labels.
+
+    Returns:
+        (features store path, kNN store path).
+    """
+    import numpy as np
+    import zarr
+
+    from stego_tasks.knn import knn_graph
+
+    rng = np.random.default_rng(seed)
+    features, knn_path = root / "features.zarr", root / "knn.zarr"
+    group = zarr.open_group(str(features), mode="w", zarr_format=3).create_group("train")
+    feats = group.create_array("feats", shape=(crops, dim, grid, grid), chunks=(ROWS_PER_CHUNK, dim, grid, grid), dtype="float16")
+    labels = group.create_array("labels", shape=(crops, resolution, resolution), chunks=(ROWS_PER_CHUNK, resolution, resolution), dtype="uint8")
+    pooled = np.empty((crops, dim), dtype=np.float32)
+    for start in range(0, crops, ROWS_PER_CHUNK):
+        stop = min(start + ROWS_PER_CHUNK, crops)
+        block = rng.standard_normal((stop - start, dim, grid, grid), dtype=np.float32)
+        feats[start:stop] = block.astype(np.float16)
+        pooled[start:stop] = block.mean(axis=(2, 3))
+        labels[start:stop] = rng.integers(0, N_CLASSES, (stop - start, resolution, resolution), dtype=np.uint8)
+    group.create_array("pooled", data=pooled, chunks=(ROWS_PER_CHUNK, dim))
+    group.create_array("done", data=np.ones(-(-crops // ROWS_PER_CHUNK), dtype=bool))
+    graph = knn_graph(pooled, 7)
+    zarr.open_group(str(knn_path), mode="w", zarr_format=3).create_array("train", data=graph)
+    return features, knn_path
+
+
+def _batches(size: int, batch_size: int, generator) -> Iterator:
+    """Endless random batches of row indices (int64 [batch_size]), shuffled like the stage's."""
+    import torch
+
+    while True:
+        yield torch.randperm(size, generator=generator)[:batch_size]
+
+
+def _runner(data, params, seed: int, backbone=None, images=None) -> Callable[[int], float]:
+    """A timed step loop over one model and optimiser state, warmed up once.
+
+    Without `backbone`: the stage's step, `train._step` on the stored features. With it: the
+    reference's step, the backbone on the batch's images and on their kNN positives first,
+    then the same `_step` on those fresh features.
+
+    Returns:
+        run(steps) -> wall seconds for that many steps.
+    """
+    import numpy as np
+    import torch
+
+    from stego_tasks.knn import sample_positives
+    from stego_tasks.train import TrainingData, _optimizers, _step, build_model
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = build_model(int(data.feats.shape[1]), N_CLASSES, params)
+    for module in model.modules().values():
+        module.train()
+    optimizers = _optimizers(model, params)
+    batches = _batches(data.size, params.batch_size, generator)
+    device = torch.device("cpu")
+
+    def stage_step() -> None:
+        _step(model, optimizers, data, next(batches), params, generator, device, 255)
+
+    def backbone_step() -> None:
+        index = next(batches)
+        positives = torch.from_numpy(sample_positives(data.knn, index.numpy(), generator))
+        feats = torch.cat([backbone(images[index]), backbone(images[positives])])
+        size = index.shape[0]
+        # Row i's only "neighbour" is row size + i, so `_step` pairs each image with the
+        # positive just embedded and runs exactly the stage's head step.
+        pairs = np.concatenate([np.arange(size, 2 * size), np.arange(size)])[:, None]
+        labels = torch.cat([data.labels[index], data.labels[positives]])
+        _step(model, optimizers, TrainingData(feats=feats, labels=labels, knn=pairs), torch.arange(size), params,
+              generator, device, 255)
+
+    stage_step()  # first-call allocations; the baseline's backbone is warmed on 2 images only
+    if backbone is not None:
+        backbone(images[:2])
+    step = stage_step if backbone is None else backbone_step
+
+    def run(steps: int) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            step()
+        return time.perf_counter() - start
+
+    return run
+
+
+def _rss_worker(store: str, knn: str, steps: int, threads: int) -> None:
+    """Child process: `stego train`'s data loading and `steps` steps; print peak RSS as JSON."""
+    import torch
+    from benchutil import emit, peak_rss_mib, rss_mib
+
+    from stego_tasks.train import fit, load_training_data
+
+    torch.set_num_threads(threads)
+    after_imports = rss_mib()
+    data = load_training_data(Path(store), Path(knn), 255, N_CLASSES)
+    after_load = rss_mib()
+    fit(data, N_CLASSES, _train_params(16, steps), seed=0, ignore_index=255)
+    emit({"crops": data.size, "rss_after_imports_mib": round(after_imports, 1), "rss_after_load_mib": round(after_load, 1),
+          "peak_rss_mib": round(peak_rss_mib(), 1), "feats_in_memory_mib": round(data.feats.numel() * 2 / 2**20, 1),
+          "labels_in_memory_mib": round(0 if data.labels is None else data.labels.numel() * data.labels.element_size() / 2**20, 1),
+          "labels_dtype": None if data.labels is None else str(data.labels.dtype)})
+
+
+def _speed(args, common, emit, median, note) -> dict[str, float]:
+    import torch
+
+    from stego_tasks.backbone import create_backbone
+    from stego_tasks.train import load_training_data
+
+    backbone = create_backbone(args.backbone, weights=args.weights)
+    grid = args.resolution // backbone.patch_size
+    params = _train_params(args.batch_size, args.steps)
+    with tempfile.TemporaryDirectory(prefix="bench-train-") as tmp:
+        store, knn = write_stores(Path(tmp), args.crops, backbone.embed_dim, grid, args.resolution)
+        load_s = time.perf_counter()
+        data = load_training_data(store, knn, 255, N_CLASSES)
+        load_s = time.perf_counter() - load_s
+    emit({**common, "measure": "load_training_data", "crops": args.crops, "seconds": round(load_s, 3)})
+    images = torch.rand(args.crops, 3, args.resolution, args.resolution)
+    images = (images - 0.45) / 0.225  # normalised pixels; a random-weight ViT's cost does not depend on content
+    stage_run = _runner(data, params, seed=0)
+    backbone_run = _runner(data, params, seed=0, backbone=backbone, images=images)
+    stage, baseline = [], []
+    for repeat in range(args.repeats):
+        note(f"train repeat {repeat + 1}/{args.repeats}: {args.steps} stage steps")
+        seconds = stage_run(args.steps)
+        stage.append(args.steps / seconds)
+        emit({**common, "measure": "stage_steps", "repeat": repeat, "steps": args.steps, "seconds": round(seconds, 3), "steps_per_s": round(stage[-1], 4)})
+        note(f"train repeat {repeat + 1}/{args.repeats}: {args.baseline_steps} backbone-in-the-loop steps")
+        seconds = backbone_run(args.baseline_steps)
+        baseline.append(args.baseline_steps / seconds)
+        emit({**common, "measure": "backbone_steps", "repeat": repeat, "steps": args.baseline_steps, "seconds": round(seconds, 3), "steps_per_s": round(baseline[-1], 4)})
+    # The ratio is formed within each repeat, then the median taken: the load drifts between repeats.
+    ratios = [a / b for a, b in zip(stage, baseline, strict=True)]
+    return {"stage": median(stage), "baseline": median(baseline), "ratio": median(ratios), "load_s": load_s}
+
+
+def _memory(args, common, emit, note, run_worker) -> list[dict]:
+    from stego_tasks.backbone import create_backbone
+
+    backbone = create_backbone(args.backbone, weights=args.weights)
+    grid = args.resolution // backbone.patch_size
+    runs = []
+    for crops in (args.rss_crops, args.rss_crops * args.rss_factor):
+        with tempfile.TemporaryDirectory(prefix="bench-train-rss-") as tmp:
+            note(f"train memory: writing a store of {crops} crops, then `stego train` in a fresh process")
+            store, knn = write_stores(Path(tmp), crops, backbone.embed_dim, grid, args.resolution)
+            result = run_worker(Path(__file__), ["--rss-worker", str(store), str(knn), str(args.rss_steps), str(args.threads)])
+        runs.append(result)
+        emit({**common, "measure": "train_peak_rss", **result})
+    return runs
+
+
+def main() -> None:
+    """Measure and print JSON lines plus a summary table."""
+    args = _parse()
+    warnings.filterwarnings("ignore")
+    logging.getLogger("stego").setLevel(logging.ERROR)
+    if args.rss_worker:
+        _rss_worker(args.rss_worker[0], args.rss_worker[1], int(args.rss_worker[2]), int(args.rss_worker[3]))
+        return
+
+    import torch
+    from benchutil import emit, machine, median, note, print_table, run_worker, verdict
+
+    torch.set_num_threads(args.threads)
+    common = {"bench": "train", **machine(), "backbone": args.backbone, "resolution": args.resolution,
+              "batch_size": args.batch_size, "torch_threads": args.threads}
+    speed = _speed(args, common, emit, median, note)
+    ratio = speed["ratio"]
+    rows = [
+        ["backbone in the loop (reference), steps/s", speed["baseline"], 1.0, ""],
+        ["stored features (stage), steps/s", speed["stage"], ratio, f">= {GOAL_RATIO:g} ({verdict(ratio, GOAL_RATIO)})"],
+    ]
+    summary = {**common, "measure": "summary", "stage_steps_per_s": round(speed["stage"], 4),
+               "backbone_steps_per_s": round(speed["baseline"], 4), "ratio": round(ratio, 2),
+               "goal_ratio": GOAL_RATIO, "verdict_ratio": verdict(ratio, GOAL_RATIO)}
+    if not args.skip_rss:
+        small, large = _memory(args, common, emit, note, run_worker)
+        growth = large["peak_rss_mib"] / small["peak_rss_mib"]
+        per_crop = (large["peak_rss_mib"] - small["peak_rss_mib"]) / (large["crops"] - small["crops"])
+        summary.update({"peak_rss_small_mib": small["peak_rss_mib"], "peak_rss_large_mib": large["peak_rss_mib"],
+                        "rss_growth": round(growth, 2), "peak_rss_mib_per_stored_crop": round(per_crop, 3),
+                        "verdict_rss": verdict(growth, GOAL_RSS_GROWTH, higher_is_better=False)})
+        for run in (small, large):
+            rows.append([f"peak RSS, {run['crops']} crops ({run['feats_in_memory_mib']:.0f} MiB features + "
+                         f"{run['labels_in_memory_mib']:.0f} MiB {run['labels_dtype']} labels held), MiB",
+                         run["peak_rss_mib"], run["peak_rss_mib"] / small["peak_rss_mib"],
+                         "" if run is small else f"flat, <= {GOAL_RSS_GROWTH}x ({summary['verdict_rss']})"])
+        rows.append(["peak RSS growth per stored crop, MiB", per_crop, "", "0"])
+    emit(summary)
+    print_table(
+        f"train: {args.backbone} @ {args.resolution}px, batch {args.batch_size}, {args.threads} torch threads, "
+        f"median of {args.repeats} (ratio: median of the per-repeat ratios)",
+        ["measure", "value", "ratio", "goal"], rows,
+    )
+
+
+if __name__ == "__main__":
+    main()
