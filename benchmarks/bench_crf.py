@@ -9,7 +9,7 @@ Both runs use the published CRF parameters and the stage's call (`chunksize=1`);
 count is timed `--repeats` times (alternating) and the median is reported. The outputs of
 both must agree. Goal: speed-up >= 1.8 with 2 workers on 2 cores.
 
-Run:  .venv/bin/python benchmarks/bench_crf.py                 (about 1 min on 2 CPUs)
+Run:  .venv/bin/python benchmarks/bench_crf.py                 (about 20 s on 2 idle CPUs)
       .venv/bin/python benchmarks/bench_crf.py --images 128 --workers 1 2 4
 """
 
@@ -126,4 +126,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from benchutil import stage_environment
+
+    stage_environment()
     main()

@@ -15,7 +15,7 @@ Measured, in order:
 
 The ratios are against the warm full run when there is one, else against the cold one.
 
-Run:  .venv/bin/python benchmarks/bench_dvc.py          (about 3-4 min on 2 CPUs)
+Run:  .venv/bin/python benchmarks/bench_dvc.py          (about 2.5 min on 2 idle CPUs)
       .venv/bin/python benchmarks/bench_dvc.py --repeats 5 --full-repeats 2 --prefect-server
 """
 
@@ -271,4 +271,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from benchutil import stage_environment
+
+    stage_environment()
     main()

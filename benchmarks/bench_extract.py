@@ -13,7 +13,7 @@ main process and again in the worker) do not grow with the corpus. They are iden
 ways: measured one by one, and as the intercept of a two-point fit, T(N) and T(scale * N).
 The steady-state rate is the slope of that fit. Goal: steady-state ratio >= 0.9.
 
-Run:  .venv/bin/python benchmarks/bench_extract.py            (about 2-3 min on 2 CPUs)
+Run:  .venv/bin/python benchmarks/bench_extract.py            (about 1.5 min on 2 idle CPUs)
       .venv/bin/python benchmarks/bench_extract.py --resolution 224 --n-train 16
 """
 
@@ -233,4 +233,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from benchutil import stage_environment
+
+    stage_environment()
     main()

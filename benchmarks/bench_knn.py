@@ -10,7 +10,7 @@ the peak RSS growth of the first call over the process's RSS just before it (VmH
 reset; faiss allocates outside Python, so tracemalloc cannot see it). Both methods must
 give the same neighbour sets up to float ties.
 
-Run:  .venv/bin/python benchmarks/bench_knn.py                       (about 2 min on 2 CPUs)
+Run:  .venv/bin/python benchmarks/bench_knn.py                       (about 1 min on 2 idle CPUs)
       .venv/bin/python benchmarks/bench_knn.py --sizes 10000 50000 200000
 """
 
@@ -178,4 +178,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from benchutil import stage_environment
+
+    stage_environment()
     main()

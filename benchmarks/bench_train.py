@@ -10,9 +10,10 @@ images are already decoded and normalised in memory, so the baseline is, if anyt
 flattered. Same batch size, resolution, model and torch threads. Goal: ratio >= 25.
 
 Memory: `stego train` is run (load + a few steps) in a fresh process on a store of N and
-of 4N stored crops, and its peak RSS (VmHWM) is read. Goal: flat in N.
+of 4N stored crops, and its peak RSS (VmHWM) is read. Goal: flat in N, i.e. the growth
+from N to 4N is at most 10 % of the extra feature bytes stored.
 
-Run:  .venv/bin/python benchmarks/bench_train.py                    (224 px, a few minutes)
+Run:  .venv/bin/python benchmarks/bench_train.py                    (224 px, about 1 min on 2 idle CPUs)
       .venv/bin/python benchmarks/bench_train.py --resolution 112     (quick)
 """
 
@@ -27,7 +28,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 GOAL_RATIO = 25.0
-GOAL_RSS_GROWTH = 1.25  # "flat": peak RSS at 4N within 25 % of the one at N
+# "Flat": going from N to 4N stored crops may raise peak RSS by at most 10 % of the extra
+# feature bytes stored (a per-batch reader needs none of them in memory).
+GOAL_RSS_SHARE = 0.10
 N_CLASSES = 5
 ROWS_PER_CHUNK = 40  # extract's chunking: batch_size 8 images x 5 crops
 
@@ -251,17 +254,20 @@ def main() -> None:
                "goal_ratio": GOAL_RATIO, "verdict_ratio": verdict(ratio, GOAL_RATIO)}
     if not args.skip_rss:
         small, large = _memory(args, common, emit, note, run_worker)
-        growth = large["peak_rss_mib"] / small["peak_rss_mib"]
-        per_crop = (large["peak_rss_mib"] - small["peak_rss_mib"]) / (large["crops"] - small["crops"])
+        growth_mib = large["peak_rss_mib"] - small["peak_rss_mib"]
+        share = growth_mib / (large["feats_in_memory_mib"] - small["feats_in_memory_mib"])
+        per_crop = growth_mib / (large["crops"] - small["crops"])
         summary.update({"peak_rss_small_mib": small["peak_rss_mib"], "peak_rss_large_mib": large["peak_rss_mib"],
-                        "rss_growth": round(growth, 2), "peak_rss_mib_per_stored_crop": round(per_crop, 3),
-                        "verdict_rss": verdict(growth, GOAL_RSS_GROWTH, higher_is_better=False)})
+                        "rss_growth_ratio": round(large["peak_rss_mib"] / small["peak_rss_mib"], 2),
+                        "rss_growth_over_extra_feature_bytes": round(share, 2), "peak_rss_mib_per_stored_crop": round(per_crop, 3),
+                        "verdict_rss": verdict(share, GOAL_RSS_SHARE, higher_is_better=False)})
         for run in (small, large):
             rows.append([f"peak RSS, {run['crops']} crops ({run['feats_in_memory_mib']:.0f} MiB features + "
                          f"{run['labels_in_memory_mib']:.0f} MiB {run['labels_dtype']} labels held), MiB",
-                         run["peak_rss_mib"], run["peak_rss_mib"] / small["peak_rss_mib"],
-                         "" if run is small else f"flat, <= {GOAL_RSS_GROWTH}x ({summary['verdict_rss']})"])
-        rows.append(["peak RSS growth per stored crop, MiB", per_crop, "", "0"])
+                         run["peak_rss_mib"], run["peak_rss_mib"] / small["peak_rss_mib"], ""])
+        rows.append(["peak RSS growth per stored crop, MiB", per_crop, "", ""])
+        rows.append(["peak RSS growth / extra feature bytes stored", share, "",
+                     f"flat, <= {GOAL_RSS_SHARE:g} ({summary['verdict_rss']})"])
     emit(summary)
     print_table(
         f"train: {args.backbone} @ {args.resolution}px, batch {args.batch_size}, {args.threads} torch threads, "
@@ -271,4 +277,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from benchutil import stage_environment
+
+    stage_environment()
     main()
