@@ -20,6 +20,7 @@ Output Zarr store (written to a temporary folder, then renamed into place):
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import faiss
@@ -54,6 +55,21 @@ def predict_code(model: StegoModel, feats: torch.Tensor, feats_flip: torch.Tenso
     if feats_flip is not None:
         code = (code + model.head(feats_flip).flip(-1)) / 2
     return F.interpolate(code, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def iter_val_codes(
+    model: StegoModel, val: zarr.Group, use_flip: bool, size: int, batch: int = BATCH
+) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Walk the val split in batches: (rows, features [b, C, h, w], code [b, K, R, R]).
+
+    Shared by `cluster` and `stego sweep-k`, so both predict from exactly the same codes.
+    """
+    n_images = val["feats"].shape[0]
+    for start in range(0, n_images, batch):
+        rows = slice(start, min(start + batch, n_images))
+        feats = torch.from_numpy(val["feats"][rows]).float()
+        flipped = torch.from_numpy(val["feats_flip"][rows]).float() if use_flip else None
+        yield rows, feats, predict_code(model, feats, flipped, size)
 
 
 def fit_kmeans(train_feats: zarr.Array, n_clusters: int, params: ClusterParams, seed: int) -> np.ndarray:
@@ -131,11 +147,7 @@ def cluster(store_path: Path, model_dir: Path, out_path: Path, params: ClusterPa
             arrays[name] = out.create_array(name, shape=(n_images, size, size), chunks=(BATCH, size, size), dtype="uint8")
         out.create_array("image_ids", data=val["image_ids"][:])
         with torch.no_grad():
-            for start in range(0, n_images, BATCH):
-                rows = slice(start, min(start + BATCH, n_images))
-                feats = torch.from_numpy(val["feats"][rows]).float()
-                flipped = torch.from_numpy(val["feats_flip"][rows]).float() if use_flip else None
-                code = predict_code(model, feats, flipped, size)
+            for rows, feats, code in iter_val_codes(model, val, use_flip, size):
                 cluster_logits = model.cluster_probe.log_probs(code, params.alpha)
                 linear_logits = torch.log_softmax(model.linear_probe(code), dim=1)
                 arrays["cluster_logits"][rows] = cluster_logits.numpy().astype(np.float16)

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 import zarr
 
 from stego_tasks import atomic
-from stego_tasks.cluster import BATCH, predict_code
+from stego_tasks.cluster import BATCH, iter_val_codes
 from stego_tasks.extract import read_split
 from stego_tasks.head import ClusterProbe
 from stego_tasks.metrics import ScoreAccumulator
@@ -241,17 +241,13 @@ def evaluate_probes(
     """
     n_classes = int(model.info["n_classes"])
     ignore = model.info.get("ignore_index")
-    n_images, size = val["labels"].shape[0], val["labels"].shape[1]
+    size = val["labels"].shape[1]
     use_flip = flip and "feats_flip" in val
     sums = [0.0] * len(probes)
     scores = [ScoreAccumulator(n_classes, probe.n_clusters) for probe in probes]
     pixels = 0
     with torch.no_grad():
-        for start in range(0, n_images, BATCH):
-            rows = slice(start, min(start + BATCH, n_images))
-            feats = torch.from_numpy(val["feats"][rows]).float()
-            flipped = torch.from_numpy(val["feats_flip"][rows]).float() if use_flip else None
-            code = predict_code(model, feats, flipped, size)
+        for rows, _, code in iter_val_codes(model, val, use_flip, size, BATCH):
             labels = val["labels"][rows].astype(np.int64)
             if ignore is not None:
                 labels[labels == ignore] = -1
