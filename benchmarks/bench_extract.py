@@ -72,9 +72,10 @@ def _baseline_batches(manifest: Path, corpus, params, mean, std) -> list[tuple[o
     import torch
 
     from stego_tasks.backbone import normalize
-    from stego_tasks.extract import SPLITS, preprocess, split_resolution
+    from stego_tasks.extract import SPLITS, split_resolution
     from stego_tasks.images import load_rgb
     from stego_tasks.ingest import read_manifest, resolve_in_corpus
+    from stego_tasks.preprocess import preprocess
 
     rows = read_manifest(manifest)
     batches = []

@@ -1,4 +1,13 @@
-"""Prefect flow `extract`: the DVC stage `extract` as a flow run, wrapping `stego_tasks`."""
+"""Prefect flow `extract`: the DVC stage `extract` as a flow run, wrapping `stego_tasks`.
+
+With `dask.address` set, the flow is the bridge between Prefect and the Dask cluster: each
+chunk of images becomes its own Prefect task run (`extract-chunk`), submitted through
+prefect-dask's `DaskTaskRunner` to that cluster, so the Prefect UI shows every chunk, its
+worker and its retries. The flow's own process keeps the store's lock and writes each
+chunk as it completes, exactly as `stego extract --no-prefect` does; only where the
+arithmetic runs changes. Without an address the stage runs as one task (in-process or on
+a local cluster, as the `dask` block says).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +15,12 @@ from typing import Any
 
 from prefect import flow, task
 from prefect.cache_policies import NONE
+from prefect.futures import as_completed
 
 from flows import stage_functions
+from stego_tasks.config import load_params
+from stego_tasks.embed import ChunkJob, extract_chunk
+from stego_tasks.extract import ChunkResults, ChunkRunner
 
 
 @task(name="extract", cache_policy=NONE)
@@ -16,7 +29,47 @@ def extract_task(**kwargs: Any) -> dict[str, Any]:
     return stage_functions.extract(**kwargs)
 
 
+@task(name="extract-chunk", task_run_name="extract-{job.split}-{job.index}", cache_policy=NONE, persist_result=False)
+def extract_chunk_task(job: ChunkJob) -> dict:
+    """Decode and embed one chunk on a Dask worker; the arrays travel back to the flow."""
+    return extract_chunk(job)
+
+
+def dask_task_runner_chunks(address: str) -> ChunkRunner:
+    """A chunk runner that submits `extract_chunk_task` runs to the Dask scheduler at `address`.
+
+    Args:
+        address: the scheduler, e.g. tcp://10.0.0.5:8786.
+
+    Returns:
+        A `ChunkRunner` for `stego_tasks.extract.extract`; must be called inside a flow run.
+    """
+
+    def run(jobs: list[ChunkJob]) -> ChunkResults:
+        from prefect_dask import DaskTaskRunner
+
+        from stego_tasks.dask_cluster import unreachable_scheduler
+
+        task_runner = DaskTaskRunner(address=address)
+        try:
+            task_runner.__enter__()
+        except (OSError, TimeoutError) as error:
+            raise unreachable_scheduler(address, error) from None
+        try:
+            futures = [task_runner.submit(extract_chunk_task, parameters={"job": job}) for job in jobs]
+            job_of = {future.task_run_id: job for future, job in zip(futures, jobs, strict=True)}
+            for future in as_completed(futures):
+                yield job_of[future.task_run_id], future.result()
+        finally:
+            task_runner.__exit__(None, None, None)
+
+    return run
+
+
 @flow(name="extract", log_prints=True)
-def extract_flow(**kwargs: Any) -> dict[str, Any]:
+def extract_flow(params_path: str = "params.yaml", **kwargs: Any) -> dict[str, Any]:
     """The extract stage as one flow run; keyword arguments as `flows.stage_functions.extract`."""
-    return extract_task(**kwargs)
+    address = load_params(params_path).dask.address
+    if address:
+        return stage_functions.extract(params_path=params_path, runner=dask_task_runner_chunks(address), **kwargs)
+    return extract_task(params_path=params_path, **kwargs)

@@ -33,12 +33,16 @@ def validate(params_path: str, manifest: str, validation: str) -> dict[str, Any]
     )
 
 
-def extract(params_path: str, manifest: str, features: str) -> dict[str, Any]:
-    """Embed every manifest image with the frozen backbone into the features store."""
+def extract(params_path: str, manifest: str, features: str, runner: Any = None) -> dict[str, Any]:
+    """Embed every manifest image with the frozen backbone into the features store.
+
+    `runner` (a `stego_tasks.extract.ChunkRunner`) says where the chunks run; by default
+    the `dask` block decides (in-process, a local cluster, or `dask.address`).
+    """
     from stego_tasks.extract import extract as run
 
     params = load_params(params_path)
-    summary = run(Path(manifest), Path(features), params.corpus, params.backbone, params.extract, params.dask)
+    summary = run(Path(manifest), Path(features), params.corpus, params.backbone, params.extract, params.dask, runner)
     return dataclasses.asdict(summary)
 
 

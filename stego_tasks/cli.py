@@ -96,7 +96,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             importlib.import_module(module).add_arguments(sub)
     run = commands.add_parser("run", help="Run the whole pipeline through DVC (the Prefect flow `stego`).",
-                              description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run.")
+                              description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run. "
+                              "Without PREFECT_API_URL, one local Prefect server serves the flow and every stage for the run.")
     run.add_argument("--no-record", action="store_true", help="do not commit dvc.lock and metrics after a run that changed them")
     return parser
 
@@ -142,9 +143,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command in TOOLS:
             return importlib.import_module(TOOLS[args.command][1]).main_from_args(args)
         elif args.command == "run":
-            from flows.stego import stego_flow
+            from stego_tasks.prefect_server import shared_prefect_server
 
-            stego_flow(record=not args.no_record)
+            # One server for the flow and every stage DVC starts, instead of one per stage.
+            with shared_prefect_server():
+                from flows.stego import stego_flow
+
+                stego_flow(record=not args.no_record)
         else:
             _run_stage(args.command, args)
     except KeyboardInterrupt:

@@ -58,6 +58,8 @@ class ExtractParams:
     `resolution` is the training crops' side (published: 224); `val_resolution` the side of
     the centre-cropped evaluation images (the reference evaluates at 320), also used by
     `stego predict` for the shorter image side. Null means the same as `resolution`.
+    `amp` runs the backbone under bfloat16 autocast on CUDA (ignored on the CPU; the
+    features are stored as float16 either way); `compile` wraps it in `torch.compile`.
     """
 
     resolution: int = 224
@@ -67,6 +69,8 @@ class ExtractParams:
     batch_size: int = 8
     flip: bool = True
     device: str = "auto"
+    amp: bool = True
+    compile: bool = False
 
 
 @dataclass(frozen=True)

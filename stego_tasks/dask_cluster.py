@@ -20,6 +20,14 @@ def torch_threads_per_worker(params: DaskParams) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(1, params.n_workers * params.threads_per_worker))
 
 
+def unreachable_scheduler(address: str, error: BaseException) -> ConnectionError:
+    """The one-sentence error for a `dask.address` where no scheduler answers."""
+    return ConnectionError(
+        f"no Dask scheduler answers at {address} ({error}); start one with "
+        f"`dask scheduler` or set dask.address to null to run locally."
+    )
+
+
 @contextmanager
 def dask_client(params: DaskParams, connect_timeout_s: float = 10.0) -> Iterator[object]:
     """Yield a Dask client: an existing scheduler at `params.address`, else a local cluster.
@@ -42,10 +50,7 @@ def dask_client(params: DaskParams, connect_timeout_s: float = 10.0) -> Iterator
         try:
             client = Client(params.address, timeout=f"{connect_timeout_s}s")
         except (OSError, TimeoutError) as error:
-            raise ConnectionError(
-                f"no Dask scheduler answers at {params.address} ({error}); start one with "
-                f"`dask scheduler` or set dask.address to null to run locally."
-            ) from None
+            raise unreachable_scheduler(params.address, error) from None
         try:
             yield client
         finally:

@@ -22,21 +22,30 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import zarr
-from PIL import Image
 
-from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
+from stego_tasks.backbone import Backbone
 from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
 from stego_tasks.dask_cluster import dask_client, torch_threads_per_worker
-from stego_tasks.images import load_label, load_rgb
+from stego_tasks.embed import (
+    ChunkJob,
+    backbone_precision,
+    embed_chunk,
+    extract_chunk,
+    load_backbone,
+    load_chunk,
+    resolve_device,
+)
 from stego_tasks.ingest import read_manifest, resolve_in_corpus
 from stego_tasks.locking import artifact_lock
 from stego_tasks.progress import Progress
@@ -44,178 +53,6 @@ from stego_tasks.progress import Progress
 log = logging.getLogger("stego")
 
 SPLITS = ("train", "val")
-
-
-# --- preprocessing -----------------------------------------------------------------
-
-
-def resize_center_crop(image: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
-    """Resize the shorter side to `size`, then take the central `size` x `size` square.
-
-    Args:
-        image: uint8 [H, W, 3] RGB or [H, W] label.
-        size: output side in pixels.
-        nearest: nearest-neighbour resampling (labels) instead of bilinear (images).
-
-    Returns:
-        uint8 array [size, size, 3] or [size, size].
-    """
-    height, width = image.shape[:2]
-    scale = size / min(height, width)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resample = Image.NEAREST if nearest else Image.BILINEAR
-    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), resample))
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return resized[top : top + size, left : left + size]
-
-
-def five_crop_boxes(height: int, width: int, ratio: float) -> list[tuple[int, int, int, int]]:
-    """Boxes (top, left, h, w) of the four corner crops and the centre crop, as torchvision's five_crop."""
-    crop_h, crop_w = max(1, int(height * ratio)), max(1, int(width * ratio))
-    return [
-        (0, 0, crop_h, crop_w),
-        (0, width - crop_w, crop_h, crop_w),
-        (height - crop_h, 0, crop_h, crop_w),
-        (height - crop_h, width - crop_w, crop_h, crop_w),
-        # torchvision's center_crop rounds half to even; `// 2` is one pixel off for odd margins.
-        (int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0)), crop_h, crop_w),
-    ]
-
-
-def preprocess(
-    image: np.ndarray, label: np.ndarray | None, resolution: int, five_crop: bool, crop_ratio: float
-) -> list[tuple[np.ndarray, np.ndarray | None]]:
-    """Turn one image (and its label) into the network inputs of one manifest row.
-
-    Args:
-        image: uint8 [H, W, 3].
-        label: [H, W] class indices or None.
-        resolution: side of the square network input; a multiple of the patch size.
-        five_crop: cut the four corners and the centre (each `crop_ratio` of the side) first.
-        crop_ratio: relative side of a five-crop crop (published: 0.5).
-
-    Returns:
-        One (uint8 [R, R, 3], uint8 [R, R] or None) pair per crop (5 or 1).
-    """
-    height, width = image.shape[:2]
-    boxes = five_crop_boxes(height, width, crop_ratio) if five_crop else [(0, 0, height, width)]
-    out = []
-    for top, left, crop_h, crop_w in boxes:
-        crop = resize_center_crop(image[top : top + crop_h, left : left + crop_w], resolution)
-        crop_label = None
-        if label is not None:
-            region = label[top : top + crop_h, left : left + crop_w]
-            crop_label = resize_center_crop(region, resolution, nearest=True)
-        out.append((crop, crop_label))
-    return out
-
-
-# --- backbone ------------------------------------------------------------------------
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map "auto" to CUDA when present, else CPU; refuse "cuda" on a machine without it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' was asked for but this machine has no CUDA GPU; set it to 'auto' or 'cpu'.")
-    return torch.device(device)
-
-
-def load_backbone(backbone: BackboneParams, allow_random_fallback: bool) -> Backbone:
-    """Create the frozen backbone; on the demo corpus only, fall back to random weights loudly.
-
-    Args:
-        backbone: name and weights source.
-        allow_random_fallback: True only for the bundled demo corpus.
-
-    Returns:
-        The frozen `Backbone` (its `weights_source` says where the weights came from).
-    """
-    try:
-        return create_backbone(backbone.name, weights=backbone.weights)
-    except WeightsNotFoundError as error:
-        if not allow_random_fallback:
-            raise
-        banner = "=" * 78
-        log.warning(
-            "%s\nDEMO ONLY: no weights for backbone '%s' (%s).\n"
-            "Falling back to a RANDOMLY INITIALISED ViT; metrics are recorded with "
-            "backbone_weights: random.\n%s",
-            banner, backbone.name, error, banner,
-        )
-        return create_backbone(backbone.name, weights="random")
-
-
-@lru_cache(maxsize=2)
-def _cached_backbone(name: str, weights: str, device: str) -> Backbone:
-    # One backbone per worker process, reused by every chunk that process runs. Random
-    # weights are seeded so that every worker, and every rerun, embeds with the same net.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = create_backbone(name, weights=weights)
-    return model.to(resolve_device(device))
-
-
-# --- one chunk -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChunkJob:
-    """Everything a (possibly remote) worker needs to extract one chunk."""
-
-    index: int
-    image_paths: tuple[str, ...]
-    label_paths: tuple[str | None, ...]
-    backbone_name: str
-    backbone_weights: str
-    resolution: int
-    five_crop: bool
-    crop_ratio: float
-    flip: bool
-    ignore_index: int
-    device: str
-    torch_threads: int | None = None
-
-
-def extract_chunk(job: ChunkJob) -> dict[str, np.ndarray]:
-    """Decode, preprocess and embed one chunk of images (runs on a Dask worker).
-
-    Args:
-        job: the chunk's absolute image/label paths and the preprocessing settings.
-
-    Returns:
-        Arrays for the chunk's rows: feats float16 [m, C, h, w], pooled float32 [m, C],
-        labels uint8 [m, R, R], images uint8 [m, R, R, 3], crops int8 [m], and
-        feats_flip float16 [m, C, h, w] when `job.flip`.
-    """
-    torch.set_grad_enabled(False)
-    if job.torch_threads:
-        torch.set_num_threads(job.torch_threads)
-    model = _cached_backbone(job.backbone_name, job.backbone_weights, job.device)
-    inputs, labels, crops = [], [], []
-    for image_path, label_path in zip(job.image_paths, job.label_paths, strict=True):
-        label = load_label(Path(label_path)) if label_path else None
-        pieces = preprocess(load_rgb(Path(image_path)), label, job.resolution, job.five_crop, job.crop_ratio)
-        for crop_index, (crop, crop_label) in enumerate(pieces):
-            inputs.append(crop)
-            fill = np.full(crop.shape[:2], job.ignore_index, dtype=np.uint8)
-            labels.append(fill if crop_label is None else np.clip(crop_label, 0, 255).astype(np.uint8))
-            crops.append(crop_index)
-    images = np.stack(inputs)
-    device = next(model.parameters()).device
-    batch = normalize(torch.from_numpy(images).permute(0, 3, 1, 2).to(device), model.mean, model.std)
-    feats = model(batch).float()
-    out = {
-        "feats": feats.cpu().numpy().astype(np.float16),
-        "pooled": torch.nn.functional.normalize(feats.mean(dim=(2, 3)), dim=1).cpu().numpy(),
-        "labels": np.stack(labels),
-        "images": images,
-        "crops": np.asarray(crops, dtype=np.int8),
-    }
-    if job.flip:
-        out["feats_flip"] = model(batch.flip(-1)).float().cpu().numpy().astype(np.float16)
-    return out
 
 
 # --- the store -----------------------------------------------------------------------
@@ -228,9 +65,9 @@ def split_resolution(params: ExtractParams, split: str) -> int:
     return params.resolution
 
 
-def _fingerprint(backbone: Backbone, params: ExtractParams, split: str) -> dict[str, Any]:
+def _fingerprint(backbone: Backbone, params: ExtractParams, split: str, precision: str = "fp32") -> dict[str, Any]:
     five_crop = params.five_crop and split == "train"
-    return {
+    fingerprint = {
         "backbone": backbone.name,
         "timm_name": backbone.timm_name,
         "weights_source": backbone.weights_source,
@@ -242,6 +79,10 @@ def _fingerprint(backbone: Backbone, params: ExtractParams, split: str) -> dict[
         "flip": params.flip and split == "val",
         "batch_size": params.batch_size,
     }
+    if precision != "fp32":
+        # Only bf16 features differ; fp32 stores written before this key existed stay valid.
+        fingerprint["precision"] = precision
+    return fingerprint
 
 
 def _open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows: int, grid: int) -> zarr.Group:
@@ -318,6 +159,10 @@ def _write_chunk(group: zarr.Group, index: int, rows_per_chunk: int, row_ids: np
 
 # --- the stage -----------------------------------------------------------------------
 
+ChunkResults = Iterator[tuple[ChunkJob, dict[str, np.ndarray]]]
+ChunkRunner = Callable[[list[ChunkJob]], ChunkResults]
+"""Takes the pending chunks and yields (job, arrays of `extract_chunk`) in any order."""
+
 
 @dataclass(frozen=True)
 class ExtractSummary:
@@ -329,6 +174,38 @@ class ExtractSummary:
     weights_source: str
 
 
+@dataclass
+class ExtractionPlan:
+    """An opened store and the chunks still to compute; `write` stores a finished chunk.
+
+    Attributes:
+        root: the store's root group (open for writing; the caller holds its lock).
+        groups: the split groups, laid out and resized to the manifest.
+        row_ids: manifest id of every row of each split (repeated per crop) [M].
+        rows_per_chunk: store rows per chunk of each split (batch_size x crops).
+        jobs: pending chunks of both splits, train first.
+        summary: rows and chunk counts per split.
+        attrs: what `finish` records on the root (backbone, weights, resolutions).
+    """
+
+    root: zarr.Group
+    groups: dict[str, zarr.Group]
+    row_ids: dict[str, np.ndarray]
+    rows_per_chunk: dict[str, int]
+    jobs: list[ChunkJob]
+    summary: ExtractSummary
+    attrs: dict[str, Any]
+
+    def write(self, job: ChunkJob, arrays: dict[str, np.ndarray]) -> None:
+        """Store one finished chunk and mark it done."""
+        _write_chunk(self.groups[job.split], job.index, self.rows_per_chunk[job.split], self.row_ids[job.split], arrays)
+
+    def finish(self) -> None:
+        """Record backbone and resolutions on the root, once every chunk is written."""
+        for key, value in self.attrs.items():
+            self.root.attrs[key] = value
+
+
 def _jobs_for_split(
     manifest, split: str, corpus: CorpusParams, params: ExtractParams, backbone: Backbone, device: str,
     torch_threads: int | None,
@@ -338,6 +215,7 @@ def _jobs_for_split(
     for index, start in enumerate(range(0, len(rows), params.batch_size)):
         part = rows.iloc[start : start + params.batch_size]
         yield ChunkJob(
+            split=split,
             index=index,
             image_paths=tuple(str(resolve_in_corpus(root, p)) for p in part["path"]),
             label_paths=tuple(str(resolve_in_corpus(root, p)) if p else None for p in part["label_path"]),
@@ -350,6 +228,8 @@ def _jobs_for_split(
             ignore_index=corpus.ignore_index,
             device=device,
             torch_threads=torch_threads,
+            amp=params.amp,
+            compile_model=params.compile,
         )
 
 
@@ -358,26 +238,28 @@ def _weights_arg(backbone: Backbone) -> str:
     return source[len("file:") :] if source.startswith("file:") else "auto"
 
 
-def extract(
+def plan_extraction(
     manifest_path: Path,
     store_path: Path,
     corpus: CorpusParams,
     backbone_params: BackboneParams,
     params: ExtractParams,
     dask: DaskParams,
-) -> ExtractSummary:
-    """Extract (or resume extracting) features of every manifest image into the Zarr store.
+) -> ExtractionPlan:
+    """Check the settings, open (or lay out) the store and list the chunks still to compute.
+
+    The caller must hold `artifact_lock(store_path)` from here until the last `write`.
 
     Args:
         manifest_path: the ingest stage's Parquet manifest.
         store_path: the Zarr v3 store to create or complete.
         corpus: corpus root, ignore index, demo flag.
         backbone_params: backbone name and weights source.
-        params: resolution, five-crop, batch size (= one chunk), flip.
-        dask: local cluster size or the address of an existing scheduler.
+        params: resolution, five-crop, batch size (= one chunk), flip, device, amp, compile.
+        dask: sizes the torch threads of each local worker.
 
     Returns:
-        An `ExtractSummary` of rows and chunks per split.
+        An `ExtractionPlan` whose `jobs` are the pending chunks.
     """
     manifest = read_manifest(manifest_path)
     with torch.random.fork_rng(devices=[]):
@@ -391,51 +273,146 @@ def extract(
                 f"{backbone.patch_size}; use e.g. {max(1, value // backbone.patch_size) * backbone.patch_size}."
             )
     device = str(resolve_device(params.device))
-    summary = ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source)
-    # Resolving every path first refuses a manifest that escapes the corpus before anything starts.
+    precision = backbone_precision(device, params.amp)
     threads = torch_threads_per_worker(dask)
+    # Resolving every path first refuses a manifest that escapes the corpus before anything starts.
     jobs_by_split = {
         split: list(_jobs_for_split(manifest, split, corpus, params, backbone, device, threads)) for split in SPLITS
     }
-    with artifact_lock(store_path), dask_client(dask) as client:
-        root = zarr.open_group(str(store_path), mode="a", zarr_format=3)
-        for split in SPLITS:
-            jobs = jobs_by_split[split]
-            fingerprint = _fingerprint(backbone, params, split)
-            crops = 5 if fingerprint["five_crop"] else 1
-            ids = manifest[manifest["split"] == split].sort_values("id")["id"].to_numpy()
-            row_ids = np.repeat(ids, crops).astype(np.int64)
-            grid = split_resolution(params, split) // backbone.patch_size
-            group = _open_split(root, split, fingerprint, len(row_ids), grid)
-            rows_per_chunk = params.batch_size * crops
-            pending = set(_pending_chunks(group, row_ids, rows_per_chunk))
-            todo = [job for job in jobs if job.index in pending]
-            summary.rows[split] = len(row_ids)
-            summary.chunks_total[split] = len(jobs)
-            summary.chunks_computed[split] = len(todo)
-            _run_jobs(client, todo, group, rows_per_chunk, row_ids, split, len(ids))
-        root.attrs["backbone"] = backbone.name
-        root.attrs["weights_source"] = backbone.weights_source
-        # "resolution" is what inference uses (the evaluation side); training crops are recorded apart.
-        root.attrs["resolution"] = split_resolution(params, "val")
-        root.attrs["train_resolution"] = params.resolution
-    return summary
+    root = zarr.open_group(str(store_path), mode="a", zarr_format=3)
+    plan = ExtractionPlan(
+        root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[],
+        summary=ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source),
+        attrs={
+            "backbone": backbone.name,
+            "weights_source": backbone.weights_source,
+            # "resolution" is what inference uses (the evaluation side); training crops are recorded apart.
+            "resolution": split_resolution(params, "val"),
+            "train_resolution": params.resolution,
+            "precision": precision,
+        },
+    )
+    for split in SPLITS:
+        fingerprint = _fingerprint(backbone, params, split, precision)
+        crops = 5 if fingerprint["five_crop"] else 1
+        ids = manifest[manifest["split"] == split].sort_values("id")["id"].to_numpy()
+        row_ids = np.repeat(ids, crops).astype(np.int64)
+        grid = split_resolution(params, split) // backbone.patch_size
+        group = _open_split(root, split, fingerprint, len(row_ids), grid)
+        rows_per_chunk = params.batch_size * crops
+        pending = set(_pending_chunks(group, row_ids, rows_per_chunk))
+        todo = [job for job in jobs_by_split[split] if job.index in pending]
+        plan.groups[split], plan.row_ids[split], plan.rows_per_chunk[split] = group, row_ids, rows_per_chunk
+        plan.jobs.extend(todo)
+        plan.summary.rows[split] = len(row_ids)
+        plan.summary.chunks_total[split] = len(jobs_by_split[split])
+        plan.summary.chunks_computed[split] = len(todo)
+    return plan
 
 
-def _run_jobs(client, jobs: list[ChunkJob], group, rows_per_chunk: int, row_ids, split: str, n_images: int) -> None:
-    if not jobs:
-        log.info("extract %s: all %d images already in the store", split, n_images)
-        return
-    from dask.distributed import as_completed
+def run_in_process(jobs: list[ChunkJob]) -> ChunkResults:
+    """Run chunks in this process, decoding the next chunk in a thread while the backbone runs.
 
-    n_new = sum(len(job.image_paths) for job in jobs)
-    with Progress(n_new, f"extract {split}", unit="img") as progress:
-        # Workers decode and embed; this process only writes, so writing overlaps compute.
+    One local worker needs no cluster: this skips the scheduler, the worker's imports and the
+    result transfer (about 4.5 s of fixed cost and 10-20 % of the steady rate on 2 cores).
+    """
+    previous_threads = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stego-decode") as decoder:
+            ahead = decoder.submit(load_chunk, jobs[0]) if jobs else None
+            for position, job in enumerate(jobs):
+                decoded = ahead.result()
+                if position + 1 < len(jobs):
+                    ahead = decoder.submit(load_chunk, jobs[position + 1])
+                yield job, embed_chunk(job, decoded)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def dask_runner(client: Any) -> ChunkRunner:
+    """A runner that submits every chunk (both splits at once) to a Dask client's workers."""
+
+    def run(jobs: list[ChunkJob]) -> ChunkResults:
+        from dask.distributed import as_completed
+
         futures = {client.submit(extract_chunk, job, pure=False): job for job in jobs}
         for future in as_completed(futures):
-            job = futures[future]
-            _write_chunk(group, job.index, rows_per_chunk, row_ids, future.result())
-            progress.update(len(job.image_paths))
+            yield futures[future], future.result()
+
+    return run
+
+
+@contextmanager
+def default_runner(dask: DaskParams, has_work: bool = True) -> Iterator[ChunkRunner]:
+    """The runner the `dask` block asks for.
+
+    An address always connects (so a wrong address fails even on an up-to-date store); a
+    local cluster starts only for several workers and only when there is work.
+    """
+    if dask.address or (has_work and dask.n_workers > 1):
+        with dask_client(dask) as client:
+            yield dask_runner(client)
+    else:
+        yield run_in_process
+
+
+def run_plan(plan: ExtractionPlan, runner: ChunkRunner) -> None:
+    """Compute the plan's pending chunks with `runner`, write each as it arrives, then `finish`."""
+    pending = {split: sum(len(job.image_paths) for job in plan.jobs if job.split == split) for split in SPLITS}
+    for split in SPLITS:
+        if not pending[split]:
+            log.info("extract %s: all %d images already in the store", split, len(np.unique(plan.row_ids[split])))
+    bars: dict[str, Progress] = {}
+    # A split's rate counts from the previous result (the stage start for the first): a
+    # bar created at its first result would divide that chunk by almost no time.
+    previous = time.monotonic()
+    try:
+        if plan.jobs:
+            for job, arrays in runner(plan.jobs):
+                # Only this process writes, so writing overlaps the workers' compute.
+                plan.write(job, arrays)
+                if job.split not in bars:
+                    bars[job.split] = Progress(pending[job.split], f"extract {job.split}", unit="img", started_at=previous)
+                bars[job.split].update(len(job.image_paths))
+                previous = time.monotonic()
+    finally:
+        for bar in bars.values():
+            bar.close()
+    plan.finish()
+
+
+def extract(
+    manifest_path: Path,
+    store_path: Path,
+    corpus: CorpusParams,
+    backbone_params: BackboneParams,
+    params: ExtractParams,
+    dask: DaskParams,
+    runner: ChunkRunner | None = None,
+) -> ExtractSummary:
+    """Extract (or resume extracting) features of every manifest image into the Zarr store.
+
+    Args:
+        manifest_path: the ingest stage's Parquet manifest.
+        store_path: the Zarr v3 store to create or complete.
+        corpus: corpus root, ignore index, demo flag.
+        backbone_params: backbone name and weights source.
+        params: resolution, five-crop, batch size (= one chunk), flip, device, amp, compile.
+        dask: an existing scheduler's address, or the local worker count (1: in-process).
+        runner: where the chunks run; default from `dask` (the Prefect flow passes one that
+            submits Prefect tasks to a `DaskTaskRunner`).
+
+    Returns:
+        An `ExtractSummary` of rows and chunks per split.
+    """
+    with artifact_lock(store_path):
+        plan = plan_extraction(manifest_path, store_path, corpus, backbone_params, params, dask)
+        if runner is not None:
+            run_plan(plan, runner)
+        else:
+            with default_runner(dask, has_work=bool(plan.jobs)) as chosen:
+                run_plan(plan, chosen)
+    return plan.summary
 
 
 def read_split(store_path: Path, split: str) -> zarr.Group:

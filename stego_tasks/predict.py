@@ -32,7 +32,7 @@ from stego_tasks import atomic
 from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
 from stego_tasks.config import load_params
 from stego_tasks.crf import CRFParams, dense_crf
-from stego_tasks.extract import resolve_device
+from stego_tasks.embed import resolve_device
 from stego_tasks.images import ImageDecodeError, is_image_name, load_rgb
 from stego_tasks.progress import Progress
 from stego_tasks.train import StegoModel, load_model
@@ -60,6 +60,8 @@ class Run:
         cluster_to_class: int64 [n_clusters], class per cluster, -1 when unmatched; None
             when the run has no assignment (no labels were evaluated).
         class_names: one name per class (empty without an assignment).
+        amp: run the backbone under bfloat16 autocast on CUDA, as `extract.amp` does when
+            the features are stored (no effect on the CPU).
     """
 
     model: StegoModel
@@ -70,6 +72,7 @@ class Run:
     crf_params: CRFParams = field(default_factory=CRFParams)
     cluster_to_class: np.ndarray | None = None
     class_names: tuple[str, ...] = ()
+    amp: bool = True
 
     @property
     def n_clusters(self) -> int:
@@ -296,7 +299,10 @@ def _cluster_log_probs(run: Run, resized: np.ndarray, flip: bool) -> torch.Tenso
     x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
     # Flip the padded image, so its code flipped back lies on exactly the same grid.
     batch = torch.cat([x, x.flip(-1)]) if flip else x
-    codes = run.model.head(run.backbone(batch))
+    on_gpu = run.device.type == "cuda"
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=on_gpu and run.amp):
+        feats = run.backbone(batch)
+    codes = run.model.head(feats.float())
     code = (codes[:1] + codes[1:].flip(-1)) / 2 if flip else codes
     code = F.interpolate(code, size=(height + pad_h, width + pad_w), mode="bilinear", align_corners=False)
     code = code[:, :, :height, :width]

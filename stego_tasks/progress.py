@@ -21,14 +21,16 @@ class Progress:
         desc: what is being counted, e.g. "extract train".
         unit: the item's name, e.g. "img".
         log_every_s: seconds between log lines when not on a terminal.
+        started_at: `time.monotonic()` when the work began, if before this object (the
+            rate then counts from there, not from the first finished item).
     """
 
-    def __init__(self, total: int, desc: str, unit: str = "it", log_every_s: float = 10.0):
+    def __init__(self, total: int, desc: str, unit: str = "it", log_every_s: float = 10.0, started_at: float | None = None):
         self.total = total
         self.desc = desc
         self.unit = unit
         self.count = 0
-        self._start = time.monotonic()
+        self._start = time.monotonic() if started_at is None else started_at
         self._last_log = self._start
         self._log_every_s = log_every_s
         self._bar = None

@@ -9,19 +9,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from stego_tasks.prefect_server import LocalPrefectServer, start_local_server, stop_process_group
 
 REPO = Path(__file__).resolve().parents[1]
 # The interpreter running pytest sits beside the `stego`, `dvc` and `prefect` commands.
@@ -124,68 +122,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def stop_process_group(process: subprocess.Popen, grace: float = 15) -> None:
-    """Stop a process started with `start_new_session=True` and everything it started.
-
-    SIGTERM to the group first (Prefect and uvicorn shut down cleanly on it), then SIGKILL.
-    """
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=grace)
-    except ProcessLookupError:
-        pass
-
-
-@dataclass
-class PrefectServer:
-    """A running `prefect server start`: its API URL, process and log file."""
-
-    api_url: str
-    process: subprocess.Popen
-    log: Path
+PrefectServer = LocalPrefectServer
 
 
 def start_prefect_server(home: Path, timeout: float = 120) -> PrefectServer:
-    """Start a local Prefect server (own process group, own PREFECT_HOME) and wait for /api/health.
+    """Start a local Prefect server with its own PREFECT_HOME and wait for /api/health.
 
-    The scheduler and the other background services are off: runs happen only when a test
-    asks for one, so a scheduled deployment cannot start a run in the middle of a test.
+    The services that start or change runs are off (`QUIET_SERVICES`): runs happen only when
+    a test asks for one, so a scheduled deployment cannot start a run in the middle of a
+    test. The task-run recorder stays on, so task runs (e.g. extract's chunks on a Dask
+    cluster) can be read back from the API.
 
     Args:
-        home: PREFECT_HOME of the server (its SQLite database lives there).
+        home: PREFECT_HOME of the server (its SQLite database and `server.log` live there).
         timeout: seconds to wait for the API to answer.
 
     Returns:
         The running server; stop it with `stop_process_group(server.process)`.
     """
-    port = free_port()
-    home.mkdir(parents=True, exist_ok=True)
-    log = home / "server.log"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_UI_ENABLED": "false"}
-    with log.open("w") as handle:
-        process = subprocess.Popen(
-            [str(VENV_BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    api_url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {process.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return PrefectServer(api_url, process, log)
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    stop_process_group(process)
-    raise RuntimeError(f"prefect server did not answer within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+    return start_local_server(home / "server.log", home=home, timeout=timeout)
 
 
 @pytest.fixture(scope="session")
@@ -313,3 +268,52 @@ def project_copy(tmp_path: Path, reproduced_project: Path, project_env: dict[str
     site_cache = tmp_path / "dvc-site-cache"
     run([str(VENV_BIN / "dvc"), "config", "--local", "core.site_cache_dir", str(site_cache)], project, project_env)
     return project
+
+
+def _wait_for_workers(address: str, n_workers: int, processes: list[subprocess.Popen], timeout: float) -> None:
+    from dask.distributed import Client
+
+    deadline = time.monotonic() + timeout
+    while True:
+        dead = [p.args for p in processes if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"a Dask process exited while starting: {dead}")
+        try:
+            with Client(address, timeout="5s") as client:
+                client.wait_for_workers(n_workers, timeout=max(1.0, deadline - time.monotonic()))
+                return
+        except (OSError, TimeoutError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
+@pytest.fixture(scope="session")
+def dask_cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1, as on a cluster.
+
+    Started with the `dask` command line, not `LocalCluster`, so the pipeline meets the same
+    separate processes it meets on a multi-machine cluster. Yields the scheduler's address.
+    """
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    logs = tmp_path_factory.mktemp("dask-cluster")
+    env = {**os.environ, **SUBPROCESS_ENV}
+    commands = [["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]] + [
+        ["worker", address, "--name", f"worker-{i}", "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
+         "--no-dashboard", "--local-directory", str(logs / f"worker-{i}")]
+        for i in range(2)
+    ]
+    processes: list[subprocess.Popen] = []
+    try:
+        for index, command in enumerate(commands):
+            with (logs / f"{command[0]}-{index}.log").open("w") as log:
+                processes.append(subprocess.Popen(
+                    [str(VENV_BIN / "dask"), *command], env=env, stdout=log, stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ))
+        _wait_for_workers(address, 2, processes, timeout=120)
+        yield address
+    finally:
+        for process in reversed(processes):
+            stop_process_group(process)

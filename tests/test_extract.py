@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -24,17 +25,10 @@ from torchvision.transforms.functional import five_crop
 from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
 from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.extract import (
-    ExtractSummary,
-    _resize_split,
-    extract,
-    five_crop_boxes,
-    preprocess,
-    read_split,
-    resize_center_crop,
-)
+from stego_tasks.extract import ExtractSummary, _resize_split, extract, read_split
 from stego_tasks.images import load_label, load_rgb
 from stego_tasks.ingest import ingest, read_manifest
+from stego_tasks.preprocess import five_crop_boxes, preprocess, resize_center_crop
 
 BACKBONE = BackboneParams(name="vit_tiny_patch16_224", weights="random")
 PARAMS = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu")
@@ -209,7 +203,9 @@ def test_store_layout_shapes_and_dtypes(base):
         assert bool(np.all(group["done"][:])), f"{split}: not every chunk is done"
     assert root["val"]["images"].shape == (N_VAL, 48, 48, 3), "val images shape"
     assert root["val"]["feats_flip"].shape == (N_VAL, dim, 3, 3), "val feats_flip shape"
-    expected_attrs = {"backbone": BACKBONE.name, "weights_source": "random", "resolution": 48, "train_resolution": 32}
+    expected_attrs = {
+        "backbone": BACKBONE.name, "weights_source": "random", "resolution": 48, "train_resolution": 32, "precision": "fp32",
+    }
     assert dict(root.attrs) == expected_attrs, f"root attrs {dict(root.attrs)}"
 
 
@@ -369,3 +365,81 @@ def test_random_fallback_only_on_the_demo_corpus(base, scheduler, tmp_path, monk
     assert "DEMO ONLY" in caplog.text, "the fallback must be announced loudly"
     assert summary.chunks_computed == {"train": 0, "val": 0}, f"computed {summary.chunks_computed}"
     assert zarr.open_group(str(copy.store), mode="r").attrs["weights_source"] == "random", "store does not say random"
+
+
+# --- scale-out on a real Dask cluster (issue 6) ----------------------------------------------
+
+
+def _worker_backbones(address: str) -> dict[str, int]:
+    """How many backbones each worker of the cluster has built (0: it ran no chunk)."""
+    from dask.distributed import Client
+
+    with Client(address, timeout="10s") as client:
+        # A lambda travels by value; a function of this module would need `tests` importable there.
+        return client.run(lambda: __import__("stego_tasks.embed", fromlist=["_"])._cached_backbone.cache_info().currsize)
+
+
+def test_dask_scheduler_and_two_workers_give_the_local_store(base, dask_cli_cluster, tmp_path):
+    """`dask.address` pointing at `dask scheduler` + two `dask worker` processes: every chunk runs
+    there, both workers take part, and the store equals the in-process run's."""
+    store = tmp_path / "features.zarr"
+    params = ExtractParams(resolution=32, val_resolution=48, batch_size=2, device="cpu")  # 5 + 2 chunks
+    summary = extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DaskParams(address=dask_cli_cluster))
+    assert summary.chunks_computed == {"train": 3, "val": 2}, f"computed {summary.chunks_computed}"
+    busy = _worker_backbones(dask_cli_cluster)
+    assert len(busy) == 2 and all(busy.values()), f"both workers must have run chunks: {busy}"
+    want, got = _arrays(base.store), _arrays(store)
+    assert set(got) == set(want), f"arrays {sorted(got)} vs the local run's {sorted(want)}"
+    for name in want:
+        if name.endswith("/done"):
+            continue  # 2 images per chunk instead of 4: more chunks, all done
+        _assert_same(got[name], want[name], f"{name} differs between the Dask cluster and the local run")
+    assert bool(np.all(got["train/done"])) and bool(np.all(got["val/done"])), "not every chunk is done"
+
+
+def _task_run_names(api_url: str) -> list[tuple[str, str]]:
+    import json
+    import urllib.request
+
+    body = json.dumps({"task_runs": {"name": {"like_": "extract-"}}, "limit": 200}).encode()
+    request = urllib.request.Request(f"{api_url}/task_runs/filter", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return [(run["name"], run["state_type"]) for run in json.loads(response.read())]
+
+
+def test_prefect_flow_submits_chunks_through_dask_task_runner(base, dask_cli_cluster, project_env, tmp_path):
+    """`stego extract` (its Prefect flow) with `dask.address`: one `extract-<split>-<i>` task run
+    per chunk on the cluster via prefect-dask, and the same store as the local run."""
+    import subprocess
+
+    import yaml
+    from conftest import VENV_BIN, run
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump({
+        "corpus": {"root": str(base.root), "n_classes": 5, "ignore_index": 255, "demo": True},
+        "backbone": {"name": BACKBONE.name, "weights": "random"},
+        "extract": {"resolution": 32, "val_resolution": 48, "batch_size": 4, "device": "cpu"},
+        "dask": {"address": dask_cli_cluster},
+    }))
+    store = tmp_path / "features.zarr"
+    before = {name for name, _ in _task_run_names(project_env["PREFECT_API_URL"])}
+    result = run(
+        [str(VENV_BIN / "stego"), "extract", "--params", str(params_file), "--manifest", str(base.manifest),
+         "--features", str(store)],
+        tmp_path, project_env, timeout=300,
+    )
+    assert isinstance(result, subprocess.CompletedProcess)
+    deadline = time.monotonic() + 30
+    while True:  # the server records task runs from their events, a moment after they end
+        runs = [(name, state) for name, state in _task_run_names(project_env["PREFECT_API_URL"]) if name not in before]
+        if len(runs) >= 3 and all(state == "COMPLETED" for _, state in runs) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    expected = {"extract-train-0", "extract-train-1", "extract-val-0"}
+    assert {name for name, _ in runs} == expected, f"task runs of this flow: {runs}"
+    assert all(state == "COMPLETED" for _, state in runs), f"not every chunk's task run completed: {runs}"
+    want, got = _arrays(base.store), _arrays(store)
+    assert set(got) == set(want), f"arrays {sorted(got)} vs the local run's {sorted(want)}"
+    for name in want:
+        _assert_same(got[name], want[name], f"{name} differs between the Prefect + Dask run and the local run")

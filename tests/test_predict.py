@@ -273,7 +273,7 @@ def test_missing_checkpoint_asks_for_weights(run_dir: Path, tmp_path: Path):
 
 
 def test_random_weights_warn_and_match_extraction(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from stego_tasks.extract import _cached_backbone
+    from stego_tasks.embed import _cached_backbone
 
     root = _write_run(tmp_path, "random")
     with caplog.at_level(logging.WARNING, logger="stego"), pytest.warns(UserWarning, match="RANDOM"):

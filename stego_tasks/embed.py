@@ -1,0 +1,183 @@
+"""The worker side of stage `extract`: decode, preprocess and embed one chunk of images.
+
+A chunk is one `ChunkJob` (a batch of manifest rows of one split). The same functions run
+in the stage's own process (one local worker), on a Dask worker (`dask.address`), or as a
+Prefect task on a `DaskTaskRunner`; whichever runs them, the arrays they return are equal,
+so where the work ran never changes the store.
+
+Decoding (`load_chunk`) is kept apart from the forward pass (`embed_chunk`) so that the
+in-process runner can decode the next chunk in a thread while the backbone runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
+from stego_tasks.config import BackboneParams
+from stego_tasks.images import load_label, load_rgb
+from stego_tasks.preprocess import preprocess
+
+log = logging.getLogger("stego")
+
+
+def resolve_device(device: str) -> torch.device:
+    """Map "auto" to CUDA when present, else CPU; refuse "cuda" on a machine without it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' was asked for but this machine has no CUDA GPU; set it to 'auto' or 'cpu'.")
+    return torch.device(device)
+
+
+def backbone_precision(device: str | torch.device, amp: bool) -> str:
+    """"bf16" when the backbone runs under bfloat16 autocast (CUDA and `amp`), else "fp32"."""
+    return "bf16" if amp and torch.device(device).type == "cuda" else "fp32"
+
+
+def load_backbone(backbone: BackboneParams, allow_random_fallback: bool) -> Backbone:
+    """Create the frozen backbone; on the demo corpus only, fall back to random weights loudly.
+
+    Args:
+        backbone: name and weights source.
+        allow_random_fallback: True only for the bundled demo corpus.
+
+    Returns:
+        The frozen `Backbone` (its `weights_source` says where the weights came from).
+    """
+    try:
+        return create_backbone(backbone.name, weights=backbone.weights)
+    except WeightsNotFoundError as error:
+        if not allow_random_fallback:
+            raise
+        banner = "=" * 78
+        log.warning(
+            "%s\nDEMO ONLY: no weights for backbone '%s' (%s).\n"
+            "Falling back to a RANDOMLY INITIALISED ViT; metrics are recorded with "
+            "backbone_weights: random.\n%s",
+            banner, backbone.name, error, banner,
+        )
+        return create_backbone(backbone.name, weights="random")
+
+
+@lru_cache(maxsize=2)
+def _cached_backbone(name: str, weights: str, device: str, compile_model: bool = False) -> Backbone:
+    # One backbone per worker process, reused by every chunk that process runs. Random
+    # weights are seeded so that every worker, and every rerun, embeds with the same net.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_backbone(name, weights=weights)
+    model = model.to(resolve_device(device))
+    if compile_model:
+        # In place, so the Backbone keeps its attributes (patch size, mean, std).
+        model.compile()
+    return model
+
+
+@dataclass(frozen=True)
+class ChunkJob:
+    """Everything a (possibly remote) worker needs to extract one chunk."""
+
+    split: str
+    index: int
+    image_paths: tuple[str, ...]
+    label_paths: tuple[str | None, ...]
+    backbone_name: str
+    backbone_weights: str
+    resolution: int
+    five_crop: bool
+    crop_ratio: float
+    flip: bool
+    ignore_index: int
+    device: str
+    torch_threads: int | None = None
+    amp: bool = True
+    compile_model: bool = False
+
+
+@dataclass(frozen=True)
+class DecodedChunk:
+    """A chunk's network inputs before the backbone: images uint8 [m, R, R, 3], labels uint8 [m, R, R], crops int8 [m]."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    crops: np.ndarray
+
+
+def load_chunk(job: ChunkJob) -> DecodedChunk:
+    """Decode and preprocess a chunk's images and labels (no torch; safe in a thread).
+
+    Args:
+        job: the chunk's absolute paths and preprocessing settings.
+
+    Returns:
+        A `DecodedChunk` with m = images x crops rows (labels ignore-filled where an image has none).
+    """
+    inputs, labels, crops = [], [], []
+    for image_path, label_path in zip(job.image_paths, job.label_paths, strict=True):
+        label = load_label(Path(label_path)) if label_path else None
+        pieces = preprocess(load_rgb(Path(image_path)), label, job.resolution, job.five_crop, job.crop_ratio)
+        for crop_index, (crop, crop_label) in enumerate(pieces):
+            inputs.append(crop)
+            fill = np.full(crop.shape[:2], job.ignore_index, dtype=np.uint8)
+            labels.append(fill if crop_label is None else np.clip(crop_label, 0, 255).astype(np.uint8))
+            crops.append(crop_index)
+    return DecodedChunk(np.stack(inputs), np.stack(labels), np.asarray(crops, dtype=np.int8))
+
+
+def embed_chunk(job: ChunkJob, decoded: DecodedChunk) -> dict[str, np.ndarray]:
+    """Run the frozen backbone on a decoded chunk.
+
+    On CUDA the uint8 batch goes through pinned memory and, with `job.amp`, the forward
+    runs under bfloat16 autocast; the stored features are float16 either way.
+
+    Args:
+        job: backbone, device, flip and thread settings.
+        decoded: the chunk's preprocessed inputs.
+
+    Returns:
+        feats float16 [m, C, h, w], pooled float32 [m, C] (L2-normalised spatial mean),
+        labels uint8 [m, R, R], images uint8 [m, R, R, 3], crops int8 [m], and
+        feats_flip float16 [m, C, h, w] when `job.flip`.
+    """
+    torch.set_grad_enabled(False)
+    if job.torch_threads:
+        torch.set_num_threads(job.torch_threads)
+    model = _cached_backbone(job.backbone_name, job.backbone_weights, job.device, job.compile_model)
+    device = next(model.parameters()).device
+    pixels = torch.from_numpy(decoded.images)
+    if device.type == "cuda":
+        pixels = pixels.pin_memory()
+    batch = normalize(pixels.to(device, non_blocking=True).permute(0, 3, 1, 2), model.mean, model.std)
+    use_bf16 = backbone_precision(device, job.amp) == "bf16"
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        feats = model(batch).float()
+        flipped = model(batch.flip(-1)).float() if job.flip else None
+    out = {
+        "feats": feats.cpu().numpy().astype(np.float16),
+        "pooled": torch.nn.functional.normalize(feats.mean(dim=(2, 3)), dim=1).cpu().numpy(),
+        "labels": decoded.labels,
+        "images": decoded.images,
+        "crops": decoded.crops,
+    }
+    if flipped is not None:
+        out["feats_flip"] = flipped.cpu().numpy().astype(np.float16)
+    return out
+
+
+def extract_chunk(job: ChunkJob) -> dict[str, np.ndarray]:
+    """Decode and embed one chunk (what a Dask worker or Prefect task runs).
+
+    Args:
+        job: the chunk's absolute image/label paths and the preprocessing settings.
+
+    Returns:
+        The arrays of `embed_chunk`.
+    """
+    return embed_chunk(job, load_chunk(job))
