@@ -11,6 +11,8 @@ a local cluster, as the `dask` block says).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from prefect import flow, task
@@ -35,33 +37,39 @@ def extract_chunk_task(job: ChunkJob) -> dict:
     return extract_chunk(job)
 
 
-def dask_task_runner_chunks(address: str) -> ChunkRunner:
-    """A chunk runner that submits `extract_chunk_task` runs to the Dask scheduler at `address`.
+@contextmanager
+def dask_task_runner(address: str) -> Iterator[Any]:
+    """A started prefect-dask `DaskTaskRunner` on the scheduler at `address` (one-line error if none answers)."""
+    from prefect_dask import DaskTaskRunner
+
+    from stego_tasks.dask_cluster import unreachable_scheduler
+
+    task_runner = DaskTaskRunner(address=address)
+    try:
+        task_runner.__enter__()
+    except (OSError, TimeoutError) as error:
+        raise unreachable_scheduler(address, error) from None
+    try:
+        yield task_runner
+    finally:
+        task_runner.__exit__(None, None, None)
+
+
+def chunks_as_prefect_tasks(task_runner: Any) -> ChunkRunner:
+    """A chunk runner that submits one `extract_chunk_task` run per chunk to `task_runner`.
 
     Args:
-        address: the scheduler, e.g. tcp://10.0.0.5:8786.
+        task_runner: a started Prefect task runner (a `DaskTaskRunner` on the cluster).
 
     Returns:
-        A `ChunkRunner` for `stego_tasks.extract.extract`; must be called inside a flow run.
+        A `ChunkRunner` for `stego_tasks.extract.extract`; call it inside a flow run.
     """
 
     def run(jobs: list[ChunkJob]) -> ChunkResults:
-        from prefect_dask import DaskTaskRunner
-
-        from stego_tasks.dask_cluster import unreachable_scheduler
-
-        task_runner = DaskTaskRunner(address=address)
-        try:
-            task_runner.__enter__()
-        except (OSError, TimeoutError) as error:
-            raise unreachable_scheduler(address, error) from None
-        try:
-            futures = [task_runner.submit(extract_chunk_task, parameters={"job": job}) for job in jobs]
-            job_of = {future.task_run_id: job for future, job in zip(futures, jobs, strict=True)}
-            for future in as_completed(futures):
-                yield job_of[future.task_run_id], future.result()
-        finally:
-            task_runner.__exit__(None, None, None)
+        futures = [task_runner.submit(extract_chunk_task, parameters={"job": job}) for job in jobs]
+        job_of = {future.task_run_id: job for future, job in zip(futures, jobs, strict=True)}
+        for future in as_completed(futures):
+            yield job_of[future.task_run_id], future.result()
 
     return run
 
@@ -71,5 +79,7 @@ def extract_flow(params_path: str = "params.yaml", **kwargs: Any) -> dict[str, A
     """The extract stage as one flow run; keyword arguments as `flows.stage_functions.extract`."""
     address = load_params(params_path).dask.address
     if address:
-        return stage_functions.extract(params_path=params_path, runner=dask_task_runner_chunks(address), **kwargs)
+        # Connected before the store is touched: a wrong address leaves nothing behind.
+        with dask_task_runner(address) as task_runner:
+            return stage_functions.extract(params_path=params_path, runner=chunks_as_prefect_tasks(task_runner), **kwargs)
     return extract_task(params_path=params_path, **kwargs)

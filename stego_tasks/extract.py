@@ -25,7 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -343,13 +343,12 @@ def dask_runner(client: Any) -> ChunkRunner:
 
 
 @contextmanager
-def default_runner(dask: DaskParams, has_work: bool = True) -> Iterator[ChunkRunner]:
-    """The runner the `dask` block asks for.
+def local_runner(dask: DaskParams, has_work: bool = True) -> Iterator[ChunkRunner]:
+    """The runner for `dask.address: null`: in-process for one worker, else a local cluster.
 
-    An address always connects (so a wrong address fails even on an up-to-date store); a
-    local cluster starts only for several workers and only when there is work.
+    The cluster starts only when there is work, so an up-to-date store costs no start-up.
     """
-    if dask.address or (has_work and dask.n_workers > 1):
+    if has_work and dask.n_workers > 1:
         with dask_client(dask) as client:
             yield dask_runner(client)
     else:
@@ -399,19 +398,21 @@ def extract(
         backbone_params: backbone name and weights source.
         params: resolution, five-crop, batch size (= one chunk), flip, device, amp, compile.
         dask: an existing scheduler's address, or the local worker count (1: in-process).
-        runner: where the chunks run; default from `dask` (the Prefect flow passes one that
-            submits Prefect tasks to a `DaskTaskRunner`).
+        runner: where the chunks run; default from `dask`: `dask.address` connects to that
+            scheduler first, else `local_runner` (the Prefect flow passes one that submits
+            Prefect tasks to a `DaskTaskRunner`).
 
     Returns:
         An `ExtractSummary` of rows and chunks per split.
     """
-    with artifact_lock(store_path):
+    with artifact_lock(store_path), ExitStack() as stack:
+        if runner is None and dask.address:
+            # Connect before touching the store: a wrong address must leave nothing behind.
+            runner = dask_runner(stack.enter_context(dask_client(dask)))
         plan = plan_extraction(manifest_path, store_path, corpus, backbone_params, params, dask)
-        if runner is not None:
-            run_plan(plan, runner)
-        else:
-            with default_runner(dask, has_work=bool(plan.jobs)) as chosen:
-                run_plan(plan, chosen)
+        if runner is None:
+            runner = stack.enter_context(local_runner(dask, has_work=bool(plan.jobs)))
+        run_plan(plan, runner)
     return plan.summary
 
 
