@@ -146,7 +146,6 @@ def embed_chunk(job: ChunkJob, decoded: DecodedChunk) -> dict[str, np.ndarray]:
         labels uint8 [m, R, R], images uint8 [m, R, R, 3], crops int8 [m], and
         feats_flip float16 [m, C, h, w] when `job.flip`.
     """
-    torch.set_grad_enabled(False)
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
     model = _cached_backbone(job.backbone_name, job.backbone_weights, job.device, job.compile_model)
@@ -156,7 +155,9 @@ def embed_chunk(job: ChunkJob, decoded: DecodedChunk) -> dict[str, np.ndarray]:
         pixels = pixels.pin_memory()
     batch = normalize(pixels.to(device, non_blocking=True).permute(0, 3, 1, 2), model.mean, model.std)
     use_bf16 = backbone_precision(device, job.amp) == "bf16"
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+    # A context, not torch.set_grad_enabled(False): in-process, that would switch autograd
+    # off for whatever the caller runs next (a training loop in the same interpreter).
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         feats = model(batch).float()
         flipped = model(batch.flip(-1)).float() if job.flip else None
     out = {

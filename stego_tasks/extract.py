@@ -111,7 +111,13 @@ def _open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_row
     if fingerprint["flip"]:
         specs["feats_flip"] = ((dim, grid, grid), "float16")
     for name, (tail, dtype) in specs.items():
-        group.create_array(name, shape=(n_rows, *tail), chunks=(rows_per_chunk, *tail), dtype=dtype, fill_value=0)
+        layout = {"chunks": (rows_per_chunk, *tail)}
+        if split == "train" and name in ("feats", "labels"):
+            # Training reads random rows. One shard per extraction chunk (same files as
+            # before) made of one-row inner chunks lets a row be decoded alone: 32 random
+            # rows took 39 ms instead of 129 ms (224 px ViT-S/8 features, 2 CPUs).
+            layout = {"chunks": (1, *tail), "shards": (rows_per_chunk, *tail)}
+        group.create_array(name, shape=(n_rows, *tail), dtype=dtype, fill_value=0, **layout)
     n_chunks = -(-n_rows // rows_per_chunk)
     group.create_array("done", shape=(n_chunks,), chunks=(max(n_chunks, 1),), dtype="bool", fill_value=False)
     group.attrs["fingerprint"] = fingerprint  # last: only a complete layout is ever reused
@@ -122,7 +128,7 @@ def _resize_split(group: zarr.Group, n_rows: int) -> None:
     for name in group.array_keys():
         if name != "done" and group[name].shape[0] != n_rows:
             group[name].resize((n_rows, *group[name].shape[1:]))
-    rows_per_chunk = group["feats"].chunks[0]
+    rows_per_chunk = (group["feats"].shards or group["feats"].chunks)[0]
     n_chunks = -(-n_rows // rows_per_chunk)
     done = group["done"]
     old = done.shape[0]

@@ -1,7 +1,9 @@
 """Stage `train`: fit the segmentation head and both probes from stored features only.
 
 The backbone never runs here: each step reads backbone features of a batch of training
-crops and of their kNN positives from the Zarr store, so a step costs only the head.
+crops and of their kNN positives from the Zarr store, so a step costs only the head. A
+small split is read into memory once; a large one is read batch by batch, so memory does
+not grow with the corpus (`stego_tasks/training_data.py`).
 
 Outputs (all written atomically):
     <model_dir>/model.safetensors   head.*, cluster_probe.*, linear_probe.* tensors
@@ -29,12 +31,13 @@ from safetensors.torch import load_file, save_file
 
 from stego_tasks import atomic
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
-from stego_tasks.extract import read_split, resolve_device
+from stego_tasks.extract import resolve_device
 from stego_tasks.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.knn import sample_positives
 from stego_tasks.locking import artifact_lock
 from stego_tasks.loss import correspondence_loss
 from stego_tasks.progress import Progress
+from stego_tasks.training_data import TrainingData, load_training_data
 
 log = logging.getLogger("stego")
 
@@ -121,55 +124,13 @@ def load_model(model_dir: Path) -> StegoModel:
     return model.eval()
 
 
-# --- data ------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainingData:
-    """Training crops held in memory: features [M, C, h, w] (float16), labels, kNN graph."""
-
-    feats: torch.Tensor
-    labels: torch.Tensor | None
-    knn: np.ndarray
-
-    @property
-    def size(self) -> int:
-        """Number of training rows M."""
-        return self.feats.shape[0]
-
-
-def load_training_data(store_path: Path, knn_path: Path, ignore_index: int, n_classes: int) -> TrainingData:
-    """Read the train split's features, labels and kNN graph.
-
-    Args:
-        store_path: the features Zarr store.
-        knn_path: the kNN Zarr store.
-        ignore_index: label value without a class.
-        n_classes: classes of the corpus (labels outside [0, n_classes) are ignored).
-
-    Returns:
-        `TrainingData`; labels None when no training crop has a single valid label.
-    """
-    group = read_split(store_path, "train")
-    feats = torch.from_numpy(group["feats"][:])
-    labels = group["labels"][:]
-    valid = (labels < n_classes) & (labels != ignore_index)
-    knn_group = zarr.open_group(str(knn_path), mode="r")
-    knn = knn_group["train"][:]
-    if knn.shape[0] != feats.shape[0]:
-        raise ValueError(
-            f"the kNN graph has {knn.shape[0]} rows but the store has {feats.shape[0]} training crops; rerun `stego knn`."
-        )
-    return TrainingData(feats=feats, labels=torch.from_numpy(labels.astype(np.int64)) if valid.any() else None, knn=knn)
-
-
 # --- training --------------------------------------------------------------------------
 
 
 def _step(model, optimizers, data: TrainingData, index: torch.Tensor, params: TrainParams, generator, device, ignore_index):
     positives = sample_positives(data.knn, index.numpy(), generator, None)
-    feats = data.feats[index].to(device).float()
-    feats_pos = data.feats[torch.from_numpy(positives)].to(device).float()
+    batch = data.batch(index, positives, device)
+    feats, feats_pos = batch.feats, batch.feats_pos
     code = model.head(feats)
     code_pos = model.head(feats_pos)
     terms = correspondence_loss(
@@ -190,8 +151,8 @@ def _step(model, optimizers, data: TrainingData, index: torch.Tensor, params: Tr
     cluster_loss, _ = model.cluster_probe(detached, None)
     total = terms.total + cluster_loss
     linear_loss = torch.zeros((), device=device)
-    if data.labels is not None:
-        linear_loss = model.linear_probe.loss(detached, data.labels[index].to(device), ignore_index)
+    if batch.labels is not None:
+        linear_loss = model.linear_probe.loss(detached, batch.labels, ignore_index)
         total = total + linear_loss
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
@@ -277,7 +238,10 @@ def fit(
     checkpoint: Path | None = None,
     resume: bool = False,
 ) -> tuple[StegoModel, list[dict]]:
-    """The training loop on in-memory features (no files unless `checkpoint` is given).
+    """The training loop (no files written unless `checkpoint` is given).
+
+    The result depends only on the data's values, not on whether `data` is held in memory
+    or streamed from the store.
 
     Args:
         data: training features [M, C, h, w], labels [M, R, R] or None, kNN graph [M, k].
@@ -297,7 +261,7 @@ def fit(
     device = resolve_device(params.device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    model = build_model(int(data.feats.shape[1]), n_classes, params, info).to(device)
+    model = build_model(data.in_dim, n_classes, params, info).to(device)
     for module in model.modules().values():
         module.train()
     optimizers = _optimizers(model, params)
@@ -347,7 +311,7 @@ def train(
     data = load_training_data(store_path, knn_path, corpus.ignore_index, corpus.n_classes)
     store = json.loads(json.dumps(dict(zarr.open_group(str(store_path), mode="r").attrs)))
     info = {
-        "in_dim": int(data.feats.shape[1]),
+        "in_dim": data.in_dim,
         "n_classes": corpus.n_classes,
         "class_names": list(corpus.class_names),
         "ignore_index": corpus.ignore_index,

@@ -67,3 +67,9 @@ def test_bf16_features_on_cuda_are_close_to_float32(job: ChunkJob) -> None:
     np.testing.assert_allclose(fp32, cpu, rtol=1e-2, atol=1e-2, err_msg="CUDA float32 vs CPU")
     cosine = (bf16 * fp32).sum(1) / (np.linalg.norm(bf16, axis=1) * np.linalg.norm(fp32, axis=1) + 1e-12)
     assert cosine.min() > 0.99, f"bf16 features drift from float32: min cosine {cosine.min():.4f}"
+
+
+def test_embedding_in_process_leaves_autograd_on(job: ChunkJob) -> None:
+    extract_chunk(job)
+    assert torch.is_grad_enabled(), "extract_chunk switched autograd off for the rest of the process"
+    assert not torch.is_inference_mode_enabled(), "extract_chunk left inference mode on"

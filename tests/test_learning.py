@@ -38,7 +38,8 @@ from stego_tasks.cluster import kmeans_predict
 from stego_tasks.config import TrainParams
 from stego_tasks.knn import knn_graph, pool_features
 from stego_tasks.metrics import unsupervised_scores
-from stego_tasks.train import TrainingData, fit
+from stego_tasks.train import fit
+from stego_tasks.training_data import TrainingData
 
 N_CLASSES, DIM, GRID, SEED = 4, 32, 8, 0
 

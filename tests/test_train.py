@@ -1,7 +1,9 @@
-"""Tests for stego_tasks.train: the loop, logging, probes, determinism, resume, model files.
+"""Tests for stego_tasks.train and stego_tasks.training_data: the loop, logging, probes,
+determinism, resume, model files, and reading the split in memory or streamed.
 
-Everything runs on tiny in-memory features (10 crops of [8, 4, 4]); the stage test writes
-a small features store in the layout `extract` writes and a kNN store from `knn_stage`.
+Everything runs on tiny in-memory features (10 crops of [8, 4, 4]); the stage tests write
+a small features store in the layout `extract` writes (4-row chunks) and a kNN store from
+`knn_stage`, and read it both into memory and streamed batch by batch.
 """
 
 from __future__ import annotations
@@ -21,15 +23,14 @@ from stego_tasks.knn import knn_graph, knn_stage, pool_features
 from stego_tasks.train import (
     LOSS_COLUMNS,
     StegoModel,
-    TrainingData,
     build_model,
     fit,
     load_model,
-    load_training_data,
     save_model,
     train,
     write_loss_log,
 )
+from stego_tasks.training_data import TrainingData, gather_rows, load_training_data
 
 N_CLASSES, IGNORE = 3, 255
 PARAMS = TrainParams(
@@ -206,7 +207,7 @@ def _write_store(path: Path, data: TrainingData) -> None:
     feats = data.feats.numpy()
     group.create_array("feats", data=feats, chunks=(4, *feats.shape[1:]))
     group.create_array("pooled", data=pool_features(feats))
-    group.create_array("labels", data=data.labels.numpy().astype(np.uint8))
+    group.create_array("labels", data=data.labels.numpy().astype(np.uint8), chunks=(4, *data.labels.shape[1:]))
     group.create_array("done", data=np.ones(3, dtype=bool))
 
 
@@ -245,3 +246,117 @@ def test_train_stage_refuses_a_stale_knn_graph(tmp_path):
     zarr.open_group(str(knn), mode="w", zarr_format=3).create_array("train", data=np.zeros((7, 3), np.int64))
     with pytest.raises(ValueError, match="7 rows but the store has 10 training crops; rerun `stego knn`"):
         load_training_data(store, knn, IGNORE, N_CLASSES)
+
+
+# --- streamed from the store ------------------------------------------------------------------
+
+
+def _stored(tmp_path: Path, data: TrainingData | None = None) -> tuple[Path, Path]:
+    """The features store of `data` (default `_data()`) and its kNN store, as the stages write them."""
+    store, knn = tmp_path / "features.zarr", tmp_path / "knn.zarr"
+    _write_store(store, _data() if data is None else data)
+    knn_stage(store, knn, 3)
+    return store, knn
+
+
+def test_gather_rows_returns_the_requested_rows_in_order_with_duplicates(tmp_path):
+    store, _ = _stored(tmp_path)
+    group = zarr.open_group(str(store), mode="r")["train"]
+    # Unsorted, repeated, across all three 4-row chunks, first and last row included.
+    index = np.array([9, 0, 5, 5, 3, 9, 8, 1, 0])
+    for name in ("feats", "labels"):
+        expected = np.asarray(group[name])[index]
+        got = gather_rows(group[name], index)
+        assert got.dtype == expected.dtype, f"{name}: dtype {got.dtype} != stored {expected.dtype}"
+        assert np.array_equal(got, expected), f"{name}: gathered rows differ from the stored rows {index}"
+    assert gather_rows(group["feats"], np.array([], dtype=np.int64)).shape == (0, 8, 4, 4), "empty selection"
+    with pytest.raises(IndexError, match="rows \\[0, 10\\] requested from an array of 10 rows"):
+        gather_rows(group["feats"], np.array([0, 10]))
+
+
+def test_gather_rows_from_a_sharded_array(tmp_path):
+    # One-row inner chunks in 4-row shards: read row by row, same answer.
+    feats = _data().feats.numpy()
+    array = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3).create_array(
+        "feats", shape=feats.shape, shards=(4, 8, 4, 4), chunks=(1, 8, 4, 4), dtype="float16")
+    array[:] = feats
+    index = np.array([7, 2, 2, 9, 0])
+    assert np.array_equal(gather_rows(array, index), feats[index]), "sharded gather differs"
+
+
+def test_load_streams_above_the_byte_budget_and_never_widens_labels(tmp_path):
+    store, knn = _stored(tmp_path)
+    group = zarr.open_group(str(store), mode="r")["train"]
+    nbytes = group["feats"].nbytes + group["labels"].nbytes
+    held = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=nbytes)
+    assert not held.streamed and isinstance(held.feats, torch.Tensor), "a split within the budget is read into memory"
+    assert held.labels.dtype == torch.uint8, f"labels held as {held.labels.dtype}, not the stored uint8"
+    assert held.feats.dtype == torch.float16, f"features held as {held.feats.dtype}, not the stored float16"
+    streamed = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=nbytes - 1)
+    assert streamed.streamed and isinstance(streamed.feats, zarr.Array), "a split over the budget must be streamed"
+    assert isinstance(streamed.labels, zarr.Array), "streamed labels must stay in the store"
+    assert (streamed.size, streamed.in_dim) == (held.size, held.in_dim) == (10, 8), "size / in_dim"
+    assert not load_training_data(store, knn, IGNORE, N_CLASSES).streamed, "the default budget holds a tiny split"
+
+
+def test_a_streamed_batch_holds_the_stored_rows_with_int64_labels(tmp_path):
+    store, knn = _stored(tmp_path)
+    group = zarr.open_group(str(store), mode="r")["train"]
+    feats, labels = np.asarray(group["feats"]), np.asarray(group["labels"])
+    assert labels.dtype == np.uint8, "the store keeps uint8 labels"
+    index, positives = np.array([6, 1, 9, 4]), np.array([1, 1, 0, 9])
+    for budget in (0, 1 << 30):
+        data = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=budget)
+        batch = data.batch(torch.from_numpy(index), positives, torch.device("cpu"))
+        assert batch.labels.dtype == torch.int64, f"budget {budget}: batch labels are {batch.labels.dtype}"
+        assert np.array_equal(batch.labels.numpy(), labels[index].astype(np.int64)), f"budget {budget}: labels"
+        assert batch.feats.dtype == batch.feats_pos.dtype == torch.float32, f"budget {budget}: features not float32"
+        assert np.array_equal(batch.feats.numpy(), feats[index].astype(np.float32)), f"budget {budget}: batch rows"
+        assert np.array_equal(batch.feats_pos.numpy(), feats[positives].astype(np.float32)), f"budget {budget}: positives"
+
+
+def test_without_valid_labels_a_streamed_split_has_none(tmp_path):
+    data = _data()
+    data.labels[:] = IGNORE
+    data.labels[-1, 1, 1] = N_CLASSES  # out of range: no class either
+    store, knn = _stored(tmp_path, data)
+    for budget in (0, 1 << 30):
+        assert load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=budget).labels is None, f"budget {budget}"
+
+
+def test_fit_on_streamed_data_equals_fit_on_data_in_memory(tmp_path):
+    store, knn = _stored(tmp_path)
+    streamed = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=0)
+    held = load_training_data(store, knn, IGNORE, N_CLASSES)
+    assert streamed.streamed and not held.streamed, "one of each"
+    a, rows_a = fit(streamed, N_CLASSES, PARAMS, seed=2, ignore_index=IGNORE)
+    b, rows_b = fit(held, N_CLASSES, PARAMS, seed=2, ignore_index=IGNORE)
+    _assert_same_model(a, b, "streamed vs in memory")
+    assert rows_a == rows_b, "streamed and in-memory loss logs differ"
+    assert all(row["linear"] > 0 for row in rows_a), "the linear probe must train on streamed labels"
+
+
+def test_resume_from_streamed_data_equals_the_uninterrupted_run(tmp_path):
+    store, knn = _stored(tmp_path)
+    data = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=0)
+    full, full_rows = fit(data, N_CLASSES, PARAMS, seed=0, ignore_index=IGNORE)
+    ckpt = tmp_path / "run.pt"
+    half = TrainParams(**{**params_to_dict(PARAMS), "steps": 4})  # stops after the step-3 checkpoint
+    fit(data, N_CLASSES, half, seed=0, ignore_index=IGNORE, checkpoint=ckpt)
+    assert torch.load(ckpt, weights_only=True)["step"] == 3, "no step-3 checkpoint"
+    resumed, resumed_rows = fit(data, N_CLASSES, PARAMS, seed=0, ignore_index=IGNORE, checkpoint=ckpt, resume=True)
+    _assert_same_model(full, resumed, "resumed streamed run")
+    assert resumed_rows == full_rows, "loss log after resume"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_cuda_batch_equals_the_cpu_batch(tmp_path):
+    store, knn = _stored(tmp_path)
+    data = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=0)
+    index, positives = np.array([3, 8, 0]), np.array([8, 2, 2])
+    cpu = data.batch(index, positives, torch.device("cpu"))
+    gpu = data.batch(index, positives, torch.device("cuda"))
+    for name in ("feats", "feats_pos", "labels"):
+        a, b = getattr(cpu, name), getattr(gpu, name)
+        assert b.device.type == "cuda" and b.dtype == a.dtype, f"{name} on {b.device}, {b.dtype}"
+        assert torch.equal(a, b.cpu()), f"{name} differs after the pinned copy"
