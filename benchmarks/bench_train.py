@@ -87,13 +87,16 @@ def write_stores(root: Path, crops: int, dim: int, grid: int, resolution: int, s
     import numpy as np
     import zarr
 
+    from stego_tasks.extract import array_layout
     from stego_tasks.knn import knn_graph
 
     rng = np.random.default_rng(seed)
     features, knn_path = root / "features.zarr", root / "knn.zarr"
     group = zarr.open_group(str(features), mode="w", zarr_format=3).create_group("train")
-    feats = group.create_array("feats", shape=(crops, dim, grid, grid), chunks=(ROWS_PER_CHUNK, dim, grid, grid), dtype="float16")
-    labels = group.create_array("labels", shape=(crops, resolution, resolution), chunks=(ROWS_PER_CHUNK, resolution, resolution), dtype="uint8")
+    feats = group.create_array("feats", shape=(crops, dim, grid, grid), dtype="float16",
+                               **array_layout("train", "feats", ROWS_PER_CHUNK, (dim, grid, grid)))
+    labels = group.create_array("labels", shape=(crops, resolution, resolution), dtype="uint8",
+                                **array_layout("train", "labels", ROWS_PER_CHUNK, (resolution, resolution)))
     pooled = np.empty((crops, dim), dtype=np.float32)
     for start in range(0, crops, ROWS_PER_CHUNK):
         stop = min(start + ROWS_PER_CHUNK, crops)
