@@ -74,9 +74,12 @@ def crf(params_path: str, features: str, predictions: str, crf_out: str) -> dict
     """Dense-CRF refinement of the predictions."""
     from stego_tasks.crf import CRFParams, crf_stage
 
-    block = load_params(params_path).crf
+    params = load_params(params_path)
+    block = params.crf
     crf_params = CRFParams(**{f.name: getattr(block, f.name) for f in dataclasses.fields(CRFParams)})
-    return crf_stage(Path(features), Path(predictions), Path(crf_out), crf_params, workers=block.workers)
+    return crf_stage(
+        Path(features), Path(predictions), Path(crf_out), crf_params, workers=block.workers, dask=params.dask
+    )
 
 
 def evaluate(

@@ -10,23 +10,36 @@ child can inherit a lock held by one of those threads and wait on it forever, so
 hung. Here workers are started with "spawn" (a fresh interpreter that imports only this
 module: numpy and pydensecrf, no torch), and a worker that dies surfaces as a RuntimeError
 instead of a hang.
+
+The `crf` stage (:func:`crf_stage`) starts one such pool for both branches and all chunks
+(or submits to a Dask scheduler when `dask.address` is set), has the workers send back
+uint8 label maps rather than float32 probabilities, and reads a chunk from the stores only
+when a slot frees up, so memory stays bounded however large the validation set.
 """
 
 from __future__ import annotations
 
+import math
 import multiprocessing
-from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
 
+if TYPE_CHECKING:
+    from stego_tasks.config import DaskParams
+
 # pydensecrf.utils.unary_from_softmax clips probabilities here, so unaries stay <= 11.5;
 # kept to match the reference's energies exactly.
 _PROB_CLIP = 1e-5
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -123,11 +136,60 @@ def dense_crf(image: np.ndarray, logits: np.ndarray, params: CRFParams = CRFPara
     return np.asarray(q, dtype=np.float32).reshape(n, h, w)
 
 
+def _labels(probs: np.ndarray) -> np.ndarray:
+    """Argmax label map [H, W] of probabilities [n, H, W]: uint8, or uint16 above 256 labels."""
+    dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
+    return probs.argmax(0).astype(dtype)
+
+
 def _crf_chunk(
-    images: list[np.ndarray], logits: list[np.ndarray], params: CRFParams
+    images: Sequence[np.ndarray], logits: Sequence[np.ndarray], params: CRFParams, argmax: bool = False
 ) -> list[np.ndarray]:
-    """Worker entry point (module level so spawned processes can import it)."""
+    """Worker entry point (module level so spawned processes and Dask workers can import it).
+
+    Returns one float32 [n, H, W] probability array per image, or with ``argmax`` one label
+    map [H, W] (see :func:`_labels`), which is 44x smaller to send back for 11 labels.
+    """
+    if argmax:
+        return [_labels(dense_crf(img, lg, params)) for img, lg in zip(images, logits, strict=True)]
     return [dense_crf(img, lg, params) for img, lg in zip(images, logits, strict=True)]
+
+
+def default_chunksize(n_images: int, workers: int) -> int:
+    """Images per task when the caller gives none: about four tasks per worker.
+
+    One task per image pays a round trip per image; one task per worker leaves a worker
+    idle when the other's share runs long. Four per worker keeps the tail short.
+
+    Args:
+        n_images: Images to refine, >= 0.
+        workers: Worker processes (values < 1 count as 1).
+
+    Returns:
+        ceil(n_images / (4 * workers)), at least 1.
+    """
+    return max(1, math.ceil(n_images / (4 * max(1, workers))))
+
+
+@contextmanager
+def spawn_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers start with "spawn", shut down on exit.
+
+    "spawn" rather than fork: forking a process whose torch/OpenMP threads hold locks is
+    what made the reference's pool hang. On exit, tasks not yet started are cancelled, so
+    an error surfaces after the running chunks end rather than after all of them.
+
+    Args:
+        workers: Worker processes, >= 1.
+
+    Yields:
+        The pool, to pass to :func:`dense_crf_batch` (``executor=``) or to submit to.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def dense_crf_batch(
@@ -135,8 +197,10 @@ def dense_crf_batch(
     logits: Sequence[np.ndarray],
     params: CRFParams = CRFParams(),
     workers: int = 1,
-    chunksize: int = 1,
+    chunksize: int | None = None,
     progress: Callable[[int], None] | None = None,
+    argmax: bool = False,
+    executor: Executor | None = None,
 ) -> list[np.ndarray]:
     """Refine many images, optionally in parallel worker processes.
 
@@ -144,15 +208,22 @@ def dense_crf_batch(
         images: uint8 images, each [H_i, W_i, 3].
         logits: Matching float logits, each [n_labels, H_i, W_i].
         params: CRF settings, shared by all images.
-        workers: Worker processes; <= 1 runs serially in this process (no pool).
-        chunksize: Images sent to a worker per task; larger chunks cut transfer overhead
-            for small images.
+        workers: Worker processes; <= 1 runs serially in this process (no pool) unless
+            ``executor`` is given. With ``executor``, only sizes the default chunks.
+        chunksize: Images sent to a worker per task; None means
+            :func:`default_chunksize` (about four tasks per worker).
         progress: Called with the number of images finished so far, after each image
             (serial) or each chunk (parallel) completes; use it to report images/s.
+        argmax: Return label maps instead of probabilities; the workers take the argmax,
+            so only the labels travel back.
+        executor: A running executor to submit to (for example one :func:`spawn_pool`
+            shared by several calls, or a Dask client's ``get_executor()``); it is left
+            running. None starts a spawn pool of ``workers`` for this call alone.
 
     Returns:
-        Refined probabilities, one float32 [n_labels, H_i, W_i] array per image, in input
-        order.
+        One array per image, in input order: refined probabilities, float32
+        [n_labels, H_i, W_i]; or with ``argmax`` the label of each pixel, uint8 [H_i, W_i]
+        (uint16 above 256 labels), equal to ``dense_crf(...).argmax(0)``.
 
     Raises:
         ValueError: If the sequences differ in length, ``chunksize`` < 1, or any pair
@@ -163,79 +234,177 @@ def dense_crf_batch(
         raise ValueError(
             f"dense_crf_batch got {len(images)} images but {len(logits)} logits; pass one per image."
         )
-    if chunksize < 1:
+    if chunksize is not None and chunksize < 1:
         raise ValueError(f"dense_crf_batch needs chunksize >= 1, got {chunksize}.")
     for image, lg in zip(images, logits, strict=True):
         _check_inputs(image, lg)
 
-    if workers <= 1 or len(images) <= 1:
+    if executor is None and (workers <= 1 or len(images) <= 1):
         results = []
         for image, lg in zip(images, logits, strict=True):
-            results.append(dense_crf(image, lg, params))
+            results.append(_crf_chunk([image], [lg], params, argmax)[0])
             if progress is not None:
                 progress(len(results))
         return results
 
-    starts = range(0, len(images), chunksize)
-    n_workers = min(workers, len(starts))
+    size = default_chunksize(len(images), workers) if chunksize is None else chunksize
+    starts = range(0, len(images), size)
     results_by_start: dict[int, list[np.ndarray]] = {}
-    # "spawn" rather than fork: forking a process whose torch/OpenMP threads hold locks
-    # is what made the reference's pool hang.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=n_workers, mp_context=context) as pool:
-        futures: dict[Future, int] = {
-            pool.submit(
-                _crf_chunk, list(images[s : s + chunksize]), list(logits[s : s + chunksize]), params
-            ): s
-            for s in starts
-        }
-        try:
-            _collect(futures, results_by_start, progress)
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    finished = 0
+
+    def collect(start: int, chunk: list[np.ndarray]) -> None:
+        nonlocal finished
+        results_by_start[start] = chunk
+        finished += len(chunk)
+        if progress is not None:
+            progress(finished)
+
+    jobs = (
+        (s, (list(images[s : s + size]), list(logits[s : s + size]), params, argmax)) for s in starts
+    )
+    with ExitStack() as stack:
+        pool = executor if executor is not None else stack.enter_context(spawn_pool(min(workers, len(starts))))
+        # The inputs are already in memory, so every chunk may be queued at once.
+        _run_chunks(pool, jobs, max_in_flight=None, on_done=collect)
     return [out for s in starts for out in results_by_start[s]]
 
 
-def _collect(
-    futures: dict[Future, int],
-    results_by_start: dict[int, list[np.ndarray]],
-    progress: Callable[[int], None] | None,
+def _run_chunks(
+    executor: Executor,
+    jobs: Iterable[tuple[K, tuple]],
+    max_in_flight: int | None,
+    on_done: Callable[[K, list[np.ndarray]], None],
 ) -> None:
-    """Gather finished chunks as they complete, reporting progress; fail fast on errors."""
-    pending = set(futures)
-    done_images = 0
-    while pending:
-        done, pending = wait(pending, return_when=FIRST_COMPLETED)
-        for future in done:
-            try:
-                chunk = future.result()
-            except BrokenProcessPool as err:
-                raise RuntimeError(
-                    "a dense CRF worker process died (killed for memory or crashed); "
-                    "retry with fewer workers or smaller images."
-                ) from err
-            results_by_start[futures[future]] = chunk
-            done_images += len(chunk)
-            if progress is not None:
-                progress(done_images)
+    """Submit ``_crf_chunk(*args)`` for each ``(key, args)`` job, at most ``max_in_flight`` at a time.
+
+    Jobs are drawn from ``jobs`` only when a slot is free, so a lazy iterable (reading
+    each chunk from disk when needed) keeps at most ``max_in_flight`` chunks in memory.
+
+    Args:
+        executor: Where the chunks run (a spawn pool, a Dask client's executor, ...).
+        jobs: (key, args of :func:`_crf_chunk`) pairs.
+        max_in_flight: Chunks submitted but not yet handed to ``on_done``; None: no bound.
+        on_done: Called with (key, the chunk's results) as chunks finish, in completion
+            order, in this thread.
+
+    Raises:
+        RuntimeError: If a worker process of a process pool dies.
+        Exception: Whatever a chunk raised; chunks not yet started are cancelled.
+    """
+    pending = iter(jobs)
+    in_flight: dict[Future, K] = {}
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and (max_in_flight is None or len(in_flight) < max_in_flight):
+                job = next(pending, None)
+                if job is None:
+                    exhausted = True
+                    break
+                key, args = job
+                in_flight[executor.submit(_crf_chunk, *args)] = key
+            if not in_flight:
+                return
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                on_done(in_flight.pop(future), future.result())
+    except BrokenProcessPool as err:
+        raise RuntimeError(
+            "a dense CRF worker process died (killed for memory or crashed); "
+            "retry with fewer workers or smaller images."
+        ) from err
+    finally:
+        for future in in_flight:
+            future.cancel()
 
 
 # --- pipeline stage ---
 
 
+class _DaskExecutor(Executor):
+    """Submit CRF chunks to a Dask cluster, scattering the arrays first.
+
+    Arrays passed inline would be pickled into the task graph (distributed warns above
+    10 MB, and the scheduler would hold them); scattered, they go straight to a worker.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        # pure=False: identical chunks (say, a repeated image) must not be merged or
+        # hashed, and hashing large arrays costs time.
+        self._inner = client.get_executor(pure=False)
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        images, logits, *rest = args
+        remote = self._client.scatter([images, logits], hash=False)
+        return self._inner.submit(fn, *remote, *rest, **kwargs)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._inner.shutdown(wait=wait)
+
+
+@contextmanager
+def _stage_executor(workers: int, dask: DaskParams | None) -> Iterator[tuple[Executor, int]]:
+    """Where the stage's chunks run, and how many run at once.
+
+    A Dask scheduler at ``dask.address`` when there is one; otherwise one local spawn pool
+    of ``workers`` (starting a LocalCluster would cost more than the pool and bring
+    nothing), or this process when ``workers`` <= 1.
+
+    Yields:
+        (executor, parallel slots). On Dask a slot is a worker process: pydensecrf holds
+        the GIL, so a worker's extra threads would only take turns.
+    """
+    if dask is not None and dask.address:
+        from stego_tasks.dask_cluster import dask_client
+
+        with dask_client(dask) as client:
+            yield _DaskExecutor(client), max(1, len(client.nthreads()))
+        return
+    if workers <= 1:
+        yield _InlineExecutor(), 1
+        return
+    with spawn_pool(workers) as pool:
+        yield pool, workers
+
+
+class _InlineExecutor(Executor):
+    """Runs each submitted call at once in this thread (workers <= 1: no processes)."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:  # handed to the caller through the future, like a pool
+            future.set_exception(error)
+        return future
+
+
 def crf_stage(
-    store_path: Path, predictions_path: Path, out_path: Path, params: CRFParams, workers: int, chunk: int = 64
+    store_path: Path,
+    predictions_path: Path,
+    out_path: Path,
+    params: CRFParams,
+    workers: int,
+    chunk: int = 64,
+    dask: DaskParams | None = None,
 ) -> dict[str, int]:
     """Stage `crf`: refine the cluster and linear predictions of every validation image.
 
+    Both branches' chunks go to one executor, started once: a Dask cluster when
+    ``dask.address`` is set, else a local spawn pool of ``workers``. Chunks are read from
+    the stores only when a slot frees up, so memory stays bounded for any N.
+
     Args:
         store_path: features Zarr store (`val/images` uint8 [N, R, R, 3]).
-        predictions_path: the cluster stage's store (`cluster_logits`, `linear_logits`).
+        predictions_path: the cluster stage's store (`cluster_logits`, `linear_logits`
+            float16 [N, n, R, R]).
         out_path: Zarr store to write: `cluster_pred`, `linear_pred` uint8 [N, R, R].
         params: CRF parameters.
-        workers: worker processes.
-        chunk: images handed to the pool at a time (bounds memory).
+        workers: local worker processes (ignored when ``dask.address`` is set).
+        chunk: most images per task (bounds memory: at most 2 tasks per slot are held).
+        dask: the `dask` params block; only ``address`` is used. None or no address
+            keeps the work on this machine.
 
     Returns:
         {"images": N}.
@@ -246,27 +415,38 @@ def crf_stage(
     from stego_tasks.extract import read_split
     from stego_tasks.progress import Progress
 
+    if chunk < 1:
+        raise ValueError(f"crf_stage needs chunk >= 1, got {chunk}.")
     images = read_split(store_path, "val")["images"]
     predictions = zarr.open_group(str(predictions_path), mode="r")
     n_images = images.shape[0]
-    with atomic.atomic_path(out_path) as tmp:
+    branches = ("cluster", "linear")
+    with atomic.atomic_path(out_path) as tmp, _stage_executor(workers, dask) as (executor, slots):
+        size = min(chunk, default_chunksize(len(branches) * n_images, slots))
         out = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        for name in ("cluster", "linear"):
-            logits = predictions[f"{name}_logits"]
-            target = out.create_array(
-                f"{name}_pred", shape=(n_images, *images.shape[1:3]), chunks=(chunk, *images.shape[1:3]), dtype="uint8"
+        # Zarr chunks equal to the tasks' chunks: each result is one whole-chunk write.
+        targets = {
+            name: out.create_array(
+                f"{name}_pred", shape=(n_images, *images.shape[1:3]), chunks=(size, *images.shape[1:3]), dtype="uint8"
             )
-            with Progress(n_images, f"crf {name}", unit="img") as progress:
-                for start in range(0, n_images, chunk):
-                    rows = slice(start, min(start + chunk, n_images))
-                    batch_images = list(images[rows])
-                    batch_logits = [np.asarray(x, dtype=np.float32) for x in logits[rows]]
-                    done = [0]
+            for name in branches
+        }
 
-                    def report(finished: int, done: list[int] = done, progress: Progress = progress) -> None:
-                        progress.update(finished - done[0])
-                        done[0] = finished
+        def jobs() -> Iterator[tuple[tuple[str, slice], tuple]]:
+            for name in branches:
+                logits = predictions[f"{name}_logits"]
+                for start in range(0, n_images, size):
+                    rows = slice(start, min(start + size, n_images))
+                    # float16 as stored: the unary is computed in float64 either way, so the
+                    # result equals that of float32 logits, and half the bytes travel.
+                    yield (name, rows), (list(images[rows]), list(logits[rows]), params, True)
 
-                    refined = dense_crf_batch(batch_images, batch_logits, params, workers=workers, progress=report)
-                    target[rows] = np.stack([r.argmax(0) for r in refined]).astype(np.uint8)
+        with Progress(len(branches) * n_images, "crf cluster+linear", unit="img") as progress:
+
+            def write(key: tuple[str, slice], labels: list[np.ndarray]) -> None:
+                name, rows = key
+                targets[name][rows] = np.stack(labels)
+                progress.update(len(labels))
+
+            _run_chunks(executor, jobs(), max_in_flight=2 * slots, on_done=write)
     return {"images": int(n_images)}

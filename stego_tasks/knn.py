@@ -33,6 +33,42 @@ def _l2_normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, _NORM_EPS)
 
 
+def _unit_rows_float32(x: np.ndarray) -> np.ndarray:
+    """A float32 copy of ``x`` [N, C] with unit rows, at one input's worth of extra memory.
+
+    The bulk is normalised in place by faiss (float32, multi-threaded) instead of through
+    float64 temporaries, which cost four times the float32 input. faiss leaves a row alone
+    when its float32 squared norm is 0 (all-zero rows stay zero, as with
+    :func:`_l2_normalise`) but also when it underflows, and it zeroes a row whose squared
+    norm overflows; such rows (squared norm outside [_NORM_EPS**2, float32 max]) are
+    redone from the input in float64 with :func:`_l2_normalise`, so they too get exactly
+    the old result.
+
+    Args:
+        x: Finite vectors [N, C], any real dtype; not modified.
+
+    Returns:
+        np.ndarray float32 [N, C], C-contiguous.
+
+    Raises:
+        ValueError: If ``x`` has a NaN or infinite value.
+    """
+    # Overflow to inf here is expected and handled with the odd rows below.
+    with np.errstate(over="ignore"):
+        vectors = np.array(x, dtype=np.float32, order="C", copy=True)
+        # einsum reduces row by row: no [N, C] temporary, unlike (vectors**2).sum(1).
+        squared = np.einsum("ij,ij->i", vectors, vectors)
+    # Also catches NaN and inf (their squares are not finite), so the input needs no
+    # [N, C] isfinite mask; only these few rows are checked against the input.
+    odd = np.flatnonzero(~(np.isfinite(squared) & (squared >= _NORM_EPS**2)))
+    redo = np.asarray(x[odd], dtype=np.float64)
+    if not np.all(np.isfinite(redo)):
+        raise ValueError("knn_graph got NaN or infinite feature values; check the extracted features.")
+    faiss.normalize_L2(vectors)
+    vectors[odd] = _l2_normalise(redo)
+    return vectors
+
+
 def pool_features(feats: np.ndarray | torch.Tensor) -> np.ndarray:
     """Average feature maps over space and L2-normalise each image's vector.
 
@@ -98,13 +134,9 @@ def knn_graph(
         raise ValueError(f"knn_graph needs k >= 1 neighbours, got k={k}.")
     if batch_size < 1:
         raise ValueError(f"knn_graph needs batch_size >= 1, got batch_size={batch_size}.")
-    if not np.all(np.isfinite(pooled)):
-        raise ValueError(
-            "knn_graph got NaN or infinite feature values; check the extracted features."
-        )
 
     k_eff = min(k, n - 1)
-    vectors = np.ascontiguousarray(_l2_normalise(pooled.astype(np.float64)).astype(np.float32))
+    vectors = _unit_rows_float32(pooled)
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
 

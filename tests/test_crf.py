@@ -1,11 +1,25 @@
-"""Tests for stego_tasks.crf: refinement toward image edges, validation, parallel batches."""
+"""Tests for stego_tasks.crf: refinement toward image edges, validation, parallel batches,
+and the `crf` stage on a local pool and on a Dask cluster (tiny Zarr stores)."""
 
 import os
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future
+from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 
-from stego_tasks.crf import CRFParams, dense_crf, dense_crf_batch
+from stego_tasks import crf as crf_module
+from stego_tasks.config import DaskParams
+from stego_tasks.crf import (
+    CRFParams,
+    crf_stage,
+    default_chunksize,
+    dense_crf,
+    dense_crf_batch,
+    spawn_pool,
+)
 
 H = W = 48
 EDGE = 24
@@ -107,7 +121,7 @@ def _batch(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.parametrize("chunksize", [1, 2])
+@pytest.mark.parametrize("chunksize", [1, 2, None])
 def test_parallel_batch_equals_serial(chunksize):
     images, logits = _batch(5)
     serial_progress: list[int] = []
@@ -152,3 +166,183 @@ def test_batch_validates_before_starting():
         dense_crf_batch(images, logits, workers=2)
     with pytest.raises(ValueError, match="3 images but 2 logits"):
         dense_crf_batch(images, logits[:2])
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("workers", [1, 2])
+def test_argmax_option_gives_the_argmax_labels(workers):
+    images, logits = _batch(5)
+    labels = dense_crf_batch(images, logits, workers=workers, argmax=True)
+    assert len(labels) == 5, f"expected 5 label maps, got {len(labels)}"
+    for i, got in enumerate(labels):
+        assert got.shape == (H, W) and got.dtype == np.uint8, f"image {i}: got {got.shape} {got.dtype}"
+        want = dense_crf(images[i], logits[i]).argmax(0)
+        assert np.array_equal(got, want), f"image {i}: labels differ from dense_crf(...).argmax(0)"
+
+
+def test_default_chunksize_is_about_four_tasks_per_worker():
+    got = {
+        (n, w): default_chunksize(n, w)
+        for n, w in [(32, 2), (33, 2), (5, 2), (0, 2), (100, 1), (7, 0), (1000, 8)]
+    }
+    want = {(32, 2): 4, (33, 2): 5, (5, 2): 1, (0, 2): 1, (100, 1): 25, (7, 0): 2, (1000, 8): 32}
+    assert got == want, f"default chunk sizes: {got}"
+
+
+class _RecordingExecutor(Executor):
+    """Runs calls inline and records how many images each submitted chunk held."""
+
+    def __init__(self) -> None:
+        self.chunk_sizes: list[int] = []
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        self.chunk_sizes.append(len(args[0]))
+        future: Future = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future
+
+
+def test_batch_chunks_default_and_explicit_sizes():
+    images, logits = _batch(9)
+    recorder = _RecordingExecutor()
+    dense_crf_batch(images, logits, workers=1, executor=recorder, argmax=True)
+    assert recorder.chunk_sizes == [3, 3, 3], f"9 images, 1 worker: chunks {recorder.chunk_sizes}"
+    recorder = _RecordingExecutor()
+    out = dense_crf_batch(images, logits, workers=2, executor=recorder, argmax=True)
+    assert recorder.chunk_sizes == [2, 2, 2, 2, 1], f"9 images, 2 workers: chunks {recorder.chunk_sizes}"
+    assert len(out) == 9, f"expected 9 results, got {len(out)}"
+    recorder = _RecordingExecutor()
+    dense_crf_batch(images, logits, workers=2, chunksize=4, executor=recorder, argmax=True)
+    assert recorder.chunk_sizes == [4, 4, 1], f"explicit chunksize=4 not honoured: {recorder.chunk_sizes}"
+    with pytest.raises(ValueError, match="chunksize >= 1"):
+        dense_crf_batch(images, logits, workers=2, chunksize=0)
+
+
+@pytest.mark.timeout(60)
+def test_shared_pool_serves_several_batches():
+    images, logits = _batch(4)
+    with spawn_pool(2) as pool:
+        first = dense_crf_batch(images[:2], logits[:2], workers=2, executor=pool, argmax=True)
+        second = dense_crf_batch(images[2:], logits[2:], workers=2, executor=pool, argmax=True)
+    for i, got in enumerate(first + second):
+        assert np.array_equal(got, dense_crf(images[i], logits[i]).argmax(0)), f"image {i} differs"
+
+
+# --- the `crf` stage on tiny stores ---
+
+N_VAL, N_CLUSTERS, N_CLASSES = 7, 4, 3
+
+
+def _stores(tmp_path: Path) -> tuple[Path, Path]:
+    """A features store with `val/images` [N, H, W, 3] and a predictions store with float16 logits."""
+    rng = np.random.default_rng(2)
+    features = tmp_path / "features.zarr"
+    val = zarr.open_group(str(features), mode="w", zarr_format=3).create_group("val")
+    image, _ = _two_colour_image()
+    images = np.stack([np.roll(image, 5 * i, axis=1) for i in range(N_VAL)])
+    val.create_array("images", data=images, chunks=(2, H, W, 3))
+    val.create_array("done", data=np.ones(4, bool), chunks=(4,))
+    predictions = tmp_path / "predictions.zarr"
+    group = zarr.open_group(str(predictions), mode="w", zarr_format=3)
+    for name, n in (("cluster", N_CLUSTERS), ("linear", N_CLASSES)):
+        logits = rng.normal(scale=2.0, size=(N_VAL, n, H, W)).astype(np.float16)
+        group.create_array(f"{name}_logits", data=logits, chunks=(1, n, H, W))
+    return features, predictions
+
+
+def _expected(features: Path, predictions: Path) -> dict[str, np.ndarray]:
+    """What the stage computed before: float32 logits, dense_crf, argmax, uint8."""
+    images = zarr.open_group(str(features), mode="r")["val"]["images"][:]
+    group = zarr.open_group(str(predictions), mode="r")
+    return {
+        name: np.stack(
+            [dense_crf(img, lg.astype(np.float32)).argmax(0) for img, lg in zip(images, group[f"{name}_logits"][:], strict=True)]
+        ).astype(np.uint8)
+        for name in ("cluster", "linear")
+    }
+
+
+def _read_preds(path: Path) -> dict[str, np.ndarray]:
+    group = zarr.open_group(str(path), mode="r")
+    return {name: group[f"{name}_pred"][:] for name in ("cluster", "linear")}
+
+
+@pytest.fixture
+def pool_count(monkeypatch) -> Iterator[list[int]]:
+    """Counts process pools the crf module starts."""
+    created: list[int] = []
+    original = crf_module.ProcessPoolExecutor
+
+    class Counting(original):
+        def __init__(self, *args, **kwargs):
+            created.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(crf_module, "ProcessPoolExecutor", Counting)
+    yield created
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("workers", "pools"), [(1, 0), (2, 1)])
+def test_stage_matches_dense_crf_with_one_pool(tmp_path, pool_count, workers, pools):
+    features, predictions = _stores(tmp_path)
+    out = tmp_path / "crf.zarr"
+    # chunk=2: several chunks per branch, so a pool per chunk or per branch would show.
+    summary = crf_stage(features, predictions, out, CRFParams(), workers=workers, chunk=2)
+    assert summary == {"images": N_VAL}, f"summary: {summary}"
+    assert len(pool_count) == pools, f"workers={workers}: {len(pool_count)} process pools started, expected {pools}"
+    got, want = _read_preds(out), _expected(features, predictions)
+    for name in want:
+        assert got[name].dtype == np.uint8 and got[name].shape == (N_VAL, H, W), f"{name}: {got[name].dtype} {got[name].shape}"
+        assert np.array_equal(got[name], want[name]), f"{name}_pred differs from the argmax of dense_crf"
+
+
+@pytest.mark.timeout(180)
+def test_stage_on_a_dask_cluster_equals_the_local_pool(tmp_path, pool_count):
+    from dask.distributed import LocalCluster
+
+    features, predictions = _stores(tmp_path)
+    local = tmp_path / "local.zarr"
+    crf_stage(features, predictions, local, CRFParams(), workers=2, chunk=2)
+    assert len(pool_count) == 1, f"local run: {len(pool_count)} pools"
+    remote = tmp_path / "dask.zarr"
+    with LocalCluster(
+        processes=True, n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, silence_logs=40
+    ) as cluster:
+        crf_stage(
+            features, predictions, remote, CRFParams(), workers=2, chunk=2, dask=DaskParams(address=cluster.scheduler_address)
+        )
+    assert len(pool_count) == 1, "with dask.address the stage must not start a local process pool"
+    got, want = _read_preds(remote), _read_preds(local)
+    for name in want:
+        assert np.array_equal(got[name], want[name]), f"{name}_pred on Dask differs from the local pool"
+
+
+@pytest.mark.timeout(120)
+def test_stage_error_in_a_worker_surfaces_and_writes_nothing(tmp_path):
+    features, predictions = _stores(tmp_path)
+    group = zarr.open_group(str(predictions), mode="r+")
+    bad = group["linear_logits"][3]
+    bad[0, 0, 0] = np.nan
+    group["linear_logits"][3] = bad
+    out = tmp_path / "crf.zarr"
+    with pytest.raises(ValueError, match="NaN"):
+        crf_stage(features, predictions, out, CRFParams(), workers=2, chunk=2)
+    assert not out.exists(), "a failed crf stage left an output store behind"
+
+
+def test_chunks_are_read_only_when_a_slot_is_free():
+    """The stage's loop draws (reads) a chunk only while fewer than max_in_flight are pending."""
+    images, logits = _batch(6)
+    drawn, delivered, pending_at_draw = [], [], []
+
+    def jobs():
+        for i in range(6):
+            pending_at_draw.append(len(drawn) - len(delivered))
+            drawn.append(i)
+            yield i, ([images[i]], [logits[i]], CRFParams(), True)
+
+    recorder = _RecordingExecutor()
+    crf_module._run_chunks(recorder, jobs(), max_in_flight=2, on_done=lambda key, out: delivered.append(key))
+    assert sorted(delivered) == list(range(6)), f"delivered chunks: {delivered}"
+    assert max(pending_at_draw) < 2, f"a chunk was read while 2 were in flight: {pending_at_draw}"

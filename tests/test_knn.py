@@ -5,7 +5,13 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from stego_tasks.knn import knn_graph, pool_features, sample_positives
+from stego_tasks.knn import (
+    _l2_normalise,
+    _unit_rows_float32,
+    knn_graph,
+    pool_features,
+    sample_positives,
+)
 
 
 def _brute_force_sims(x: np.ndarray) -> np.ndarray:
@@ -122,11 +128,40 @@ def test_knn_graph_rejects_bad_input(shape, k, match):
         knn_graph(np.ones(shape, np.float32), k=k)
 
 
-def test_knn_graph_rejects_nan():
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_knn_graph_rejects_nan(bad):
     x = np.ones((4, 3), np.float32)
-    x[1, 2] = np.nan
+    x[1, 2] = bad
     with pytest.raises(ValueError, match="NaN"):
         knn_graph(x, k=2)
+
+
+def test_float32_normalisation_matches_float64_and_keeps_edge_rows():
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 24)) * rng.uniform(0.01, 100, size=(40, 1))
+    x[3] = 0.0  # all zero: must stay zero, not NaN
+    x[7] = 1e-30  # squares underflow in float32: faiss would leave the row as is
+    x[11] = 1e25  # squares overflow in float32: faiss would zero the row
+    x[13] = 1e60  # beyond float32 altogether (inf once cast)
+    before = x.copy()
+    got = _unit_rows_float32(x)
+    want = _l2_normalise(x).astype(np.float32)
+    assert got.dtype == np.float32 and got.flags.c_contiguous, f"got {got.dtype}, contiguous={got.flags.c_contiguous}"
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg="float32 rows differ from the float64 normalisation")
+    assert np.all(got[3] == 0), f"an all-zero row became {got[3]}"
+    np.testing.assert_array_equal(got[[7, 11, 13]], want[[7, 11, 13]], err_msg="edge rows differ from _l2_normalise")
+    np.testing.assert_array_equal(x, before, err_msg="the input was modified")
+    np.testing.assert_allclose(np.linalg.norm(got[[11, 13]], axis=1), 1.0, rtol=1e-6, err_msg="huge rows are not unit")
+
+
+def test_knn_graph_neighbours_unchanged_by_float32_normalisation():
+    """The graph equals one built from float64-normalised vectors (the previous method)."""
+    rng = np.random.default_rng(6)
+    x = (rng.normal(size=(500, 32)) * rng.uniform(0.1, 10, size=(500, 1))).astype(np.float32)
+    x[10] = 0.0
+    previous = _l2_normalise(x.astype(np.float64)).astype(np.float32)
+    got, want = knn_graph(x, k=7), knn_graph(previous, k=7)
+    np.testing.assert_array_equal(np.sort(got, axis=1)[np.arange(500) != 10], np.sort(want, axis=1)[np.arange(500) != 10])
 
 
 def test_sample_positives_is_uniform_over_first_columns():
