@@ -298,20 +298,14 @@ def test_stage_matches_dense_crf_with_one_pool(tmp_path, pool_count, workers, po
 
 
 @pytest.mark.timeout(180)
-def test_stage_on_a_dask_cluster_equals_the_local_pool(tmp_path, pool_count):
-    from dask.distributed import LocalCluster
-
+def test_stage_on_a_dask_cluster_equals_the_local_pool(tmp_path, pool_count, dask_cli_cluster):
+    """`dask.address` pointing at a real `dask scheduler` with two `dask worker` processes."""
     features, predictions = _stores(tmp_path)
     local = tmp_path / "local.zarr"
     crf_stage(features, predictions, local, CRFParams(), workers=2, chunk=2)
     assert len(pool_count) == 1, f"local run: {len(pool_count)} pools"
     remote = tmp_path / "dask.zarr"
-    with LocalCluster(
-        processes=True, n_workers=2, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, silence_logs=40
-    ) as cluster:
-        crf_stage(
-            features, predictions, remote, CRFParams(), workers=2, chunk=2, dask=DaskParams(address=cluster.scheduler_address)
-        )
+    crf_stage(features, predictions, remote, CRFParams(), workers=2, chunk=2, dask=DaskParams(address=dask_cli_cluster))
     assert len(pool_count) == 1, "with dask.address the stage must not start a local process pool"
     got, want = _read_preds(remote), _read_preds(local)
     for name in want:
