@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = ("crf", "knn", "extract", "train", "dvc")
 QUICK = {
-    "crf": ["--repeats", "2"],
+    "crf": ["--images", "32", "--repeats", "2"],
     "knn": ["--sizes", "10000", "--repeats", "2"],
     "extract": ["--repeats", "2"],
     "train": ["--resolution", "112", "--repeats", "2", "--steps", "5", "--rss-crops", "128"],
