@@ -299,9 +299,11 @@ def dask_cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     address = f"tcp://127.0.0.1:{port}"
     logs = tmp_path_factory.mktemp("dask-cluster")
     env = {**os.environ, **SUBPROCESS_ENV}
-    commands = [["scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"]] + [
+    # `--no-dashboard` still leaves an HTTP server on 0.0.0.0; this keeps every socket on loopback.
+    http = ["--dashboard-address", "127.0.0.1:0"]
+    commands = [["scheduler", "--host", "127.0.0.1", "--port", str(port), *http]] + [
         ["worker", address, "--name", f"worker-{i}", "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
-         "--no-dashboard", "--local-directory", str(logs / f"worker-{i}")]
+         *http, "--local-directory", str(logs / f"worker-{i}")]
         for i in range(2)
     ]
     processes: list[subprocess.Popen] = []
