@@ -21,16 +21,16 @@ from stego_tasks.extract import read_split
 log = logging.getLogger("stego")
 
 # Splits whose features and labels take at most this many bytes are read into memory once;
-# larger ones are streamed from Zarr step by step. Why both: `extract` chunks `feats` by
-# one extraction batch (batch_size x 5 crops = 40 rows, 23 MiB at 224 px ViT-S/8) and
-# compresses each chunk, so one random row costs decoding its whole chunk (15-25 ms), and a
-# step's 16 + 16 random rows touch up to 32 chunks. Measured at 224 px on 2 CPUs
-# (benchmarks/bench_train.py): 3.07 steps/s in memory against 1.67 streamed at 1280 crops
-# (26.7x and 15x the backbone-in-the-loop step), 2.42 streamed at 160 crops. A chunk cache
-# would not close that gap: random rows hit a cache of K chunks with probability
-# K / chunks, and a cache big enough to matter is the in-memory split again. Holding the
-# split costs RAM growing with the corpus (0.62 MiB per 224 px crop, about 150 GiB for a
-# COCO-Stuff-sized split), so above 1 GiB (about 1650 such crops) memory is bounded instead.
+# larger ones are streamed from Zarr step by step. Why both: a step reads 16 random rows and
+# their 16 kNN positives. `extract` stores the train split as one-row inner chunks in one
+# shard per extraction chunk (`extract.array_layout`), so a row decodes alone, but the
+# reads still cost: measured at 224 px on 2 CPUs (benchmarks/results.md), 3.20 steps/s in
+# memory against 2.86 streamed (26.4x and 23.6x the backbone-in-the-loop step); with the
+# earlier whole-chunk layout streaming managed 1.67 steps/s. A chunk cache would not help:
+# random rows hit a cache of K chunks with probability K / chunks, and a cache big enough
+# to matter is the in-memory split again. Holding the split costs RAM growing with the
+# corpus (0.62 MiB per 224 px crop, about 150 GiB for a COCO-Stuff-sized split), so above
+# 1 GiB (about 1650 such crops) memory is bounded instead.
 IN_MEMORY_BYTES = 1 << 30
 # Chunks a streamed gather decodes at once. zarr's default (10) holds up to 10 compressed
 # plus 10 decoded chunks (about 440 MiB at 224 px), so the step's memory would still grow
