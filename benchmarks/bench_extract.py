@@ -75,7 +75,7 @@ def _baseline_batches(manifest: Path, corpus, params, mean, std) -> list[tuple[o
     import torch
 
     from stego_tasks.backbone import normalize
-    from stego_tasks.extract import SPLITS, split_resolution
+    from stego_tasks.feature_store import SPLITS, split_resolution
     from stego_tasks.images import load_rgb
     from stego_tasks.ingest import read_manifest, resolve_in_corpus
     from stego_tasks.preprocess import preprocess

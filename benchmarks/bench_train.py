@@ -87,7 +87,7 @@ def write_stores(root: Path, crops: int, dim: int, grid: int, resolution: int, s
     import numpy as np
     import zarr
 
-    from stego_tasks.extract import array_layout
+    from stego_tasks.feature_store import array_layout
     from stego_tasks.knn import knn_graph
 
     rng = np.random.default_rng(seed)

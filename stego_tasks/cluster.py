@@ -31,7 +31,7 @@ import zarr
 
 from stego_tasks import atomic
 from stego_tasks.config import ClusterParams
-from stego_tasks.extract import read_split
+from stego_tasks.feature_store import read_split
 from stego_tasks.train import StegoModel, load_model
 
 log = logging.getLogger("stego")

@@ -412,7 +412,7 @@ def crf_stage(
     import zarr
 
     from stego_tasks import atomic
-    from stego_tasks.extract import read_split
+    from stego_tasks.feature_store import read_split
     from stego_tasks.progress import Progress
 
     if chunk < 1:

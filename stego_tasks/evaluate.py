@@ -24,7 +24,7 @@ from PIL import Image
 
 from stego_tasks import atomic
 from stego_tasks.config import CorpusParams, EvaluateParams
-from stego_tasks.extract import read_split
+from stego_tasks.feature_store import read_split
 from stego_tasks.metrics import ScoreAccumulator
 from stego_tasks.visualize import colorize, panel
 

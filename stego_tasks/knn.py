@@ -248,7 +248,7 @@ def knn_stage(store_path: Path, out_path: Path, k: int) -> dict[str, int]:
     import zarr
 
     from stego_tasks import atomic
-    from stego_tasks.extract import read_split
+    from stego_tasks.feature_store import read_split
 
     pooled = read_split(store_path, "train")["pooled"][:]
     graph = knn_graph(pooled, k)

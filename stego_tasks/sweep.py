@@ -37,7 +37,7 @@ import zarr
 
 from stego_tasks import atomic
 from stego_tasks.cluster import BATCH, iter_val_codes
-from stego_tasks.extract import read_split
+from stego_tasks.feature_store import read_split
 from stego_tasks.head import ClusterProbe
 from stego_tasks.metrics import ScoreAccumulator
 from stego_tasks.train import StegoModel, _batches, load_model

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from stego_tasks import atomic
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
-from stego_tasks.extract import resolve_device
+from stego_tasks.embed import resolve_device
 from stego_tasks.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.knn import sample_positives
 from stego_tasks.locking import artifact_lock

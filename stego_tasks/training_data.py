@@ -16,14 +16,14 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.extract import read_split
+from stego_tasks.feature_store import read_split
 
 log = logging.getLogger("stego")
 
 # Splits whose features and labels take at most this many bytes are read into memory once;
 # larger ones are streamed from Zarr step by step. Why both: a step reads 16 random rows and
 # their 16 kNN positives. `extract` stores the train split as one-row inner chunks in one
-# shard per extraction chunk (`extract.array_layout`), so a row decodes alone, but the
+# shard per extraction chunk (`feature_store.array_layout`), so a row decodes alone, but the
 # reads still cost: measured at 224 px on 2 CPUs (benchmarks/results.md), 3.20 steps/s in
 # memory against 2.86 streamed (26.4x and 23.6x the backbone-in-the-loop step); with the
 # earlier whole-chunk layout streaming managed 1.67 steps/s. A chunk cache would not help:

@@ -25,7 +25,8 @@ from torchvision.transforms.functional import five_crop
 from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
 from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.extract import ExtractSummary, _resize_split, extract, read_split
+from stego_tasks.extract import ExtractSummary, extract
+from stego_tasks.feature_store import read_split, resize_split
 from stego_tasks.images import load_label, load_rgb
 from stego_tasks.ingest import ingest, read_manifest
 from stego_tasks.preprocess import five_crop_boxes, preprocess, resize_center_crop
@@ -296,8 +297,8 @@ def test_split_killed_while_being_created_is_rebuilt(base, scheduler, tmp_path):
 def test_shrunk_then_regrown_split_does_not_trust_stale_done_flags(base, scheduler, tmp_path):
     copy = _copy(base, tmp_path)
     group = zarr.open_group(str(copy.store), mode="a")["train"]
-    _resize_split(group, 5 * 4)  # manifest shrank to 4 images: one chunk
-    _resize_split(group, 5 * N_TRAIN)  # and grew back: chunk 1 must be pending again
+    resize_split(group, 5 * 4)  # manifest shrank to 4 images: one chunk
+    resize_split(group, 5 * N_TRAIN)  # and grew back: chunk 1 must be pending again
     assert group["done"][:].tolist() == [True, False], f"done flags {group['done'][:].tolist()}"
 
 
