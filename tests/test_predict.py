@@ -25,11 +25,8 @@ from safetensors.torch import save_file
 from stego_tasks.config import TrainParams, params_to_dict
 from stego_tasks.crf import dense_crf
 from stego_tasks.predict import (
-    UNMATCHED,
-    Run,
     add_arguments,
     collect_images,
-    load_run,
     main_from_args,
     nearest_resize,
     output_keys,
@@ -37,6 +34,7 @@ from stego_tasks.predict import (
     segment_image,
 )
 from stego_tasks.train import build_model, save_model
+from stego_tasks.trained_run import UNMATCHED, Run, load_run
 from stego_tasks.visualize import palette
 
 BACKBONE = "vit_tiny_patch16_224"

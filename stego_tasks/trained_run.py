@@ -1,0 +1,203 @@
+"""A finished run, loaded for inference: its head and probes, backbone and cluster-to-class map.
+
+`load_run` reads what the pipeline wrote (`artifacts/model/`, `artifacts/assignment.json`,
+`params.yaml`) and rebuilds the backbone the head was trained on, from the weights source the
+run recorded. `stego predict` and notebooks start here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone
+from stego_tasks.config import load_params
+from stego_tasks.crf import CRFParams
+from stego_tasks.embed import resolve_device
+from stego_tasks.train import StegoModel, load_model
+
+log = logging.getLogger("stego")
+
+UNMATCHED = 255
+
+
+@dataclass
+class Run:
+    """What prediction needs from a finished run.
+
+    Attributes:
+        model: head and probes, eval mode, on `device`.
+        backbone: the frozen ViT the head was trained on, on `device`.
+        resolution: shorter image side fed to the backbone, in pixels.
+        device: where the networks run.
+        alpha: cluster-probe softmax temperature (the run's `cluster.alpha`).
+        crf_params: the run's `crf` block.
+        cluster_to_class: int64 [n_clusters], class per cluster, -1 when unmatched; None
+            when the run has no assignment (no labels were evaluated).
+        class_names: one name per class (empty without an assignment).
+        amp: run the backbone under bfloat16 autocast on CUDA, as `extract.amp` does when
+            the features are stored (no effect on the CPU).
+    """
+
+    model: StegoModel
+    backbone: Backbone
+    resolution: int
+    device: torch.device
+    alpha: float = 2.0
+    crf_params: CRFParams = field(default_factory=CRFParams)
+    cluster_to_class: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    amp: bool = True
+
+    @property
+    def n_clusters(self) -> int:
+        """Number of cluster-probe centroids."""
+        return self.model.cluster_probe.n_clusters
+
+
+def _model_dir(run_dir: Path) -> Path:
+    for candidate in (run_dir / "artifacts" / "model", run_dir):
+        if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{run_dir} holds no trained model (artifacts/model/model.json + model.safetensors); "
+        "pass --run the project folder of a run whose `dvc repro` (or `stego train`) finished."
+    )
+
+
+def _weights_for(info: dict, run_dir: Path) -> str:
+    """Map the recorded `backbone_weights` to a `create_backbone` weights argument."""
+    source = info.get("backbone_weights")
+    if isinstance(source, str) and source.startswith("file:"):
+        recorded = Path(source[len("file:") :])
+        # DVC runs stages in the project folder, so a relative path is relative to it.
+        for path in (recorded,) if recorded.is_absolute() else (run_dir / recorded, recorded):
+            if path.is_file():
+                return str(path)
+        raise FileNotFoundError(
+            f"The run's backbone checkpoint {str(recorded)!r} (model.json backbone_weights) does "
+            "not exist here; pass --weights PATH to the checkpoint the run was trained with."
+        )
+    if source in ("hub-cache", "hub-download"):
+        return "auto"
+    if source == "random":
+        return "random"
+    raise ValueError(
+        f"model.json records backbone_weights {source!r}, not 'file:<path>', 'hub-cache', "
+        "'hub-download' or 'random'; pass --weights PATH to the checkpoint the run used."
+    )
+
+
+def _create_backbone(name: str, weights: str, source: str) -> Backbone:
+    if weights == "random":
+        banner = "=" * 78
+        log.warning(
+            "%s\nRANDOM BACKBONE: %s runs on random weights; these segments exercise "
+            "the code and mean nothing.\n%s",
+            banner, name, banner,
+        )
+        # Seeded exactly as `extract` builds it, so the head sees the features it was trained on.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return create_backbone(name, weights="random")
+    try:
+        return create_backbone(name, weights=weights)
+    except WeightsNotFoundError as error:
+        raise WeightsNotFoundError(
+            f"No weights for the run's backbone {name} (trained with {source} weights) in the "
+            "Hugging Face hub cache and the hub cannot be used; pass --weights PATH to a local checkpoint."
+        ) from error
+
+
+def _read_assignment(path: Path, n_clusters: int, info: dict) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    if not path.is_file():
+        return None, ()
+    data = json.loads(path.read_text())
+    if data.get("cluster_to_class") is None:  # evaluated without labels: nothing to map
+        return None, ()
+    mapping = np.asarray(data["cluster_to_class"], dtype=np.int64)
+    n_classes = int(info["n_classes"])
+    if mapping.shape != (n_clusters,) or mapping.min() < -1 or mapping.max() >= min(n_classes, UNMATCHED):
+        raise ValueError(
+            f"{path} maps {mapping.size} clusters to classes {sorted(set(mapping.tolist()))[:8]}, "
+            f"but the model has {n_clusters} clusters and {n_classes} classes; rerun `stego evaluate`."
+        )
+    names = list(data.get("class_names") or info.get("class_names") or [])
+    if len(names) != n_classes:
+        names = [f"class_{j}" for j in range(n_classes)]
+    return mapping, tuple(str(name) for name in names)
+
+
+def _run_settings(run_dir: Path) -> tuple[float, CRFParams]:
+    """The run's cluster-probe alpha and CRF block from its params.yaml (defaults if absent)."""
+    try:
+        params = load_params(run_dir / "params.yaml")
+    except ValueError as error:
+        log.warning("predict: ignoring %s (%s); using the published alpha and CRF settings", run_dir / "params.yaml", error)
+        return 2.0, CRFParams()
+    crf = CRFParams(**{f.name: getattr(params.crf, f.name) for f in dataclasses.fields(CRFParams)})
+    return float(params.cluster.alpha), crf
+
+
+def load_run(
+    run_dir: Path, weights: str | None = None, *, device: str = "auto", resolution: int | None = None
+) -> Run:
+    """Load the model, backbone and cluster-to-class assignment of a finished run.
+
+    Args:
+        run_dir: the project folder after `dvc repro` (holding `artifacts/model/`), or the
+            model folder itself.
+        weights: backbone checkpoint path, "auto" or "random" overriding the recorded
+            `backbone_weights` ("file:<path>" -> that path, "hub-*" -> "auto").
+        device: "auto", "cpu", "cuda", ...
+        resolution: shorter image side fed to the backbone; default the run's own.
+
+    Returns:
+        A `Run` with both networks in eval mode on `device`.
+
+    Raises:
+        FileNotFoundError: no trained model, or the recorded checkpoint file is gone.
+        ValueError: bad resolution, a backbone that does not fit the head, a bad assignment.
+        WeightsNotFoundError: hub weights recorded but not available.
+    """
+    run_dir = Path(run_dir)
+    model_dir = _model_dir(run_dir)
+    model = load_model(model_dir)
+    info = model.info
+    name = info.get("backbone")
+    if not name:
+        raise ValueError(f"{model_dir / 'model.json'} does not name its backbone; rerun `stego train`.")
+    source = str(info.get("backbone_weights"))
+    backbone = _create_backbone(name, weights if weights is not None else _weights_for(info, run_dir), source)
+    if backbone.embed_dim != info["in_dim"]:
+        raise ValueError(
+            f"Backbone {name} gives {backbone.embed_dim}-d features but the head expects "
+            f"{info['in_dim']}-d ones; pass --weights for the backbone the run was trained on."
+        )
+    size = int(resolution if resolution is not None else info.get("resolution") or 0)
+    if size < backbone.patch_size:
+        raise ValueError(
+            f"Resolution {size} is smaller than the patch size {backbone.patch_size} of {name} "
+            "(or the run records none); pass --resolution N with N >= the patch size."
+        )
+    if model.cluster_probe.n_clusters > 256:
+        raise ValueError(f"The run has {model.cluster_probe.n_clusters} clusters; predict writes at most 256.")
+    mapping, names = _read_assignment(model_dir.parent / "assignment.json", model.cluster_probe.n_clusters, info)
+    alpha, crf_params = _run_settings(run_dir if model_dir != run_dir else run_dir.parent.parent)
+    torch_device = resolve_device(device)
+    return Run(
+        model=model.to(torch_device).eval(),
+        backbone=backbone.to(torch_device),
+        resolution=size,
+        device=torch_device,
+        alpha=alpha,
+        crf_params=crf_params,
+        cluster_to_class=mapping,
+        class_names=names,
+    )
