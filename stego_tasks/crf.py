@@ -27,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
@@ -321,65 +321,6 @@ def _run_chunks(
 # --- pipeline stage ---
 
 
-class _DaskExecutor(Executor):
-    """Submit CRF chunks to a Dask cluster, scattering the arrays first.
-
-    Arrays passed inline would be pickled into the task graph (distributed warns above
-    10 MB, and the scheduler would hold them); scattered, they go straight to a worker.
-    """
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        # pure=False: identical chunks (say, a repeated image) must not be merged or
-        # hashed, and hashing large arrays costs time.
-        self._inner = client.get_executor(pure=False)
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        images, logits, *rest = args
-        remote = self._client.scatter([images, logits], hash=False)
-        return self._inner.submit(fn, *remote, *rest, **kwargs)
-
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._inner.shutdown(wait=wait)
-
-
-@contextmanager
-def _stage_executor(workers: int, dask: DaskParams | None) -> Iterator[tuple[Executor, int]]:
-    """Where the stage's chunks run, and how many run at once.
-
-    A Dask scheduler at ``dask.address`` when there is one; otherwise one local spawn pool
-    of ``workers`` (starting a LocalCluster would cost more than the pool and bring
-    nothing), or this process when ``workers`` <= 1.
-
-    Yields:
-        (executor, parallel slots). On Dask a slot is a worker process: pydensecrf holds
-        the GIL, so a worker's extra threads would only take turns.
-    """
-    if dask is not None and dask.address:
-        from stego_tasks.dask_cluster import dask_client
-
-        with dask_client(dask) as client:
-            yield _DaskExecutor(client), max(1, len(client.nthreads()))
-        return
-    if workers <= 1:
-        yield _InlineExecutor(), 1
-        return
-    with spawn_pool(workers) as pool:
-        yield pool, workers
-
-
-class _InlineExecutor(Executor):
-    """Runs each submitted call at once in this thread (workers <= 1: no processes)."""
-
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
-        future: Future = Future()
-        try:
-            future.set_result(fn(*args, **kwargs))
-        except BaseException as error:  # handed to the caller through the future, like a pool
-            future.set_exception(error)
-        return future
-
-
 def crf_stage(
     store_path: Path,
     predictions_path: Path,
@@ -412,6 +353,7 @@ def crf_stage(
     import zarr
 
     from stego_tasks import atomic
+    from stego_tasks.crf_executors import stage_executor
     from stego_tasks.feature_store import read_split
     from stego_tasks.progress import Progress
 
@@ -421,7 +363,7 @@ def crf_stage(
     predictions = zarr.open_group(str(predictions_path), mode="r")
     n_images = images.shape[0]
     branches = ("cluster", "linear")
-    with atomic.atomic_path(out_path) as tmp, _stage_executor(workers, dask) as (executor, slots):
+    with atomic.atomic_path(out_path) as tmp, stage_executor(workers, dask) as (executor, slots):
         size = min(chunk, default_chunksize(len(branches) * n_images, slots))
         out = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         # Zarr chunks equal to the tasks' chunks: each result is one whole-chunk write.
