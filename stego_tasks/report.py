@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import base64
 import csv
-import io
 import json
 import math
 from html import escape
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from stego_tasks import atomic
+from stego_tasks.visualize import loss_plot_png, read_loss_log
 
 INPUTS: dict[str, str] = {
     "scores": "metrics/scores.json",
@@ -53,11 +53,6 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MAX_OVERLAYS = 48
 MAX_QUARANTINE_ROWS = 500
 # Correspondence losses and probe losses differ in scale by 10x; one panel each stays readable.
-LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("correspondence losses", ("total", "intra", "inter", "neg")),
-    ("probe losses", ("cluster", "linear")),
-)
-
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;
 padding:0 1rem;color:#1d232b;background:#fff;line-height:1.45}
@@ -215,64 +210,6 @@ def _confusion_section(run_dir: Path, scores: dict | None) -> str:
     return head + _note("Rows: true class; columns: the cluster matched to each class (row-normalised).") + _image(
         data, "confusion matrix"
     )
-
-
-def read_loss_log(path: Path) -> dict[str, list[float]]:
-    """Columns of the training-loss CSV as floats (an unparsable cell becomes NaN).
-
-    Args:
-        path: CSV with a `step` column and one column per loss.
-
-    Returns:
-        {column: values}, every list as long as the CSV has rows; empty when it has none.
-    """
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
-        for row in reader:
-            for name in columns:
-                try:
-                    columns[name].append(float(row.get(name) or "nan"))
-                except ValueError:
-                    columns[name].append(math.nan)
-    return columns
-
-
-def loss_plot_png(columns: dict[str, list[float]]) -> bytes:
-    """Loss curves against `step` as PNG bytes (deterministic for equal input).
-
-    Args:
-        columns: {"step": [...], loss name: [...]} as from `read_loss_log`.
-
-    Returns:
-        The PNG file's bytes.
-    """
-    import matplotlib.style
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    losses = [name for name in columns if name != "step"]
-    known = {name for _, names in LOSS_PANELS for name in names}
-    panels = [(title, [n for n in names if n in losses]) for title, names in LOSS_PANELS]
-    panels = [(title, names) for title, names in panels if names]
-    if any(name not in known for name in losses):
-        panels.append(("other losses", [name for name in losses if name not in known]))
-    buffer = io.BytesIO()
-    # The default style, not the user's matplotlibrc: the same CSV gives the same bytes anywhere.
-    with matplotlib.style.context("default"):
-        figure = Figure(figsize=(5.2 * len(panels), 3.4))
-        FigureCanvasAgg(figure)
-        for index, (title, names) in enumerate(panels):
-            axis = figure.add_subplot(1, len(panels), index + 1)
-            for name in names:
-                axis.plot(columns["step"], columns[name], label=name, linewidth=1.2)
-            axis.set_title(title)
-            axis.set_xlabel("step")
-            axis.grid(alpha=0.3)
-            axis.legend(fontsize=8)
-        figure.tight_layout()
-        figure.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
-    return buffer.getvalue()
 
 
 def _loss_section(run_dir: Path) -> str:

@@ -1,6 +1,11 @@
-"""Colours for label maps: palette PNGs (not grey), overlays and side-by-side panels."""
+"""Pictures of a run: palette PNGs for label maps (not grey), overlays, side-by-side panels, loss curves."""
 
 from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -77,3 +82,68 @@ def panel(pictures: list[np.ndarray], gap: int = 4) -> np.ndarray:
     for picture in pictures:
         parts.extend([picture, spacer])
     return np.concatenate(parts[:-1], axis=1)
+
+
+# Panels of the training-loss figure: the correspondence terms, then the probes.
+LOSS_PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("correspondence losses", ("total", "intra", "inter", "neg")),
+    ("probe losses", ("cluster", "linear")),
+)
+
+
+def read_loss_log(path: Path) -> dict[str, list[float]]:
+    """Columns of the training-loss CSV as floats (an unparsable cell becomes NaN).
+
+    Args:
+        path: CSV with a `step` column and one column per loss.
+
+    Returns:
+        {column: values}, every list as long as the CSV has rows; empty when it has none.
+    """
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
+        for row in reader:
+            for name in columns:
+                try:
+                    columns[name].append(float(row.get(name) or "nan"))
+                except ValueError:
+                    columns[name].append(math.nan)
+    return columns
+
+
+def loss_plot_png(columns: dict[str, list[float]]) -> bytes:
+    """Loss curves against `step` as PNG bytes (deterministic for equal input).
+
+    Args:
+        columns: {"step": [...], loss name: [...]} as from `read_loss_log`.
+
+    Returns:
+        The PNG file's bytes.
+    """
+    import matplotlib.style
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    losses = [name for name in columns if name != "step"]
+    known = {name for _, names in LOSS_PANELS for name in names}
+    panels = [(title, [n for n in names if n in losses]) for title, names in LOSS_PANELS]
+    panels = [(title, names) for title, names in panels if names]
+    if any(name not in known for name in losses):
+        panels.append(("other losses", [name for name in losses if name not in known]))
+    buffer = io.BytesIO()
+    # The default style, not the user's matplotlibrc: the same CSV gives the same bytes anywhere.
+    with matplotlib.style.context("default"):
+        figure = Figure(figsize=(5.2 * len(panels), 3.4))
+        FigureCanvasAgg(figure)
+        for index, (title, names) in enumerate(panels):
+            axis = figure.add_subplot(1, len(panels), index + 1)
+            for name in names:
+                axis.plot(columns["step"], columns[name], label=name, linewidth=1.2)
+            axis.set_title(title)
+            axis.set_xlabel("step")
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=8)
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", dpi=80, metadata={"Software": None})
+    return buffer.getvalue()
