@@ -21,15 +21,13 @@ from PIL import Image
 from stego_tasks.cluster import predict_code
 from stego_tasks.config import TrainParams, params_to_dict
 from stego_tasks.metrics import unsupervised_scores
+from stego_tasks.probe_fit import best_cluster_probe, fit_cluster_probe, probe_objective
 from stego_tasks.sweep import (
     ROW_KEYS,
     add_arguments,
-    best_cluster_probe,
     evaluate_probes,
-    fit_cluster_probe,
     main_from_args,
     parse_ks,
-    probe_objective,
     sweep_k,
     training_codes,
 )
