@@ -8,6 +8,7 @@ ran, so `dvc metrics diff HEAD~1` compares the run with the one before.
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -47,12 +48,17 @@ def reproduce(repo: str, targets: list[str] | None = None, force: bool = False) 
     # DVC resolves targets, the default `dvc.yaml` included, against the current folder, not
     # against Repo(repo): from elsewhere it collects another project's stages and fails.
     previous = os.getcwd()
+    # DVC prints its own progress; propagated to the root logger, Prefect's console handler
+    # would print every line a second time.
+    dvc_logger = logging.getLogger("dvc")
+    propagate, dvc_logger.propagate = dvc_logger.propagate, False
     os.chdir(repo)
     try:
         with Repo(repo) as dvc_repo:
             stages = dvc_repo.reproduce(targets=targets or None, force=force)
     finally:
         os.chdir(previous)
+        dvc_logger.propagate = propagate
     return [stage.addressing for stage in stages]
 
 

@@ -19,7 +19,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +137,24 @@ def shared_prefect_server() -> Iterator[str]:
     try:
         yield server.api_url
     finally:
+        _flush_prefect_queues()
         os.environ.pop("PREFECT_API_URL", None)
         stop_local_server(server)
         log.unlink(missing_ok=True)
+
+
+def _flush_prefect_queues(timeout_s: float = 5.0) -> None:
+    """Send the logs and events Prefect still holds before their server goes away.
+
+    Otherwise they are flushed at interpreter exit, to a stopped server, and Prefect
+    prints "Error logging to API" after a run that went well.
+    """
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        # Best effort: a failed flush must not fail a run that finished.
+        with suppress(Exception):
+            service.drain_all(timeout=timeout_s)

@@ -52,3 +52,30 @@ def test_an_existing_api_url_is_used_as_it_is() -> None:
     script = "from stego_tasks.prefect_server import shared_prefect_server\nwith shared_prefect_server() as url: print(url)"
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "http://127.0.0.1:9/api", f"got {result.stdout!r} {result.stderr[-500:]!r}"
+
+
+FLOW_SCRIPT = """
+import logging
+from stego_tasks.prefect_server import shared_prefect_server
+with shared_prefect_server():
+    from prefect import flow, get_run_logger
+
+    @flow(name="shared-server-check")
+    def check() -> int:
+        for index in range(50):
+            get_run_logger().info("line %d", index)
+        return 7
+
+    assert check() == 7
+print("done")
+"""
+
+
+def test_a_flow_run_leaves_no_unsent_logs_behind(tmp_path) -> None:
+    """Logs still queued when the run ends are sent before the server stops, not at exit to a dead one."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(ISOLATION)
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+    result = subprocess.run([sys.executable, "-c", FLOW_SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0 and result.stdout.strip().endswith("done"), f"the flow failed:\n{result.stderr[-3000:]}"
+    assert "Error logging to API" not in result.stderr, f"logs were flushed to a stopped server:\n{result.stderr[-2000:]}"
