@@ -72,55 +72,6 @@ def _environment(root: Path) -> dict[str, str]:
     return env
 
 
-def start_prefect_server(root: Path, env: dict[str, str], timeout: float = 180) -> tuple[subprocess.Popen, str]:
-    """Start `prefect server start` (own process group, no services) and wait for /api/health.
-
-    Returns:
-        (the server process, its API URL).
-    """
-    import socket
-    import urllib.error
-    import urllib.request
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = (root / "prefect-server.log").open("w")
-    process = subprocess.Popen(
-        ["prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-services"],
-        env={**env, "PREFECT_SERVER_UI_ENABLED": "false"}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {process.returncode}; see {root / 'prefect-server.log'}.")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return process, url
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            time.sleep(0.5)
-    stop_server(process)
-    raise RuntimeError(f"prefect server did not answer within {timeout:.0f} s.")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """Stop the server's process group (SIGTERM, then SIGKILL after 15 s)."""
-    import signal
-
-    if process.poll() is not None:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=15)
-    except ProcessLookupError:
-        pass
-
-
 def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
@@ -206,6 +157,8 @@ def main() -> None:
     args = _parse()
     from benchutil import emit, machine, median, note, print_table, verdict
 
+    from stego_tasks.prefect_server import start_local_server, stop_local_server
+
     common = {"bench": "dvc", **machine(), "prefect": "server" if args.prefect_server else "ephemeral"}
     root = Path(tempfile.mkdtemp(prefix="bench-dvc-"))
     server = None
@@ -214,7 +167,8 @@ def main() -> None:
         project = make_project(root, env)
         if args.prefect_server:
             note("dvc: starting one Prefect server for all stages")
-            server, env["PREFECT_API_URL"] = start_prefect_server(root, env)
+            server = start_local_server(root / "prefect-server.log", home=Path(env["PREFECT_HOME"]), timeout=180, env=env)
+            env["PREFECT_API_URL"] = server.api_url
         note("dvc: first full repro (cold: also creates the Prefect database)")
         cold, ran = repro(project, env)
         n_stages = len(ran)
@@ -246,7 +200,7 @@ def main() -> None:
                 raise RuntimeError(f"a crf-param change ran stages {ran}; expected crf and its downstream stages only.")
     finally:
         if server is not None:
-            stop_server(server)
+            stop_local_server(server)
         if args.keep:
             note(f"dvc: project kept at {root / 'project'}")
         else:

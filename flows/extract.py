@@ -12,7 +12,7 @@ a local cluster, as the `dask` block says).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 from prefect import flow, task
@@ -44,15 +44,12 @@ def dask_task_runner(address: str) -> Iterator[Any]:
 
     from stego_tasks.dask_cluster import unreachable_scheduler
 
-    task_runner = DaskTaskRunner(address=address)
-    try:
-        task_runner.__enter__()
-    except (OSError, TimeoutError) as error:
-        raise unreachable_scheduler(address, error) from None
-    try:
+    with ExitStack() as stack:
+        try:
+            task_runner = stack.enter_context(DaskTaskRunner(address=address))
+        except (OSError, TimeoutError) as error:
+            raise unreachable_scheduler(address, error) from None
         yield task_runner
-    finally:
-        task_runner.__exit__(None, None, None)
 
 
 def chunks_as_prefect_tasks(task_runner: Any) -> ChunkRunner:

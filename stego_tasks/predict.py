@@ -29,6 +29,7 @@ from PIL import Image
 from stego_tasks import atomic
 from stego_tasks.backbone import normalize
 from stego_tasks.crf import CRFParams, dense_crf
+from stego_tasks.embed import backbone_precision
 from stego_tasks.images import ImageDecodeError, is_image_name, load_rgb
 from stego_tasks.progress import Progress
 from stego_tasks.trained_run import UNMATCHED, Run, load_run
@@ -115,8 +116,8 @@ def _cluster_log_probs(run: Run, resized: np.ndarray, flip: bool) -> torch.Tenso
     x = F.pad(x, (0, pad_w, 0, pad_h), mode="reflect")
     # Flip the padded image, so its code flipped back lies on exactly the same grid.
     batch = torch.cat([x, x.flip(-1)]) if flip else x
-    on_gpu = run.device.type == "cuda"
-    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=on_gpu and run.amp):
+    use_bf16 = backbone_precision(run.device, run.amp) == "bf16"
+    with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_bf16):
         feats = run.backbone(batch)
     codes = run.model.head(feats.float())
     code = (codes[:1] + codes[1:].flip(-1)) / 2 if flip else codes

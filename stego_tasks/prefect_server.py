@@ -18,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +43,8 @@ class LocalPrefectServer:
     log: Path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -54,13 +55,16 @@ def _prefect_command() -> str:
     return str(beside) if beside.exists() else "prefect"
 
 
-def start_local_server(log: Path, home: Path | None = None, timeout: float = 120) -> LocalPrefectServer:
+def start_local_server(
+    log: Path, home: Path | None = None, timeout: float = 120, env: Mapping[str, str] | None = None
+) -> LocalPrefectServer:
     """Start `prefect server start` on 127.0.0.1 (free port, UI off) and wait for /api/health.
 
     Args:
         log: file for the server's output.
         home: PREFECT_HOME of the server (its SQLite database); default the caller's.
         timeout: seconds to wait for the API to answer.
+        env: the server's environment (default: this process's).
 
     Returns:
         The running server; stop it with `stop_local_server`.
@@ -68,17 +72,17 @@ def start_local_server(log: Path, home: Path | None = None, timeout: float = 120
     Raises:
         RuntimeError: the server exited or did not answer in time (with the log's tail).
     """
-    port = _free_port()
-    env = {**os.environ, "PREFECT_SERVER_UI_ENABLED": "false", **QUIET_SERVICES}
-    env.pop("PREFECT_API_URL", None)
+    port = free_port()
+    server_env = {**(os.environ if env is None else env), "PREFECT_SERVER_UI_ENABLED": "false", **QUIET_SERVICES}
+    server_env.pop("PREFECT_API_URL", None)
     if home is not None:
         home.mkdir(parents=True, exist_ok=True)
-        env["PREFECT_HOME"] = str(home)
+        server_env["PREFECT_HOME"] = str(home)
     log.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
         process = subprocess.Popen(
             [_prefect_command(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
+            env=server_env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True,
         )
     server = LocalPrefectServer(f"http://127.0.0.1:{port}/api", process, log)
     deadline = time.monotonic() + timeout

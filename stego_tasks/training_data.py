@@ -208,10 +208,19 @@ def load_training_data(
         raise ValueError(
             f"the kNN graph has {knn.shape[0]} rows but the store has {feats.shape[0]} training crops; rerun `stego knn`."
         )
-    has_labels = _any_valid_label(labels, ignore_index, n_classes)
+    if feats.nbytes + labels.nbytes <= in_memory_bytes:
+        # Read the labels once, and check them in memory rather than in a second pass.
+        held = labels[:]
+        has_labels = bool(((held < n_classes) & (held != ignore_index)).any())
+        in_memory = True
+    else:
+        held = None
+        has_labels = _any_valid_label(labels, ignore_index, n_classes)
+        # Without valid labels only the features count against the budget.
+        in_memory = not has_labels and feats.nbytes <= in_memory_bytes
     nbytes = feats.nbytes + (labels.nbytes if has_labels else 0)
-    if nbytes <= in_memory_bytes:
-        data = TrainingData(torch.from_numpy(feats[:]), torch.from_numpy(labels[:]) if has_labels else None, knn)
+    if in_memory:
+        data = TrainingData(torch.from_numpy(feats[:]), torch.from_numpy(held) if has_labels else None, knn)
     else:
         data = TrainingData(feats, labels if has_labels else None, knn)
     log.info("train: %d crops, %.0f MiB of features and labels, %s", data.size, nbytes / 2**20,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,7 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from stego_tasks.prefect_server import LocalPrefectServer, start_local_server, stop_process_group
+from stego_tasks.prefect_server import (
+    LocalPrefectServer,
+    free_port,
+    start_local_server,
+    stop_process_group,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 # The interpreter running pytest sits beside the `stego`, `dvc` and `prefect` commands.
@@ -113,13 +117,6 @@ def set_params(project: Path, updates: dict[tuple[str, ...], object]) -> None:
         block[keys[-1]] = value
     with path.open("w") as handle:
         yaml.dump(params, handle)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 PrefectServer = LocalPrefectServer
@@ -319,3 +316,18 @@ def dask_cli_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         for process in reversed(processes):
             stop_process_group(process)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread for a test module, restored after it.
+
+    For modules of tiny tensors: a second thread only adds synchronisation on a busy 2-core box.
+    Use with `pytestmark = pytest.mark.usefixtures("one_torch_thread")`.
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

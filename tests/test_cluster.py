@@ -21,13 +21,7 @@ C, N_CLASSES = 6, 3
 MODEL_PARAMS = TrainParams(n_codes=5, extra_clusters=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second intra-op thread only adds synchronisation on a busy 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _bilinear(x: np.ndarray, size: int) -> np.ndarray:

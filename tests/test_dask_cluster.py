@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import os
-import socket
 
 import psutil
 import pytest
+from conftest import free_port
 
 from stego_tasks.config import DaskParams
 from stego_tasks.dask_cluster import dask_client, torch_threads_per_worker
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_unanswered_address_fails_with_one_sentence() -> None:
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     with pytest.raises(ConnectionError) as info, dask_client(DaskParams(address=address), connect_timeout_s=2):
         pass
     message = str(info.value)

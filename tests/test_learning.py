@@ -44,13 +44,7 @@ from stego_tasks.training_data import TrainingData
 N_CLASSES, DIM, GRID, SEED = 4, 32, 8, 0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second intra-op thread only adds synchronisation on a busy 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _layouts(rng: np.random.Generator, n: int) -> np.ndarray:

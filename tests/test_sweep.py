@@ -38,13 +38,7 @@ RUN_SEED = 4  # the seed model.json records, the command's default
 PARAMS = TrainParams(n_codes=C, steps=STEPS, batch_size=16, probe_lr=5e-3)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny tensors: a second intra-op thread only adds synchronisation on a busy 2-core box.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _split(rng: np.random.Generator, rows: int) -> tuple[np.ndarray, np.ndarray]:
