@@ -22,6 +22,7 @@ import torch
 from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
 from stego_tasks.config import BackboneParams
 from stego_tasks.images import load_label, load_rgb
+from stego_tasks.pos_embed import supports_dino_pos_embed
 from stego_tasks.preprocess import preprocess
 
 log = logging.getLogger("stego")
@@ -66,13 +67,20 @@ def load_backbone(backbone: BackboneParams, allow_random_fallback: bool) -> Back
         return create_backbone(backbone.name, weights="random")
 
 
-@lru_cache(maxsize=2)
-def _cached_backbone(name: str, weights: str, device: str, compile_model: bool = False) -> Backbone:
+def pos_embed_mode(backbone: Backbone, preprocess: str) -> str:
+    """"dino" when `preprocess` is reference and the backbone has DINO's layout, else "timm"."""
+    return "dino" if preprocess == "reference" and supports_dino_pos_embed(backbone.model) else "timm"
+
+
+@lru_cache(maxsize=4)
+def _cached_backbone(
+    name: str, weights: str, device: str, compile_model: bool = False, pos_embed: str = "timm"
+) -> Backbone:
     # One backbone per worker process, reused by every chunk that process runs. Random
     # weights are seeded so that every worker, and every rerun, embeds with the same net.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        model = create_backbone(name, weights=weights)
+        model = create_backbone(name, weights=weights, pos_embed=pos_embed)
     model = model.to(resolve_device(device))
     if compile_model:
         # In place, so the Backbone keeps its attributes (patch size, mean, std).
@@ -99,6 +107,8 @@ class ChunkJob:
     torch_threads: int | None = None
     amp: bool = True
     compile_model: bool = False
+    preprocess: str = "antialias"
+    pos_embed: str = "timm"
 
 
 @dataclass(frozen=True)
@@ -122,7 +132,9 @@ def load_chunk(job: ChunkJob) -> DecodedChunk:
     inputs, labels, crops = [], [], []
     for image_path, label_path in zip(job.image_paths, job.label_paths, strict=True):
         label = load_label(Path(label_path)) if label_path else None
-        pieces = preprocess(load_rgb(Path(image_path)), label, job.resolution, job.five_crop, job.crop_ratio)
+        pieces = preprocess(
+            load_rgb(Path(image_path)), label, job.resolution, job.five_crop, job.crop_ratio, job.preprocess
+        )
         for crop_index, (crop, crop_label) in enumerate(pieces):
             inputs.append(crop)
             fill = np.full(crop.shape[:2], job.ignore_index, dtype=np.uint8)
@@ -148,7 +160,7 @@ def embed_chunk(job: ChunkJob, decoded: DecodedChunk) -> dict[str, np.ndarray]:
     """
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
-    model = _cached_backbone(job.backbone_name, job.backbone_weights, job.device, job.compile_model)
+    model = _cached_backbone(job.backbone_name, job.backbone_weights, job.device, job.compile_model, job.pos_embed)
     device = next(model.parameters()).device
     pixels = torch.from_numpy(decoded.images)
     if device.type == "cuda":

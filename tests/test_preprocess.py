@@ -1,0 +1,101 @@
+"""Tests for stego_tasks.preprocess: the `reference` mode equals the STEGO reference's inputs.
+
+The expected inputs are built independently, with torchvision's own transforms in the order
+the reference applies them (reference doc section 11): `ToTensor` + `five_crop` on the
+original image, each crop back to uint8 by `mul(255).add(0.5).clamp(0, 255)`, saved as a
+JPEG file with PIL's defaults and read back, then `Resize(res, NEAREST)` + `CenterCrop(res)`.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+from stego_tasks.preprocess import (
+    five_crop_boxes,
+    jpeg_round_trip,
+    preprocess,
+    resize_center_crop,
+    short_side_size,
+)
+
+SIZES = [(97, 131), (131, 97), (120, 160), (75, 75), (61, 203)]
+
+
+def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """A smooth image with edges and noise, so JPEG and NEAREST both have work to do."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / width, yy * 255 / height, (xx + yy) % 64 * 4], axis=-1)
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def _torchvision_val(image: np.ndarray, res: int, label: bool = False) -> np.ndarray:
+    transform = T.Compose([T.Resize(res, Image.NEAREST), T.CenterCrop(res)])
+    return np.asarray(transform(Image.fromarray(image)))
+
+
+def _torchvision_train(image: np.ndarray, res: int, tmp_path: Path) -> list[np.ndarray]:
+    tensor = T.ToTensor()(Image.fromarray(image))
+    size = [int(tensor.shape[1] * 0.5), int(tensor.shape[2] * 0.5)]
+    out = []
+    for index, crop in enumerate(TF.five_crop(tensor, size)):
+        array = crop.mul(255).add_(0.5).clamp_(0, 255).permute(1, 2, 0).to(torch.uint8).numpy()
+        path = tmp_path / f"{index}.jpg"
+        Image.fromarray(array).save(path, "JPEG")
+        out.append(_torchvision_val(np.asarray(Image.open(path).convert("RGB")), res))
+    return out
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+def test_reference_val_input_equals_torchvision_nearest_resize_and_centre_crop(height: int, width: int) -> None:
+    image = _photo(height, width)
+    for res in (32, 40, 56):
+        got = resize_center_crop(image, res, mode="reference")
+        assert np.array_equal(got, _torchvision_val(image, res)), f"{height}x{width} -> {res}: pixels differ"
+
+
+@pytest.mark.parametrize(("height", "width"), SIZES)
+def test_reference_five_crops_equal_the_reference_jpeg_crops(height: int, width: int, tmp_path: Path) -> None:
+    image = _photo(height, width, seed=1)
+    label = (np.arange(height * width).reshape(height, width) % 7).astype(np.uint8)
+    pieces = preprocess(image, label, 24, five_crop=True, crop_ratio=0.5, mode="reference")
+    want = _torchvision_train(image, 24, tmp_path)
+    label_tensor = torch.from_numpy(label)[None]
+    size = [int(height * 0.5), int(width * 0.5)]
+    want_labels = [_torchvision_val(crop[0].numpy(), 24, label=True) for crop in TF.five_crop(label_tensor, size)]
+    for index, ((crop, crop_label), expected, expected_label) in enumerate(zip(pieces, want, want_labels, strict=True)):
+        assert np.array_equal(crop, expected), f"{height}x{width} crop {index}: image pixels differ from the reference's"
+        assert np.array_equal(crop_label, expected_label), f"{height}x{width} crop {index}: labels differ"
+
+
+def test_reference_crops_carry_jpeg_artefacts_and_antialias_does_not() -> None:
+    image = _photo(80, 80, seed=2)
+    region = image[:40, :40]
+    assert not np.array_equal(jpeg_round_trip(region), region), "JPEG round trip returned the input unchanged"
+    reference = preprocess(image, None, 40, five_crop=True, crop_ratio=0.5, mode="reference")[0][0]
+    antialias = preprocess(image, None, 40, five_crop=True, crop_ratio=0.5, mode="antialias")[0][0]
+    assert np.array_equal(reference, jpeg_round_trip(region)), "40 px crop at 40 px: only the JPEG step should apply"
+    assert np.array_equal(antialias, region), "antialias mode must not JPEG-compress"
+
+
+def test_short_side_size_truncates_like_torchvision() -> None:
+    for height, width in [(375, 500), (500, 375), (333, 1000), (224, 224), (481, 640)]:
+        want = TF.resize(Image.new("RGB", (width, height)), 224).size[::-1]
+        assert short_side_size(height, width, 224) == want, f"{height}x{width}"
+
+
+def test_five_crop_boxes_follow_torchvision_order() -> None:
+    tensor = torch.arange(35 * 46).reshape(1, 35, 46)
+    crops = TF.five_crop(tensor, [17, 23])
+    for (top, left, h, w), crop in zip(five_crop_boxes(35, 46, 0.5), crops, strict=True):
+        assert torch.equal(tensor[:, top : top + h, left : left + w], crop), (top, left)
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match="reference"):
+        preprocess(_photo(32, 32), None, 16, five_crop=False, crop_ratio=0.5, mode="bicubic")
