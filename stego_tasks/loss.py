@@ -277,6 +277,50 @@ def _correlation(a: Tensor, b: Tensor) -> Tensor:
     return torch.einsum("nchw,ncij->nhwij", a, b)
 
 
+def _feature_correlation(f_a: Tensor, f_b: Tensor, pointwise: bool) -> Tensor:
+    """The F the shift b is subtracted from: correlation, spatially centred when `pointwise`."""
+    fd = _correlation(f_a, f_b)
+    if pointwise:
+        old_mean = fd.mean()
+        fd = fd - fd.mean([3, 4], keepdim=True)
+        fd = fd - fd.mean() + old_mean
+    return fd
+
+
+@torch.no_grad()
+def feature_correlations(
+    feats: Tensor, feats_pos: Tensor, *, feature_samples: int = 11, neg_samples: int = 5,
+    pointwise: bool = True, generator: torch.Generator | None = None,
+) -> dict[str, Tensor]:
+    """The three feature-correlation tensors F of one batch, exactly as the loss forms them.
+
+    The same draws, sampling and centring as `correspondence_loss`, without a head: what
+    the shifts are compared against (`stego_tasks.shift_stats`).
+
+    Args:
+        feats: backbone features [B, C, H, W], B >= 2.
+        feats_pos: features of each image's kNN positive [B, C, H', W'].
+        feature_samples: S.
+        neg_samples: negative draws pooled into "neg".
+        pointwise: spatial centring (reference default on).
+        generator: random source of the sample points and derangements.
+
+    Returns:
+        {"intra", "inter", "neg"}: flat float tensors of B*S^4 (neg: neg_samples*B*S^4) values.
+    """
+    batch = feats.shape[0]
+    coords1, coords2 = _draw_coords(batch, feature_samples, generator, feats.device)
+    draw_device = generator.device if generator is not None else feats.device
+    perms = random_derangements(neg_samples, batch, generator=generator, device=draw_device).to(feats.device)
+    f1, f2 = _sample(feats, coords1), _sample(feats_pos, coords2)
+    neg = [_feature_correlation(f1, _sample(feats[perm], coords2), pointwise) for perm in perms]
+    return {
+        "intra": _feature_correlation(f1, f1, pointwise).flatten(),
+        "inter": _feature_correlation(f1, f2, pointwise).flatten(),
+        "neg": torch.cat(neg).flatten(),
+    }
+
+
 def _sample(t: Tensor, coords: Tensor) -> Tensor:
     """Bilinear samples of t [B, C, H, W] at coords [B, S, S, 2] -> [B, C, S, S]."""
     # The reference transposes the sample grid; kept so that the same draws give the same loss.
@@ -297,11 +341,7 @@ def _term(
 ) -> tuple[Tensor, Tensor]:
     """One pair type's loss map and code correlation, both [B, S, S, S, S]."""
     with torch.no_grad():
-        fd = _correlation(f_a, f_b)
-        if pointwise:
-            old_mean = fd.mean()
-            fd = fd - fd.mean([3, 4], keepdim=True)
-            fd = fd - fd.mean() + old_mean
+        fd = _feature_correlation(f_a, f_b, pointwise)
     cd = _correlation(g_a, g_b)
     min_val = 0.0 if zero_clamp else _NO_CLAMP_MIN
     clamped = cd.clamp(min_val, _STABILIZE_MAX) if stabilize else cd.clamp(min_val)

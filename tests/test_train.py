@@ -9,6 +9,7 @@ a small features store in the layout `extract` writes (4-row chunks) and a kNN s
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -211,7 +212,9 @@ def test_train_stage_writes_model_files_and_loss_log(tmp_path):
     _write_store(store, data)
     assert knn_stage(store, knn, 3) == {"rows": 10, "k": 3}, "knn stage on the store"
     corpus = CorpusParams(root="unused", n_classes=N_CLASSES, ignore_index=IGNORE, class_names=("a", "b", "c"))
-    trained = train(store, knn, model_dir, loss_log, corpus, PARAMS, seed=5)
+    # The reference's probe (no refit after training), so the stage equals `fit` below.
+    params = dataclasses.replace(PARAMS, probe_init="random")
+    trained = train(store, knn, model_dir, loss_log, corpus, params, seed=5)
 
     assert (model_dir / "model.safetensors").is_file(), "model.safetensors missing"
     assert not (model_dir / "checkpoint.pt").exists(), "the checkpoint must be removed once the model is written"
@@ -219,13 +222,14 @@ def test_train_stage_writes_model_files_and_loss_log(tmp_path):
     expected = {
         "in_dim": 8, "n_classes": N_CLASSES, "class_names": ["a", "b", "c"], "ignore_index": IGNORE,
         "backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "resolution": 32, "seed": 5,
-        "train": params_to_dict(PARAMS), "linear_probe_trained": True,
+        "train": params_to_dict(params), "linear_probe_trained": True, "shifts_used": list(PARAMS.shifts),
+        "shifts_setting": "fixed", "selection": {"select": "last", "uses_labels": False}, "probe_init": "random",
     }
     assert info == expected, f"model.json {info}"
 
     # The stage is `fit` on the stored features: the same seed gives the same model.
     stored = load_training_data(store, knn, IGNORE, N_CLASSES)
-    reference, rows = fit(stored, N_CLASSES, PARAMS, seed=5, ignore_index=IGNORE)
+    reference, rows = fit(stored, N_CLASSES, params, seed=5, ignore_index=IGNORE)
     _assert_same_model(reference, load_model(model_dir), "model on disk")
     _assert_same_model(reference, trained, "returned model")
     with loss_log.open(newline="") as handle:

@@ -1,10 +1,11 @@
 """Dataset adapters: turn the STEGO benchmarks, in their usual on-disk layouts, into corpora.
 
 Each adapter writes `DST/images/{train,val}`, `DST/labels/{train,val}` (class-index PNGs,
-255 = unlabelled) and `DST/corpus.yaml` (the `corpus` params block), so every pipeline
-stage runs on the benchmark unchanged::
+255 = unlabelled), `DST/corpus.yaml` (the `corpus` params block) and `DST/params.yaml`: a
+complete params file, the dataset's published preset (`stego_tasks/presets/`) with the
+corpus filled in, so every pipeline stage runs on the benchmark with the paper's settings::
 
-    stego adapt cocostuff27 /data/cocostuff /data/corpora/cocostuff27
+    stego adapt cocostuff27 /data/cocostuff /data/corpora/cocostuff27 --params params.yaml
 
 | name | source layout | classes |
 |---|---|---|
@@ -17,9 +18,13 @@ stage runs on the benchmark unchanged::
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import yaml
+
+from stego_tasks import atomic
+from stego_tasks.presets import params_text
 
 from stego_tasks.adapters.cityscapes import CITYSCAPES27
 from stego_tasks.adapters.cocostuff import COCOSTUFF27
@@ -45,10 +50,22 @@ __all__ = [
     "build_lut",
     "get_adapter",
     "main_from_args",
+    "preset_for",
     "remap_labels",
+    "write_params",
 ]
 
 ADAPTERS: dict[str, DatasetAdapter] = {a.name: a for a in (COCOSTUFF27, CITYSCAPES27, POTSDAM3, POTSDAM)}
+
+# The published preset of each benchmark per backbone (reference doc sections 5, 9 and 11);
+# the first one listed is the default.
+PRESETS_FOR: dict[str, dict[str, str]] = {
+    "cocostuff27": {"vits8": "cocostuff27_vits8", "vitb8": "cocostuff27_vitb8"},
+    "cityscapes27": {"vitb8": "cityscapes27_vitb8"},
+    "potsdam3": {"vits8": "potsdam3_vits8"},
+    "potsdam": {"vits8": "potsdam3_vits8"},
+}
+PARAMS_FILE = "params.yaml"
 
 
 LAYOUT_HELP = """\
@@ -88,9 +105,59 @@ def adapt(name: str, src: str | Path, dst: str | Path, *, unlabelled_train: bool
         unlabelled_train: add the unlabelled training images (Potsdam adapters only).
 
     Returns:
-        AdaptSummary, whose `params` are the corpus params to set (also in DST/corpus.yaml).
+        AdaptSummary, whose `params` are the corpus params (also in DST/corpus.yaml; the complete
+        params file of the dataset's default preset is DST/params.yaml).
     """
-    return get_adapter(name)(Path(src), Path(dst), unlabelled_train=unlabelled_train)
+    summary = get_adapter(name)(Path(src), Path(dst), unlabelled_train=unlabelled_train)
+    write_params(name, dst)
+    return summary
+
+
+def preset_for(name: str, backbone: str | None = None) -> str:
+    """The preset of benchmark `name` for `backbone` ("vits8" / "vitb8"; None: its default).
+
+    Raises:
+        ValueError: no published setting for that pair.
+    """
+    choices = PRESETS_FOR[get_adapter(name).name]
+    if backbone is None:
+        return next(iter(choices.values()))
+    if backbone not in choices:
+        raise ValueError(
+            f"STEGO published no {name} setting for {backbone}; use --backbone {' or '.join(choices)}."
+        )
+    return choices[backbone]
+
+
+def write_params(name: str, dst: str | Path, backbone: str | None = None, out: str | Path | None = None) -> Path:
+    """Write the complete params file of an adapted corpus: its preset with the corpus block filled in.
+
+    Args:
+        name: the adapter.
+        dst: the adapted corpus root (its absolute path goes into `corpus.root`).
+        backbone: "vits8" / "vitb8", or None for the dataset's default.
+        out: where to write; default DST/params.yaml. An existing file elsewhere is kept as
+            `<out>.bak` before it is replaced, so no setting of the user's is lost.
+
+    Returns:
+        The path written.
+    """
+    adapter = get_adapter(name)
+    preset = preset_for(name, backbone)
+    header = (
+        f"Written by `stego adapt {name}` from preset {preset} (stego_tasks/presets/{preset}.yaml).\n"
+        "Every value is an ordinary param: change it here or with `dvc exp run -S block.key=value`."
+    )
+    text = params_text(preset, adapter.params.as_block(Path(dst)), header)
+    target = Path(out) if out is not None else Path(dst) / PARAMS_FILE
+    if target.is_dir():
+        raise ValueError(f"--params {target} is a folder; pass the params file to write, e.g. {target / PARAMS_FILE}.")
+    if target.is_file() and target.read_text(encoding="utf-8") == text:
+        return target  # a rerun leaves an up-to-date file alone, so DVC sees no change
+    if target.is_file() and out is not None:
+        os.replace(target, target.with_name(target.name + ".bak"))
+    atomic.write_text(target, text)
+    return target
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +169,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dst", type=Path, metavar="DST", help="output corpus root (new, empty, or an earlier output)")
     parser.add_argument("--unlabelled-train", action="store_true",
                         help="Potsdam: add the ids of unlabelled_train.txt to the training split")
+    parser.add_argument("--backbone", choices=["vits8", "vitb8"], default=None,
+                        help="which published setting: cocostuff27 has vits8 (default) and vitb8; cityscapes27 vitb8; potsdam vits8")
+    parser.add_argument("--params", type=Path, default=None, metavar="FILE",
+                        help="also write the complete params file here (e.g. params.yaml; an existing one is kept as FILE.bak)")
 
 
 def main_from_args(args: argparse.Namespace) -> int:
@@ -116,7 +187,11 @@ def main_from_args(args: argparse.Namespace) -> int:
     Returns:
         0 when every listed image was written, 2 when some were skipped as unreadable.
     """
+    preset_for(args.name, args.backbone)  # refuse an unpublished pair before any file is written
     summary = adapt(args.name, args.src, args.dst, unlabelled_train=args.unlabelled_train)
+    written = [write_params(args.name, args.dst, args.backbone)] if args.backbone else [Path(args.dst) / PARAMS_FILE]
+    if args.params is not None:
+        written.append(write_params(args.name, args.dst, args.backbone, args.params))
     images = ", ".join(f"{n} {s}" for s, n in summary.n_images.items())
     labels = ", ".join(f"{n} {s}" for s, n in summary.n_labels.items())
     print(
@@ -129,5 +204,6 @@ def main_from_args(args: argparse.Namespace) -> int:
     if len(summary.failed) > 10:
         print(f"  ... and {len(summary.failed) - 10} more skipped")
     block = yaml.safe_dump({"corpus": summary.params.as_block(args.dst)}, sort_keys=False, width=1000)
-    print(f"Set these params (also in {Path(args.dst) / CORPUS_FILE}):\n{block}", end="")
+    print(f"Corpus params (also in {Path(args.dst) / CORPUS_FILE}):\n{block}", end="")
+    print(f"Complete params with preset {preset_for(args.name, args.backbone)}: {', '.join(map(str, written))}")
     return 2 if summary.failed else 0

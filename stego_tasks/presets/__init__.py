@@ -1,0 +1,69 @@
+"""Published STEGO settings as data: one YAML params file per dataset and backbone.
+
+Each `<name>.yaml` here is a complete `params.yaml` but for the corpus location, with a
+comment on every value saying where in the reference code or paper it comes from. A run
+gets a preset by writing it out as its params file (`stego adapt` does so for the
+benchmarks), so DVC sees every effective value as an ordinary param and a changed value
+re-runs exactly the stages that read it; the top-level `preset` key only names the source
+and is recorded in the metrics and the report.
+"""
+
+from __future__ import annotations
+
+import re
+from importlib import resources
+from typing import Any
+
+import yaml
+
+DEFAULT_PRESET = "custom"
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets, sorted (e.g. "cocostuff27_vits8", "custom")."""
+    return sorted(
+        entry.name[: -len(".yaml")] for entry in resources.files(__name__).iterdir() if entry.name.endswith(".yaml")
+    )
+
+
+def preset_text(name: str) -> str:
+    """The preset file's text, comments included.
+
+    Raises:
+        ValueError: unknown preset name.
+    """
+    if name not in list_presets():
+        raise ValueError(f"unknown preset {name!r}; use one of {list_presets()}.")
+    return resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """The preset as a params mapping (blocks of keys to values)."""
+    return yaml.safe_load(preset_text(name))
+
+
+def params_text(name: str, corpus: dict[str, Any], header: str = "") -> str:
+    """A complete params.yaml for preset `name` with `corpus` as its corpus block.
+
+    The preset's own comments are kept; its `corpus` block (class count, ignore index) is
+    merged under `corpus`, whose values win.
+
+    Args:
+        name: a preset from `list_presets()`.
+        corpus: the corpus block (root, n_classes, ignore_index, class_names, demo).
+        header: comment lines to put first (without the leading "# ").
+
+    Returns:
+        YAML text that `stego_tasks.config.load_params` reads.
+    """
+    text = preset_text(name)
+    merged = {**(load_preset(name).get("corpus") or {}), **corpus}
+    block = yaml.safe_dump({"corpus": merged}, sort_keys=False, default_flow_style=None).rstrip("\n")
+    # The corpus block runs from its key to the next blank line.
+    pattern = re.compile(r"^corpus:\n(?:[ #].*\n)*", re.MULTILINE)
+    if pattern.search(text):
+        text = pattern.sub(block + "\n", text, count=1)
+    else:
+        text = re.sub(r"^(seed: .*\n)", lambda m: m.group(1) + "\n" + block + "\n", text, count=1, flags=re.MULTILINE)
+    lines = "".join(f"# {line}\n" for line in header.splitlines())
+    return lines + text
