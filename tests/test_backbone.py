@@ -93,7 +93,10 @@ def test_registry_entries_match_timm(name: str) -> None:
         f"{name}: table dim {spec.embed_dim}, timm {model.embed_dim}"
     )
     hub_id = timm.models.get_pretrained_cfg(spec.timm_name).hf_hub_id
-    assert spec.hf_repo == hub_id, f"{name}: table repo {spec.hf_repo}, timm {hub_id}"
+    if spec.weights_url is None:
+        assert spec.hf_repo == hub_id, f"{name}: table repo {spec.hf_repo}, timm {hub_id}"
+    else:  # weights timm does not host come from their official URL, never from timm's repo
+        assert spec.hf_repo is None, f"{name}: a URL entry must not look in {spec.hf_repo}"
     assert name in list_backbones(), f"{name} missing from list_backbones()"
 
 
@@ -339,3 +342,78 @@ def test_normalize_against_manual_values() -> None:
     )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         normalize(images.float())
+
+
+# --- dino_vits8_300ep: STEGO's own ViT-S/8, from DINO's download URL -----------------------
+
+OFFICIAL_300EP = "dino_deitsmall8_300ep_pretrain.pth"
+
+
+@pytest.fixture
+def vits8_300ep_state() -> dict[str, torch.Tensor]:
+    """A random ViT-S/8 saved as DINO's official backbone file (a plain state dict)."""
+    torch.manual_seed(3)
+    model = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0).eval()
+    return _official_dino(model)
+
+
+def _features_of(state: dict[str, torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    model = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0, img_size=32).eval()
+    state = dict(state, pos_embed=timm.layers.resample_abs_pos_embed(state["pos_embed"], (4, 4), num_prefix_tokens=1))
+    model.load_state_dict(state)
+    return _reference_patches(model, images)
+
+
+def test_300ep_name_loads_the_named_local_file(vits8_300ep_state, tmp_path: Path) -> None:
+    path = tmp_path / OFFICIAL_300EP
+    torch.save(vits8_300ep_state, path)
+    backbone = create_backbone("dino_vits8_300ep", weights=path)
+    assert (backbone.patch_size, backbone.embed_dim) == (8, 384)
+    assert backbone.mean == (0.485, 0.456, 0.406), "DINO weights expect ImageNet normalisation"
+    images = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(backbone(images), _features_of(vits8_300ep_state, images), atol=1e-5, rtol=1e-5)
+
+
+def test_300ep_auto_finds_the_file_in_torch_hub_cache(vits8_300ep_state, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(vits8_300ep_state, cache / OFFICIAL_300EP)
+    backbone = create_backbone("dino_vits8_300ep")
+    assert backbone.weights_source == "hub-cache", backbone.weights_source
+    images = torch.randn(1, 3, 32, 32)
+    torch.testing.assert_close(backbone(images), _features_of(vits8_300ep_state, images), atol=1e-5, rtol=1e-5)
+
+
+def test_300ep_downloads_from_the_official_url_when_online(vits8_300ep_state, tmp_path: Path, monkeypatch) -> None:
+    import stego_tasks.official_weights as official
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    calls = []
+
+    def fake_download(url: str, dst: str, progress: bool = True) -> None:
+        calls.append(url)
+        torch.save(vits8_300ep_state, dst)
+
+    monkeypatch.setattr(official, "_reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    backbone = create_backbone("dino_vits8_300ep")
+    assert calls == [backbone_module.DINO_VITS8_300EP_URL], calls
+    assert calls[0].endswith("/" + OFFICIAL_300EP)
+    assert backbone.weights_source == "hub-download"
+    assert (tmp_path / "torch" / "hub" / "checkpoints" / OFFICIAL_300EP).is_file(), "the download lands in the hub cache"
+
+
+def test_300ep_missing_offline_names_the_file_the_cache_and_the_url(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("offline mode must not try to download")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    with pytest.raises(WeightsNotFoundError) as info:
+        create_backbone("dino_vits8_300ep")
+    message = str(info.value)
+    for needle in (OFFICIAL_300EP, str(tmp_path / "torch" / "hub" / "checkpoints"), "dl.fbaipublicfiles.com", "offline"):
+        assert needle in message, f"{needle!r} missing from: {message}"

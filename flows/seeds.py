@@ -1,0 +1,72 @@
+"""`stego seeds N`: the pipeline once per seed, each a DVC experiment, then mean ± sd over them.
+
+    stego seeds 5                 # seeds 0..4 as experiments seed-0 .. seed-4
+    stego seeds 3 --first 10      # seeds 10, 11, 12
+
+Each run is `dvc exp run -S seed=<s> --name seed-<s>`: DVC re-runs only what the seed
+changes (train, cluster and the stages after them; extraction and kNN stay cached) and keeps
+every run as an experiment (`dvc exp show`). The table goes to `metrics/seeds.json` and into
+the report; the workspace is left at the last seed's experiment, as `dvc exp run` leaves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from stego_tasks import atomic
+from stego_tasks.seeds import aggregate, format_table
+
+
+def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", out: Path = Path("metrics/seeds.json")) -> dict:
+    """Run one DVC experiment per seed in `repo` and write the mean ± sd table to `out`.
+
+    Args:
+        seeds: the seeds, in order.
+        repo: the DVC project.
+        prefix: experiment names are `<prefix>-<seed>`.
+        out: the JSON table, relative to `repo`.
+
+    Returns:
+        The `stego_tasks.seeds.aggregate` mapping.
+
+    Raises:
+        RuntimeError: a run failed (its output is shown; the finished runs are kept).
+    """
+    env = dict(os.environ, DVC_NO_ANALYTICS="1")
+    # Stage commands call `stego`: make sure this interpreter's bin folder is on PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    runs = []
+    for seed in seeds:
+        print(f"stego seeds: seed {seed} ({len(runs) + 1} of {len(seeds)})", flush=True)
+        command = ["dvc", "exp", "run", "-S", f"seed={seed}", "--name", f"{prefix}-{seed}"]
+        result = subprocess.run(command, cwd=repo, env=env, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); "
+                               f"the {len(runs)} finished seed(s) are kept as experiments.")
+        scores = json.loads((repo / "metrics" / "scores.json").read_text(encoding="utf-8"))
+        runs.append((seed, scores))
+    summary = aggregate(runs)
+    atomic.write_json(repo / out, summary)
+    return summary
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `stego seeds` arguments."""
+    parser.add_argument("n", type=int, metavar="N", help="number of seeds")
+    parser.add_argument("--first", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("--prefix", default="seed", help="experiment name prefix (default: seed)")
+
+
+def main_from_args(args: argparse.Namespace) -> int:
+    """Run `stego seeds` from parsed arguments and print the table."""
+    if args.n < 1:
+        raise ValueError(f"stego seeds needs N >= 1 seeds, got {args.n}.")
+    summary = run_seeds(list(range(args.first, args.first + args.n)), prefix=args.prefix)
+    print(format_table(summary))
+    print("written to metrics/seeds.json (and shown by `stego report`)")
+    return 0

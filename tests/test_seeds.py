@@ -1,0 +1,34 @@
+"""Tests for stego_tasks.seeds (mean ± sd over seeds) and the `stego seeds` runner's bookkeeping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stego_tasks.seeds import aggregate, format_table, mean_sd
+
+RUNS = [
+    (0, {"cluster": {"accuracy": 50.0, "miou": 20.0}, "kmeans": {"accuracy": 30.0, "miou": 10.0}}),
+    (1, {"cluster": {"accuracy": 54.0, "miou": 26.0}, "kmeans": {"accuracy": 30.0, "miou": 10.0}}),
+    (2, {"cluster": {"accuracy": 58.0, "miou": 23.0}, "kmeans": {"accuracy": 33.0, "miou": None}}),
+]
+
+
+def test_mean_and_sample_sd_equal_numpy() -> None:
+    summary = aggregate(RUNS)
+    for method in ("cluster", "kmeans"):
+        for metric in ("accuracy", "miou"):
+            values = [s[method][metric] for _, s in RUNS if s[method][metric] is not None]
+            entry = summary["methods"][method][metric]
+            assert entry["mean"] == pytest.approx(np.mean(values), abs=1e-4), (method, metric)
+            assert entry["sd"] == pytest.approx(np.std(values, ddof=1), abs=1e-4), (method, metric)
+            assert entry["n"] == len(values)
+    assert summary["seeds"] == [0, 1, 2] and summary["n_runs"] == 3
+    assert "linear" not in summary["methods"], "a method no run scored has no row"
+
+
+def test_one_seed_has_no_sd_and_the_table_says_so() -> None:
+    assert mean_sd([42.0]) == {"mean": 42.0, "sd": None, "n": 1}
+    text = format_table(aggregate(RUNS[:1]))
+    assert "50.0" in text and "±" not in text.splitlines()[2]
+    assert "cluster" in format_table(aggregate(RUNS)) and "54.0 ± 4.0" in format_table(aggregate(RUNS))
