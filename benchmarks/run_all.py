@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("crf", "knn", "extract", "train", "dvc")
+BENCHMARKS = ("crf", "knn", "extract", "train", "dvc", "integrity")
 QUICK = {
     "crf": ["--images", "32", "--repeats", "2"],
     "knn": ["--sizes", "10000", "--repeats", "2"],
     "extract": ["--repeats", "2"],
     "train": ["--resolution", "112", "--repeats", "2", "--steps", "5", "--rss-crops", "128"],
     "dvc": ["--repeats", "2", "--change-repeats", "1"],
+    "integrity": ["--crops", "80", "--repeats", "2"],
 }
 
 

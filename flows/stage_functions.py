@@ -11,6 +11,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.atomic import check_folder_output
 from stego_tasks.config import load_params
 
 
@@ -42,6 +43,8 @@ def extract(params_path: str, manifest: str, features: str, runner: Any = None) 
     from stego_tasks.extract import extract as run
 
     params = load_params(params_path)
+    # The store is updated in place (resumable): never inside a folder that is not one.
+    check_folder_output(features, ("zarr",), "a features store (Zarr)")
     summary = run(Path(manifest), Path(features), params.corpus, params.backbone, params.extract, params.dask, runner)
     return dataclasses.asdict(summary)
 
@@ -53,12 +56,19 @@ def knn(params_path: str, features: str, knn: str) -> dict[str, Any]:
     return knn_stage(Path(features), Path(knn), load_params(params_path).knn.k)
 
 
-def train(params_path: str, features: str, knn: str, model: str, loss_log: str, resume: bool = False) -> dict[str, Any]:
+def train(
+    params_path: str, features: str, knn: str, model: str, loss_log: str, resume: bool = False,
+    shift_stats: str = "plots/shift_stats.csv",
+) -> dict[str, Any]:
     """Train head and probes from stored features."""
     from stego_tasks.train import train as run
 
     params = load_params(params_path)
-    trained = run(Path(features), Path(knn), Path(model), Path(loss_log), params.corpus, params.train, params.seed, resume=resume)
+    check_folder_output(model, ("model",), "a model folder (model.json, checkpoint.pt)")
+    trained = run(
+        Path(features), Path(knn), Path(model), Path(loss_log), params.corpus, params.train, params.seed,
+        resume=resume, shift_stats=Path(shift_stats),
+    )
     return {"in_dim": trained.info["in_dim"], "steps": params.train.steps}
 
 
@@ -92,5 +102,5 @@ def evaluate(
     params = load_params(params_path)
     return run(
         Path(features), Path(predictions), Path(crf_out), Path(scores), Path(per_class), Path(confusion),
-        Path(overlays), params.corpus, params.evaluate, Path(assignment),
+        Path(overlays), params.corpus, params.evaluate, Path(assignment), preset=params.preset,
     )

@@ -1,12 +1,18 @@
 """Crash-safe writes: everything goes to a temporary sibling, then is renamed into place.
 
 A stage killed half-way therefore never leaves a truncated artifact that DVC could cache.
+
+Nothing is replaced that a stego command did not write: a file may replace a file (a
+rerun), and a folder may replace only a folder of the same kind that this project wrote
+(a Zarr store, evaluate's overlay panels, a folder carrying `MARKER`) or an empty one. An
+output path naming any other existing folder is refused with one sentence, before any work.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -14,13 +20,137 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+# A folder holding this file (JSON naming its writer) is one a stego command wrote.
+MARKER = ".stego-artifact.json"
+# evaluate's overlay panels: 0000.png, 0001.png, ... and nothing else.
+_OVERLAY_PANEL = re.compile(r"\d{4}\.png")
+_KIND_WORDS = {
+    "empty": "an empty folder",
+    "zarr": "a Zarr store",
+    "overlays": "overlay panels (NNNN.png)",
+    "model": "a trained model (model.json / checkpoint.pt)",
+}
+
+
+def folder_kind(path: Path) -> str | None:
+    """What a folder holds, as far as replacing it goes.
+
+    Args:
+        path: an existing folder.
+
+    Returns:
+        "empty", "zarr" (a Zarr store: its `zarr.json`), "model" (train's model folder),
+        "marked:<writer>" (a folder carrying `MARKER`), "overlays" (evaluate's numbered PNG
+        panels), or None for anything else: a folder stego did not write.
+    """
+    if (path / "zarr.json").is_file():
+        return "zarr"
+    if (path / MARKER).is_file():
+        try:
+            writer = json.loads((path / MARKER).read_text(encoding="utf-8")).get("writer")
+        except (OSError, ValueError, AttributeError):
+            writer = None
+        return f"marked:{writer}"
+    if any((path / name).is_file() for name in ("model.json", "model.safetensors", "checkpoint.pt")):
+        return "model"
+    entries = list(path.iterdir())
+    if not entries:
+        return "empty"
+    if all(_OVERLAY_PANEL.fullmatch(entry.name) and entry.is_file() for entry in entries):
+        return "overlays"
+    return None
+
+
+def check_folder_output(path: str | Path, kinds: tuple[str, ...], what: str) -> None:
+    """Refuse a folder output updated in place (features store, model folder) that holds something else.
+
+    Args:
+        path: the output folder.
+        kinds: `folder_kind` values it may already have (an empty folder always may).
+        what: the output in words, e.g. "a features store".
+
+    Raises:
+        ValueError: `path` is a file, or a folder of another kind (one sentence).
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{path} is a file, but {what} is a folder; pass another path (or move the file away).")
+    if path.is_dir() and folder_kind(path) not in (*kinds, "empty"):
+        raise ValueError(
+            f"{path} is an existing folder that does not hold {what}; refusing to write into it: pass a new "
+            f"path, or that of {what} stego wrote."
+        )
+
+
+def write_marker(folder: Path, writer: str, **details: Any) -> None:
+    """Mark `folder` as written by `writer` (e.g. "stego predict"), so a rerun may replace it."""
+    write_json(Path(folder) / MARKER, {"writer": writer, **details})
+
+
+def _words(kind: str) -> str:
+    return _KIND_WORDS.get(kind, f"the output of {kind.partition(':')[2] or 'a stego command'}")
+
+
+def _refuse_existing(target: Path) -> None:
+    """Raise ValueError when `target` is a folder (or a link to one) no stego output may replace."""
+    if target.is_symlink() and target.is_dir():
+        raise ValueError(
+            f"{target} is a link to the folder {os.path.realpath(target)}; refusing to replace it: "
+            "pass a path that does not exist yet, or a file."
+        )
+    if target.is_dir() and folder_kind(target) is None:
+        raise ValueError(
+            f"{target} is an existing folder that stego did not write; refusing to replace it with this output: "
+            "pass a new path (e.g. a file name inside that folder), or move the folder away first."
+        )
+
+
+def _refuse_mismatch(target: Path, tmp: Path) -> None:
+    """Raise ValueError when the new output `tmp` is not the kind of thing `target` holds."""
+    if target.is_symlink() and tmp.is_dir():
+        raise ValueError(f"{target} is a link, not a folder; refusing to replace it with a folder: pass another path.")
+    if target.is_symlink() or not target.exists():
+        return  # nothing there, or a link (to a file) that the rename replaces, not follows
+    if target.is_dir() and not tmp.is_dir():
+        raise ValueError(
+            f"{target} is a folder ({_words(folder_kind(target) or '')}) but this output is a file; refusing to "
+            "replace the folder: pass a file path (e.g. a file name inside that folder), or remove the folder yourself."
+        )
+    if tmp.is_dir() and not target.is_dir():
+        raise ValueError(
+            f"{target} is an existing file but this output is a folder; refusing to replace the file: "
+            "pass another path, or remove the file yourself."
+        )
+    if tmp.is_dir():
+        old, new = folder_kind(target), folder_kind(tmp)
+        if not (old == "empty" or old == new or (old == "overlays" and new == "empty")):
+            raise ValueError(
+                f"{target} holds {_words(old or '')}, which this output ({_words(new or 'empty')}) would replace; "
+                "refusing: pass another path, or remove it yourself."
+            )
+
+
+def make_parent(target: Path) -> None:
+    """Create the folder `target` goes in; one sentence (ValueError) when a file stands in the way."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in [target.parent, *target.parent.parents] if p.exists() and not p.is_dir()), target.parent)
+        raise ValueError(
+            f"cannot create the folder {target.parent} for {target}: {blocker} is a file; pass another path."
+        ) from None
+
 
 @contextmanager
 def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path beside `target`; rename it onto `target` on success.
 
-    Works for files and for directories (a directory target is replaced whole).
-    On an exception the temporary path is removed and `target` is left untouched.
+    Works for files and for directories. An existing file is replaced by a file; an
+    existing folder only by a folder of the same kind that stego wrote (`folder_kind`) or
+    when it is empty. An existing folder stego did not write, or a link to a folder, is
+    refused before the caller does any work; a file/folder mismatch is refused after it,
+    and in both cases the existing path is left exactly as it was. On an exception the
+    temporary path is removed and `target` is left untouched.
 
     Args:
         target: final path of the artifact.
@@ -28,9 +158,13 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
 
     Yields:
         The temporary path to write to (it does not exist yet).
+
+    Raises:
+        ValueError: one sentence, when `target` is not this output's to replace.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _refuse_existing(target)
+    make_parent(target)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     tmp = Path(tmp_name)
@@ -41,6 +175,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
             # Flush to disk before the rename, so a power cut cannot leave an empty file.
             with open(tmp, "rb+") as handle:
                 os.fsync(handle.fileno())
+        _refuse_mismatch(target, tmp)
         if target.is_dir() and not target.is_symlink():
             shutil.rmtree(target)
         os.replace(tmp, target)

@@ -21,6 +21,8 @@ import torch
 from timm.models import vision_transformer as timm_vit
 from torch import Tensor, nn
 
+from stego_tasks.pos_embed import use_dino_pos_embed
+
 __all__ = [
     "BACKBONES",
     "IMAGENET_MEAN",
@@ -57,6 +59,8 @@ class BackboneSpec:
         patch_size: Side of a square patch in pixels.
         embed_dim: Channels C of the output features.
         hf_repo: Hugging Face repo holding timm's weights, or None when timm has none.
+        weights_url: Official download address of weights timm does not host (DINO's own
+            releases), looked up in torch's hub cache; None for hub-hosted weights.
     """
 
     name: str
@@ -64,11 +68,16 @@ class BackboneSpec:
     patch_size: int
     embed_dim: int
     hf_repo: str | None
+    weights_url: str | None = None
 
 
 def _entry(name: str, timm_name: str, patch_size: int, embed_dim: int) -> BackboneSpec:
     return BackboneSpec(name, timm_name, patch_size, embed_dim, f"timm/{timm_name}")
 
+
+DINO_VITS8_300EP_URL = (
+    "https://dl.fbaipublicfiles.com/dino/dino_deitsmall8_300ep_pretrain/dino_deitsmall8_300ep_pretrain.pth"
+)
 
 _DINOV2_SIZES = {
     "s": ("small", 384),
@@ -84,6 +93,9 @@ BACKBONES: dict[str, BackboneSpec] = {
         _entry("dino_vits16", "vit_small_patch16_224.dino", 16, 384),
         _entry("dino_vitb8", "vit_base_patch8_224.dino", 8, 768),
         _entry("dino_vitb16", "vit_base_patch16_224.dino", 16, 768),
+        # STEGO's own ViT-S/8 (reference doc section 11): the 300-epoch DINO release, which
+        # timm does not host. The `.dino` tag only supplies DINO's ImageNet mean and std.
+        BackboneSpec("dino_vits8_300ep", "vit_small_patch8_224.dino", 8, 384, None, DINO_VITS8_300EP_URL),
         *[
             _entry(f"dinov2_vit{s}14", f"vit_{size}_patch14_dinov2.lvd142m", 14, dim)
             for s, (size, dim) in _DINOV2_SIZES.items()
@@ -168,6 +180,7 @@ class Backbone(nn.Module):
         self.embed_dim = spec.embed_dim
         self.hf_repo = spec.hf_repo
         self.weights_source = weights_source
+        self.pos_embed = "timm"
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.mean: tuple[float, ...] = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.std: tuple[float, ...] = tuple(cfg.get("std", IMAGENET_STD))
@@ -219,7 +232,7 @@ class Backbone(nn.Module):
         return patches.reshape(b, h // p, w // p, -1).permute(0, 3, 1, 2).contiguous()
 
 
-def create_backbone(name: str, weights: str | Path = "auto") -> Backbone:
+def create_backbone(name: str, weights: str | Path = "auto", pos_embed: str = "timm") -> Backbone:
     """Build a frozen backbone and load its weights.
 
     Args:
@@ -228,6 +241,10 @@ def create_backbone(name: str, weights: str | Path = "auto") -> Backbone:
         weights: A local checkpoint path (DINO / DINOv2 official ``.pth``, timm ``.pth`` or
             ``.safetensors``), ``"auto"`` (hub cache, then hub download unless offline), or
             ``"random"`` (random initialisation, with a warning).
+        pos_embed: How the position table is resampled at a non-native input size:
+            ``"timm"`` (timm's antialiased bicubic to the exact grid) or ``"dino"`` (the
+            DINO reference code's `scale_factor` bicubic; DINO v1 layouts only, see
+            `stego_tasks.pos_embed`).
 
     Returns:
         The frozen `Backbone`, in eval mode, its `weights_source` saying where weights came from.
@@ -241,7 +258,7 @@ def create_backbone(name: str, weights: str | Path = "auto") -> Backbone:
         msg = f"Backbone {spec.name} uses RANDOM weights (weights='random'); its features mean nothing."
         warnings.warn(msg, UserWarning, stacklevel=2)
         logger.warning(msg)
-        return Backbone(spec, _build_model(spec.timm_name), "random")
+        return _with_pos_embed(Backbone(spec, _build_model(spec.timm_name), "random"), pos_embed)
     if isinstance(weights, str) and weights == "auto":
         state_dict, source = _state_dict_from_hub(spec)
     else:
@@ -255,7 +272,16 @@ def create_backbone(name: str, weights: str | Path = "auto") -> Backbone:
     with torch.device("meta"):  # skip the random init: every tensor comes from the checkpoint
         model = _build_model(spec.timm_name)
     _load_into(model, state_dict, f"{spec.name} from {source}")
-    return Backbone(spec, model, source)
+    return _with_pos_embed(Backbone(spec, model, source), pos_embed)
+
+
+def _with_pos_embed(backbone: Backbone, pos_embed: str) -> Backbone:
+    if pos_embed == "dino":
+        use_dino_pos_embed(backbone.model)
+    elif pos_embed != "timm":
+        raise ValueError(f"pos_embed must be 'timm' or 'dino', got {pos_embed!r}.")
+    backbone.pos_embed = pos_embed
+    return backbone
 
 
 def _build_model(timm_name: str) -> nn.Module:
@@ -299,22 +325,40 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
 
     Returns:
         Mapping from parameter name to tensor, in the file's own key format.
+
+    Raises:
+        ValueError: one sentence naming the file, for a truncated, corrupt or foreign file,
+            or one holding pickled objects other than tensors.
     """
     path = Path(path)
+    redo = "download it again, or pass another checkpoint (backbone.weights, or --weights for stego predict)"
     if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        return load_file(str(path), device="cpu")
+        try:
+            return load_file(str(path), device="cpu")
+        except SafetensorError as error:
+            raise ValueError(f"{path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
     try:
         # DINO's training checkpoints store their argparse Namespace beside the weights; it is
         # plain data, so allow that one class and nothing else.
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message invites weights_only=False, which would run arbitrary code.
+    except (FileNotFoundError, PermissionError, IsADirectoryError):
+        raise
+    except pickle.UnpicklingError as error:
+        if "unsupported global" in str(error).lower():
+            # torch's own message invites weights_only=False, which would run arbitrary code.
+            raise ValueError(
+                f"Refused to load {str(path)!r}: it holds pickled objects other than tensors and "
+                "containers; re-save only the state dict (or use .safetensors) from a source you trust."
+            ) from None
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint); {redo}.") from None
+    except Exception as error:  # noqa: BLE001 - EOFError, KeyError, RuntimeError...: all mean a broken file
+        reason = "the file is empty" if path.stat().st_size == 0 else "truncated or not a checkpoint"
         raise ValueError(
-            f"Refused to load {str(path)!r}: it holds pickled objects other than tensors and "
-            "containers; re-save only the state dict (or use .safetensors) from a source you trust."
+            f"{path}: not a readable PyTorch checkpoint ({reason}; {type(error).__name__}); {redo}."
         ) from None
     return _unwrap(obj, path)
 
@@ -332,7 +376,11 @@ def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
         raise ValueError(
             f"Checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state dict of tensors."
         )
-    state_dict = {k: v for k, v in obj.items() if isinstance(v, Tensor)}
+    state_dict = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
+    if not state_dict:
+        raise ValueError(
+            f"Checkpoint {str(path)!r} holds no tensors under parameter names; pass a state dict of the backbone."
+        )
     for prefix in _KEY_PREFIXES:
         # A DINO training dict mixes 'backbone.*' with the projection 'head.*': keep the backbone.
         if any(k.startswith(prefix) for k in state_dict):
@@ -410,9 +458,27 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
+def _state_dict_from_url(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
+    from stego_tasks.official_weights import find_or_download, hub_checkpoint_dir
+
+    assert spec.weights_url is not None
+    path, source, reason = find_or_download(spec.weights_url)
+    if path is not None:
+        return read_checkpoint(path), source
+    filename = spec.weights_url.rsplit("/", 1)[-1]
+    raise WeightsNotFoundError(
+        f"No weights for backbone {spec.name} ({reason}): pass the local file {filename} as weights "
+        f"(backbone.weights in params.yaml, --weights for stego predict), put it in torch's hub cache "
+        f"{hub_checkpoint_dir()}, or go online so it can be downloaded from {spec.weights_url} "
+        "(weights 'random' runs on random weights, for smoke tests only)."
+    )
+
+
 def _state_dict_from_hub(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
+    if spec.weights_url is not None:
+        return _state_dict_from_url(spec)
     cache_dir = _hub_cache_dir()
     if spec.hf_repo is not None:
         for filename in _HUB_FILENAMES:

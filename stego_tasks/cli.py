@@ -25,6 +25,7 @@ DEFAULTS: dict[str, str] = {
     "knn": str(ARTIFACTS / "knn.zarr"),
     "model": str(ARTIFACTS / "model"),
     "loss_log": "plots/train_loss.csv",
+    "shift_stats": "plots/shift_stats.csv",
     "predictions": str(ARTIFACTS / "predictions.zarr"),
     "crf_out": str(ARTIFACTS / "crf.zarr"),
     "scores": "metrics/scores.json",
@@ -40,11 +41,50 @@ STAGES: dict[str, tuple[str, list[str]]] = {
     "validate": ("Check the manifest and label masks with Great Expectations; write a result JSON.", ["manifest", "validation"]),
     "extract": ("Run the frozen backbone over the manifest's images; write features to a Zarr store.", ["manifest", "features"]),
     "knn": ("Read pooled training features; write the faiss top-k neighbour graph to a Zarr store.", ["features", "knn"]),
-    "train": ("Read stored features and the kNN graph; write the head + probes and the loss log.", ["features", "knn", "model", "loss_log"]),
+    "train": ("Read stored features and the kNN graph; write the head + probes, the loss log and the shift diagnostics.", ["features", "knn", "model", "loss_log", "shift_stats"]),
     "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
     "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
     "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment"]),
 }
+
+
+# Errors a user can fix (a bad path, params value, file): one sentence, exit status 2.
+USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError, ConnectionError, PermissionError)
+
+
+class _UserErrorConsoleFilter(logging.Filter):
+    """Keeps a user error off Prefect's console, where the CLI prints it as one sentence.
+
+    Drops the flow and task engines' records that carry a user error (with its traceback)
+    and the "Finished in state Failed(...)" lines that repeat it. Only console handlers get
+    this filter: the flow run's logs in the Prefect API (and UI) keep the traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
+            return True
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, USER_ERRORS):
+            self.seen.append(str(error))
+            return False
+        if not self.seen:
+            return True
+        text = record.getMessage()
+        return not (text.startswith("Finished in state Failed") or any(seen and seen in text for seen in self.seen))
+
+
+def _quiet_user_errors_on_console() -> None:
+    """Add `_UserErrorConsoleFilter` to the console handlers Prefect configured (after `import prefect`)."""
+    console_filter = _UserErrorConsoleFilter()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and not any(
+            isinstance(f, _UserErrorConsoleFilter) for f in handler.filters
+        ):
+            handler.addFilter(console_filter)
 
 
 # Commands outside the pipeline: (help, module providing add_arguments / main_from_args).
@@ -63,6 +103,11 @@ TOOLS: dict[str, tuple[str, str]] = {
         "Refit the cluster probe for several K on a trained run's stored codes (reads artifacts/model and "
         "artifacts/features.zarr); writes PREFIX.json and PREFIX.png (unsupervised criterion and mIoU vs K).",
         "stego_tasks.sweep",
+    ),
+    "seeds": (
+        "Run the pipeline for N seeds as DVC experiments (dvc exp run -S seed=...) and write mean ± sd of "
+        "every method's accuracy and mIoU to metrics/seeds.json (also shown in the report).",
+        "flows.seeds",
     ),
     "report": (
         "Write one self-contained HTML page for a run (metrics, IoU bars, confusion, losses, overlays, quarantine).",
@@ -111,7 +156,12 @@ def _run_stage(stage: str, args: argparse.Namespace) -> Any:
         from flows import stage_functions
 
         return getattr(stage_functions, stage)(**kwargs)
+    from stego_tasks.config import load_params
+
+    load_params(args.params)  # a bad params file is refused before a flow run starts
     module = importlib.import_module(f"flows.{stage}")
+    if not os.environ.get("STEGO_DEBUG"):
+        _quiet_user_errors_on_console()
     return getattr(module, f"{stage}_flow")(**kwargs)
 
 
@@ -150,12 +200,15 @@ def main(argv: list[str] | None = None) -> int:
                 from flows.stego import stego_flow
 
                 stego_flow(record=not args.no_record)
+            from stego_tasks.run_summary import summary_from_files
+
+            print(summary_from_files(DEFAULTS["scores"], "reports/report.html"))
         else:
             _run_stage(args.command, args)
     except KeyboardInterrupt:
         print(f"stego {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError, ConnectionError, PermissionError) as error:
+    except USER_ERRORS as error:
         if os.environ.get("STEGO_DEBUG"):
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__

@@ -31,7 +31,7 @@ import zarr
 
 from stego_tasks import atomic
 from stego_tasks.config import ClusterParams
-from stego_tasks.feature_store import read_split
+from stego_tasks.feature_store import read_split, record_store_digests, verify_rows, verify_split
 from stego_tasks.train import StegoModel, load_model
 
 log = logging.getLogger("stego")
@@ -89,6 +89,7 @@ def fit_kmeans(train_feats: zarr.Array, n_clusters: int, params: ClusterParams, 
     per_row = height * width
     n_rows = min(rows, max(1, params.kmeans_samples // per_row))
     chosen = np.sort(rng.choice(rows, size=n_rows, replace=False))
+    verify_rows(train_feats, chosen)
     vectors = np.asarray(train_feats.get_orthogonal_selection((chosen,)), dtype=np.float32)
     vectors = vectors.transpose(0, 2, 3, 1).reshape(-1, dim)
     if vectors.shape[0] > params.kmeans_samples:
@@ -116,6 +117,19 @@ def kmeans_predict(centroids: np.ndarray, feats: torch.Tensor, size: int) -> tor
     return F.interpolate(similarity, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
 
 
+def protocol_of(info: dict) -> dict:
+    """The run's protocol facts from `model.json`: selection (and whether it used labels), probe init, shifts."""
+    selection = info.get("selection") or {"select": "last", "uses_labels": False}
+    return {
+        "select": selection.get("select", "last"),
+        "uses_labels": bool(selection.get("uses_labels", False)),
+        "selection": {k: selection[k] for k in ("best", "last", "refit") if k in selection},
+        "probe_init": info.get("probe_init", "random"),
+        "shifts": info.get("shifts_used"),
+        "shifts_setting": info.get("shifts_setting", "fixed"),
+    }
+
+
 def cluster(store_path: Path, model_dir: Path, out_path: Path, params: ClusterParams, seed: int) -> dict[str, int]:
     """Predict clusters, linear classes and the k-means baseline for the val split.
 
@@ -131,12 +145,14 @@ def cluster(store_path: Path, model_dir: Path, out_path: Path, params: ClusterPa
     """
     torch.manual_seed(seed)
     model = load_model(model_dir)
-    val = read_split(store_path, "val")
-    train_feats = read_split(store_path, "train")["feats"]
+    val = read_split(store_path, "val", arrays=[])
+    use_flip = params.flip and "feats_flip" in val
+    # Only what is read is checked: the val arrays here, the sampled training rows in fit_kmeans.
+    verify_split(val, store_path, ["feats", "labels", "image_ids", *(["feats_flip"] if use_flip else [])])
+    train_feats = read_split(store_path, "train", arrays=[])["feats"]
     n_images, size = val["labels"].shape[0], val["labels"].shape[1]
     n_classes, n_clusters = model.info["n_classes"], model.cluster_probe.n_clusters
     centroids = fit_kmeans(train_feats, n_classes, params, seed)
-    use_flip = params.flip and "feats_flip" in val
     with atomic.atomic_path(out_path) as tmp:
         out = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         arrays = {
@@ -158,5 +174,8 @@ def cluster(store_path: Path, model_dir: Path, out_path: Path, params: ClusterPa
         out.attrs["flip"] = use_flip
         out.attrs["alpha"] = params.alpha
         out.attrs["n_clusters"] = n_clusters
+        # How the model was chosen and fitted, for evaluate's scores and the report.
+        out.attrs["protocol"] = protocol_of(model.info)
+        record_store_digests(out)
     log.info("cluster: %d validation images, %d clusters", n_images, n_clusters)
     return {"images": n_images, "clusters": n_clusters}

@@ -25,12 +25,15 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import pydensecrf.densecrf as dcrf
+
+from stego_tasks.config import CRFParams
+
+PUBLISHED_CRF = CRFParams()
 
 if TYPE_CHECKING:
     from stego_tasks.config import DaskParams
@@ -40,27 +43,6 @@ if TYPE_CHECKING:
 _PROB_CLIP = 1e-5
 
 K = TypeVar("K")
-
-
-@dataclass(frozen=True)
-class CRFParams:
-    """Dense CRF settings; the defaults are the published STEGO ones.
-
-    Attributes:
-        iterations: Mean-field inference steps.
-        gaussian_sxy: Spatial std (pixels) of the smoothness kernel.
-        gaussian_compat: Weight of the smoothness kernel.
-        bilateral_sxy: Spatial std (pixels) of the appearance kernel.
-        bilateral_srgb: Colour std (0..255 units) of the appearance kernel.
-        bilateral_compat: Weight of the appearance kernel.
-    """
-
-    iterations: int = 10
-    gaussian_sxy: float = 1
-    gaussian_compat: float = 3
-    bilateral_sxy: float = 67
-    bilateral_srgb: float = 3
-    bilateral_compat: float = 4
 
 
 def _check_inputs(image: np.ndarray, logits: np.ndarray) -> None:
@@ -104,7 +86,7 @@ def _unary(logits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(unary.reshape(logits.shape[0], -1), dtype=np.float32)
 
 
-def dense_crf(image: np.ndarray, logits: np.ndarray, params: CRFParams = CRFParams()) -> np.ndarray:
+def dense_crf(image: np.ndarray, logits: np.ndarray, params: CRFParams = PUBLISHED_CRF) -> np.ndarray:
     """Refine one image's per-pixel scores with a fully connected CRF.
 
     Args:
@@ -195,7 +177,7 @@ def spawn_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
 def dense_crf_batch(
     images: Sequence[np.ndarray],
     logits: Sequence[np.ndarray],
-    params: CRFParams = CRFParams(),
+    params: CRFParams = PUBLISHED_CRF,
     workers: int = 1,
     chunksize: int | None = None,
     progress: Callable[[int], None] | None = None,
@@ -354,13 +336,13 @@ def crf_stage(
 
     from stego_tasks import atomic
     from stego_tasks.crf_executors import stage_executor
-    from stego_tasks.feature_store import read_split
+    from stego_tasks.feature_store import open_store, read_split, record_store_digests
     from stego_tasks.progress import Progress
 
     if chunk < 1:
         raise ValueError(f"crf_stage needs chunk >= 1, got {chunk}.")
-    images = read_split(store_path, "val")["images"]
-    predictions = zarr.open_group(str(predictions_path), mode="r")
+    images = read_split(store_path, "val", arrays=["images"])["images"]
+    predictions = open_store(predictions_path, "cluster", ["cluster_logits", "linear_logits"])
     n_images = images.shape[0]
     branches = ("cluster", "linear")
     with atomic.atomic_path(out_path) as tmp, stage_executor(workers, dask) as (executor, slots):
@@ -391,4 +373,5 @@ def crf_stage(
                 progress.update(len(labels))
 
             _run_chunks(executor, jobs(), max_in_flight=2 * slots, on_done=write)
+        record_store_digests(out)
     return {"images": int(n_images)}

@@ -18,6 +18,7 @@ metadata.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,27 @@ SKY, GRASS, ROAD, BUILDING, WATER = range(DEMO_N_CLASSES)
 _GROUND = (GRASS, ROAD, WATER)
 _SPLIT_CODES = {"train": 0, "val": 1}
 _MIN_SIZE = 32
+_SCENE_NAME = re.compile(r"scene_(\d{4})\.png")
+
+
+def _foreign_entry(root: Path) -> Path | None:
+    """The first thing under `root` that `make_demo_corpus` would not have written, if any.
+
+    A demo corpus holds only `images/` and `labels/`, each with only `train/` and `val/`,
+    each with only `scene_NNNN.png` files.
+    """
+    if not root.is_dir():
+        return root if root.exists() else None
+    for top in sorted(root.iterdir()):
+        if top.name not in ("images", "labels") or not top.is_dir() or top.is_symlink():
+            return top
+        for split in sorted(top.iterdir()):
+            if split.name not in _SPLIT_CODES or not split.is_dir() or split.is_symlink():
+                return split
+            for item in sorted(split.iterdir()):
+                if not (_SCENE_NAME.fullmatch(item.name) and item.is_file() and not item.is_symlink()):
+                    return item
+    return None
 
 
 def _texture_sky(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -195,8 +217,9 @@ def make_demo_corpus(
 ) -> dict:
     """Write a labelled synthetic corpus of outdoor scenes with 5 classes.
 
-    Existing files of the same names are overwritten; other files under `root` are left
-    alone.
+    `root` must be absent, empty, or an earlier demo corpus, which is rewritten whole (its
+    scenes beyond `n_train` / `n_val` are removed); a folder holding anything else is
+    refused, so no user file is ever overwritten.
 
     Args:
         root: corpus root; `images/{train,val}` and `labels/{train,val}` are created.
@@ -209,6 +232,9 @@ def make_demo_corpus(
         Summary dict: `root` (str), `n_train`, `n_val`, `size`, `seed`, `n_classes`,
         `class_names` (list), `ignore_index` (255), `class_pixel_counts`
         ({split: list of n_classes ints, ignore pixels excluded}).
+
+    Raises:
+        ValueError: bad counts or size, or `root` holds something other than a demo corpus.
     """
     if n_train < 3 or n_val < 3:
         raise ValueError(
@@ -218,6 +244,13 @@ def make_demo_corpus(
     if size < _MIN_SIZE:
         raise ValueError(f"make_demo_corpus needs size >= {_MIN_SIZE} px, got size={size}.")
     root = Path(root)
+    foreign = _foreign_entry(root)
+    if foreign is not None:
+        what = "is a file" if foreign == root else f"holds {foreign}, which is not part of a demo corpus"
+        raise ValueError(
+            f"{root} {what}; refusing to write the demo corpus there: pass a new or empty folder "
+            "(or the folder of an earlier `stego demo-data`)."
+        )
     counts: dict[str, list[int]] = {}
     for split, n in (("train", n_train), ("val", n_val)):
         img_dir = root / "images" / split
@@ -236,6 +269,12 @@ def make_demo_corpus(
             valid = labels[labels != DEMO_IGNORE_INDEX]
             hist += np.bincount(valid, minlength=DEMO_N_CLASSES)
         counts[split] = hist.tolist()
+        # Scenes of an earlier, larger corpus in this folder: the corpus is exactly n images.
+        for folder in (img_dir, lab_dir):
+            for stale in folder.iterdir():
+                match = _SCENE_NAME.fullmatch(stale.name)
+                if match and int(match.group(1)) >= n:
+                    stale.unlink()
     return {
         "root": str(root),
         "n_train": n_train,

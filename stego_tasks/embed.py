@@ -21,25 +21,12 @@ import torch
 
 from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
 from stego_tasks.config import BackboneParams
+from stego_tasks.devices import backbone_precision, resolve_device
 from stego_tasks.images import load_label, load_rgb
 from stego_tasks.pos_embed import supports_dino_pos_embed
 from stego_tasks.preprocess import preprocess
 
 log = logging.getLogger("stego")
-
-
-def resolve_device(device: str) -> torch.device:
-    """Map "auto" to CUDA when present, else CPU; refuse "cuda" on a machine without it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' was asked for but this machine has no CUDA GPU; set it to 'auto' or 'cpu'.")
-    return torch.device(device)
-
-
-def backbone_precision(device: str | torch.device, amp: bool) -> str:
-    """"bf16" when the backbone runs under bfloat16 autocast (CUDA and `amp`), else "fp32"."""
-    return "bf16" if amp and torch.device(device).type == "cuda" else "fp32"
 
 
 def load_backbone(backbone: BackboneParams, allow_random_fallback: bool) -> Backbone:

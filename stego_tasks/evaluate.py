@@ -24,7 +24,7 @@ from PIL import Image
 
 from stego_tasks import atomic
 from stego_tasks.config import CorpusParams, EvaluateParams
-from stego_tasks.feature_store import read_split
+from stego_tasks.feature_store import open_store, read_split
 from stego_tasks.metrics import ScoreAccumulator
 from stego_tasks.visualize import colorize, panel
 
@@ -138,6 +138,7 @@ def evaluate(
     corpus: CorpusParams,
     params: EvaluateParams,
     assignment_path: Path | None = None,
+    preset: str = "custom",
 ) -> dict[str, Any]:
     """Score all methods and draw the report plots.
 
@@ -152,12 +153,16 @@ def evaluate(
         params: number of overlays.
         assignment_path: JSON to write the Hungarian cluster -> class map of the cluster
             probe to (`cluster_to_class` null without labels); `stego predict` names classes with it.
+        preset: the params file's `preset`, recorded in the scores.
 
     Returns:
         The scores dict written to `scores_path`.
     """
-    val = read_split(store_path, "val")
-    stores = {"cluster": zarr.open_group(str(cluster_path), mode="r"), "crf": zarr.open_group(str(crf_path), mode="r")}
+    val = read_split(store_path, "val", arrays=["labels", "images"])
+    stores = {
+        "cluster": open_store(cluster_path, "cluster", ["cluster_pred", "linear_pred", "kmeans_pred"]),
+        "crf": open_store(crf_path, "crf", ["cluster_pred", "linear_pred"]),
+    }
     root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
     n_clusters = int(stores["cluster"].attrs["n_clusters"])
     names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]
@@ -167,6 +172,10 @@ def evaluate(
         "backbone": root_attrs.get("backbone"),
         "backbone_weights": "random" if root_attrs.get("weights_source") == "random" else "pretrained",
         "n_images": int(labels.shape[0]),
+        "preset": preset,
+        "weights_source": root_attrs.get("weights_source"),
+        "preprocess": root_attrs.get("preprocess"),
+        "protocol": dict(stores["cluster"].attrs.get("protocol") or {}),
     }
     per_class: dict[str, dict[str, float | None]] = {}
     if not has_labels:

@@ -4,9 +4,10 @@ The store's layout is in `stego_tasks/feature_store.py`. Work is cut into chunks
 chunk = `extract.batch_size` images = one Zarr chunk); `plan_extraction` opens the store
 and lists the chunks not yet done, a runner computes them (in this process, on a local
 Dask cluster, on the cluster at `dask.address`, or as Prefect tasks on a DaskTaskRunner),
-and this process writes each result as it arrives. A rerun skips chunks that are done and
-hold the same image ids, so a killed run resumes and a grown manifest extracts only the
-new images. A change of backbone or preprocessing rebuilds.
+and this process writes each result as it arrives. A rerun skips chunks that are done,
+hold the same image ids and whose stored files still match the digests recorded when they
+were written, so a killed run resumes, a grown manifest extracts only the new images, and
+a deleted or damaged chunk is computed again. A change of backbone or preprocessing rebuilds.
 """
 
 from __future__ import annotations
@@ -34,10 +35,12 @@ from stego_tasks.embed import (
     extract_chunk,
     load_backbone,
     load_chunk,
+    pos_embed_mode,
     resolve_device,
 )
 from stego_tasks.feature_store import (
     SPLITS,
+    open_for_writing,
     open_split,
     pending_chunks,
     split_fingerprint,
@@ -125,6 +128,8 @@ def _jobs_for_split(
             torch_threads=torch_threads,
             amp=params.amp,
             compile_model=params.compile,
+            preprocess=params.preprocess,
+            pos_embed=pos_embed_mode(backbone, params.preprocess),
         )
 
 
@@ -174,7 +179,7 @@ def plan_extraction(
     jobs_by_split = {
         split: list(_jobs_for_split(manifest, split, corpus, params, backbone, device, threads)) for split in SPLITS
     }
-    root = zarr.open_group(str(store_path), mode="a", zarr_format=3)
+    root = open_for_writing(store_path)
     plan = ExtractionPlan(
         root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[],
         summary=ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source),
@@ -185,10 +190,12 @@ def plan_extraction(
             "resolution": split_resolution(params, "val"),
             "train_resolution": params.resolution,
             "precision": precision,
+            "preprocess": params.preprocess,
+            "pos_embed": pos_embed_mode(backbone, params.preprocess),
         },
     )
     for split in SPLITS:
-        fingerprint = split_fingerprint(backbone, params, split, precision)
+        fingerprint = split_fingerprint(backbone, params, split, precision, pos_embed_mode(backbone, params.preprocess))
         crops = 5 if fingerprint["five_crop"] else 1
         ids = manifest[manifest["split"] == split].sort_values("id")["id"].to_numpy()
         row_ids = np.repeat(ids, crops).astype(np.int64)

@@ -6,6 +6,11 @@ whose `reason` is a short sentence fit for a quarantine list. Ingest uses `probe
 to decide what enters the manifest; later stages use `load_rgb` and `load_label`.
 
 Safety choices:
+- Files are opened only after `open_regular` has checked (with the descriptor it reads
+  through, opened non-blocking) that they are regular files: a named pipe in a corpus
+  would otherwise block the reader forever. `classify_entry` sorts a folder's entries
+  from `lstat`/`stat` alone (images, skipped entries, quarantined ones), and `is_hidden`
+  is the one rule for dot-files that ingest and predict share.
 - Only raster formats of the corpus layout are opened (`ALLOWED_FORMATS`), so a file
   named .jpg that is really EPS never reaches a PIL plugin that runs Ghostscript.
 - Pixel counts are checked from the header, before anything is decoded.
@@ -14,6 +19,7 @@ Safety choices:
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -22,6 +28,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -85,18 +92,61 @@ class ImageInfo:
     format: str
 
 
-def _check_file(path: Path) -> None:
-    """Reject missing, non-regular and empty files before PIL sees them."""
+def _file_kind(mode: int) -> str:
+    """What a non-regular file is, in words."""
+    kinds = (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    )
+    return next((name for test, name in kinds if test(mode)), "not a file")
+
+
+def _os_reason(exc: OSError) -> str:
+    """A quarantine reason for an OSError raised while opening or inspecting a file."""
+    if isinstance(exc, FileNotFoundError):
+        return "file does not exist (or is a broken symlink)"
+    if isinstance(exc, PermissionError):
+        return "file is not readable (permission denied)"
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (the link leads back to itself)"
+    return f"file cannot be read ({exc.strerror or type(exc).__name__})"
+
+
+def open_regular(path: Path | str) -> BinaryIO:
+    """Open a file for binary reading only if it is a regular file; never blocks.
+
+    The file is opened non-blocking and checked with `fstat` on that descriptor, so a named
+    pipe, socket or device (or a file swapped for one after a `stat`) is refused instead of
+    waiting for a writer that never comes.
+
+    Args:
+        path: the file.
+
+    Returns:
+        An open binary file object (the caller closes it).
+
+    Raises:
+        ImageDecodeError: missing, unreadable, or not a regular file (see `.reason`).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ImageDecodeError(path, "file does not exist (or is a broken symlink)") from None
-    except PermissionError:
-        raise ImageDecodeError(path, "file is not readable (permission denied)") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageDecodeError(path, "not a regular file")
-    if st.st_size == 0:
-        raise ImageDecodeError(path, "empty file")
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise ImageDecodeError(path, _os_reason(exc)) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "" if stat.S_ISDIR(mode) else f" ({_file_kind(mode)})"
+            raise ImageDecodeError(path, f"not a regular file{kind}")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @contextmanager
@@ -104,7 +154,16 @@ def _open(path: Path, *, min_size: int, max_pixels: int | None) -> Iterator[Imag
     """Open lazily (header only) and check size limits; yields the open PIL image."""
     path = Path(path)
     limit = MAX_PIXELS if max_pixels is None else max_pixels
-    _check_file(path)
+    with open_regular(path) as handle:
+        if os.fstat(handle.fileno()).st_size == 0:
+            raise ImageDecodeError(path, "empty file")
+        with _open_image(handle, path, limit, min_size) as im:
+            yield im
+
+
+@contextmanager
+def _open_image(handle: BinaryIO, path: Path, limit: int, min_size: int) -> Iterator[Image.Image]:
+    """PIL's lazy open of an already opened regular file, with one error type."""
     # Register every plugin: with `formats=` PIL only looks among the loaded ones and a
     # format not yet loaded (TIFF, WebP) would fail with a KeyError. Idempotent.
     Image.init()
@@ -112,7 +171,7 @@ def _open(path: Path, *, min_size: int, max_pixels: int | None) -> Iterator[Imag
         with warnings.catch_warnings():
             # Our own limit below is the one that counts; PIL's warning would only be noise.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path, formats=ALLOWED_FORMATS)
+            im = Image.open(handle, formats=ALLOWED_FORMATS)
     except PermissionError:
         raise ImageDecodeError(path, "file is not readable (permission denied)") from None
     except UnidentifiedImageError:
@@ -238,23 +297,30 @@ def load_rgb(
 
 
 def load_label(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
-    """Decode a single-channel label mask of class indices.
+    """Decode a single-channel label mask of class indices, exactly.
 
-    Modes L, P (palette indices, not colours) and 1 give uint8; 16/32-bit integer modes
-    give int64. No orientation is applied: label PNGs carry none.
+    Only PNG is accepted: a lossy format (JPEG, lossy WebP) changes class ids along every
+    edge, and the corpus layout names labels <stem>.png. Modes L, P (palette indices, not
+    colours, transparency or not) and 1 give uint8. 16-bit (I;16, I;16B, ...) and 32-bit
+    (I) integer labels give uint8 when every value fits 0..255, converted exactly;
+    otherwise their raw values as int64 (for an adapter's remapping table; ingest
+    quarantines such a label, see `label_fits_uint8`). No orientation is applied: label
+    PNGs carry none.
 
     Args:
-        path: label file (normally PNG).
+        path: label file (PNG).
         max_pixels: largest allowed width * height; None means `MAX_PIXELS`.
 
     Returns:
-        [H, W] array of class indices, uint8 or int64.
+        [H, W] array of class indices: uint8, or int64 when a value exceeds 255.
 
     Raises:
-        ImageDecodeError: unreadable file, or a colour/alpha/float label.
+        ImageDecodeError: unreadable file, not a PNG, or a colour/alpha/float label.
     """
     path = Path(path)
     with _open(path, min_size=1, max_pixels=max_pixels) as im:
+        if im.format != "PNG":
+            raise ImageDecodeError(path, _label_format_reason(str(im.format)))
         mode = im.mode
         if mode not in _LABEL_8BIT_MODES and mode not in _SIXTEEN_BIT_MODES:
             raise ImageDecodeError(
@@ -268,7 +334,27 @@ def load_label(path: Path, *, max_pixels: int | None = None) -> np.ndarray:
         values = np.array(im, dtype=np.int64)
     if values.size and values.min() < 0:
         raise ImageDecodeError(path, f"label has negative value {values.min()}")
+    if not values.size or values.max() <= 255:
+        return values.astype(np.uint8)  # exact: every value fits
     return values
+
+
+def _label_format_reason(image_format: str) -> str:
+    if image_format in ("JPEG", "MPO"):
+        return "labels must be lossless PNG: JPEG compression changes class ids"
+    if image_format == "WEBP":
+        return "labels must be lossless PNG: WebP is often lossy, which changes class ids"
+    return f"labels must be lossless PNG files, not {image_format}; save it as an 8-bit PNG"
+
+
+def label_fits_uint8(values: np.ndarray) -> str | None:
+    """None when `load_label`'s result holds class ids of 0..255, else the quarantine reason."""
+    if values.dtype == np.uint8:
+        return None
+    return (
+        f"label values reach {int(values.max())}, above 255: class ids must fit 0..255 "
+        "(uint8); remap them to 0..n_classes-1 plus an ignore value such as 255"
+    )
 
 
 def is_image_name(name: str | os.PathLike) -> bool:
@@ -281,3 +367,64 @@ def is_image_name(name: str | os.PathLike) -> bool:
         True for .jpg, .jpeg, .png, .bmp, .tif, .tiff and .webp.
     """
     return Path(name).suffix.lower() in IMAGE_EXTENSIONS
+
+
+# Entry statuses of `classify_entry`.
+IMAGE = "image"
+SKIPPED = "skipped"
+QUARANTINED = "quarantined"
+HIDDEN_REASON = "hidden file"
+
+
+def is_hidden(name: str | os.PathLike) -> bool:
+    """Whether an entry is hidden: its name starts with a dot.
+
+    That covers .DS_Store, AppleDouble files (._photo.jpg: resource forks that macOS
+    writes beside every file on some volumes, which only look like images), .git and
+    editors' swap files. Hidden entries are never inputs, neither of `ingest` nor of
+    `stego predict`; ingest lists them as skipped.
+    """
+    return Path(name).name.startswith(".")
+
+
+def classify_entry(path: Path | str) -> tuple[str, str]:
+    """What an entry of an image folder is, decided from `lstat`/`stat` alone (never opened).
+
+    Args:
+        path: the entry (a file, folder, link, pipe, ...).
+
+    Returns:
+        (status, reason): (`IMAGE`, "") for a regular file (or a link to one) with an image
+        extension, still to be decoded; (`SKIPPED`, why) for entries that are not meant
+        as images: hidden entries, sub-folders, other extensions; (`QUARANTINED`, why)
+        for entries that look like images but cannot be one: a folder, named pipe,
+        socket or device named like an image, a broken link, a link loop, or anything
+        `stat` fails on.
+    """
+    path = Path(path)
+    name = path.name
+    if is_hidden(name):
+        return SKIPPED, HIDDEN_REASON
+    try:
+        info = os.lstat(path)
+        if stat.S_ISLNK(info.st_mode):
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:
+                return QUARANTINED, "broken symlink (its target does not exist)"
+    except OSError as exc:
+        return QUARANTINED, _os_reason(exc)
+    mode = info.st_mode
+    if stat.S_ISDIR(mode):
+        if is_image_name(name):
+            return QUARANTINED, "a directory named like an image, not a regular file"
+        return SKIPPED, "sub-folder (images must lie directly in the split folder)"
+    if not stat.S_ISREG(mode):
+        return QUARANTINED, f"{_file_kind(mode)}, not a regular file"
+    if not is_image_name(name):
+        suffix = Path(name).suffix or "no extension"
+        return SKIPPED, (
+            f"not an image file name ({suffix}); images end in "
+            + ", ".join(sorted(IMAGE_EXTENSIONS))
+        )
+    return IMAGE, ""

@@ -8,8 +8,14 @@ Corpus layout (the STEGO custom-data layout)::
 Outputs:
 - manifest (Parquet), one row per usable image: id, path, hash, width, height, mode,
   split, label_path, label_hash (see `MANIFEST_SCHEMA`).
-- quarantine (CSV: path, split, reason), one row per unusable file. A bad file never
-  fails the stage; it is listed with a one-sentence reason.
+- quarantine (CSV: path, split, reason), one row per entry of the scanned folders that
+  did not become a manifest row. A bad file never fails the stage; it is listed with a
+  one-sentence reason. Entries that are not meant as images (hidden files such as
+  .DS_Store or ._x.jpg, sub-folders, other file types, labels without an image) are
+  listed too, with a reason starting "skipped: "; every other row is quarantined.
+  Nothing in the corpus is ever opened unless `stat` says it is a regular file (a named
+  pipe would block the scan forever), and the stage ends with one summary line
+  ("ingest: N images ingested, M quarantined, K skipped; see <quarantine csv>").
 
 Ids are stable across runs: an unchanged file (same path and content hash) keeps its id,
 anything new or changed gets the next unused id (kept in the Parquet metadata, so ids of
@@ -20,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -31,12 +38,20 @@ import pyarrow.parquet as pq
 from stego_tasks import atomic
 from stego_tasks.images import (
     DEFAULT_MIN_SIZE,
+    IMAGE,
     IMAGE_EXTENSIONS,
+    QUARANTINED,
+    SKIPPED,
     ImageDecodeError,
+    classify_entry,
     is_image_name,
+    label_fits_uint8,
     load_label,
+    open_regular,
     probe_image,
 )
+
+log = logging.getLogger("stego")
 
 SPLITS: tuple[str, ...] = ("train", "val")
 LABEL_SUFFIX = ".png"
@@ -54,7 +69,14 @@ MANIFEST_SCHEMA = pa.schema(
     ]
 )
 QUARANTINE_COLUMNS: tuple[str, ...] = ("path", "split", "reason")
+# Reasons of rows for entries that were never meant as images (not quarantined) start so.
+SKIPPED_PREFIX = "skipped: "
 _NEXT_ID_KEY = b"stego_tasks.next_id"
+# The acceptance rules a manifest was written under. Rows of a manifest written under other
+# (older) rules are decoded and checked again instead of being trusted as unchanged; they
+# keep their ids. Bump when a check is added.
+_RULES_KEY = b"stego_tasks.ingest_rules"
+_RULES = b"2"
 _LAYOUT = (
     "ROOT/images/{train,val}/*.{" + ",".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + "}"
     " with optional ROOT/labels/{train,val}/<same stem>.png"
@@ -76,6 +98,8 @@ class IngestSummary:
         n_kept: usable images that kept their id from the previous manifest.
         n_removed: rows of the previous manifest that are gone (deleted, changed or now
             unusable).
+        n_skipped: entries listed as skipped (hidden files, sub-folders, other file
+            types, labels without an image); not counted in `n_quarantined`.
     """
 
     n_images: dict[str, int]
@@ -83,6 +107,7 @@ class IngestSummary:
     n_new: int
     n_kept: int
     n_removed: int
+    n_skipped: int = 0
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
@@ -96,7 +121,8 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
         64-character lowercase hex digest.
     """
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    # Never a plain open(): on a named pipe it would wait for a writer forever.
+    with open_regular(path) as f:
         while block := f.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
@@ -153,15 +179,69 @@ def read_manifest(path: Path) -> pd.DataFrame:
     return table.select(MANIFEST_SCHEMA.names).to_pandas()
 
 
-def _scan(root: Path) -> list[tuple[str, Path]]:
-    """(split, path) of every file with an image extension, in a fixed order."""
-    found = []
+def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str, str]]]:
+    """Sort the entries of `images/{train,val}` (from `stat` alone, nothing is opened).
+
+    Returns:
+        (split, path) of every image candidate in a fixed order, and (path, split,
+        reason) rows for every other entry: quarantined ones (reason as is) and skipped
+        ones (reason prefixed `SKIPPED_PREFIX`), including entries of `images/` beside
+        the split folders.
+    """
+    found: list[tuple[str, Path]] = []
+    listed: list[tuple[str, str, str]] = []
     for split in SPLITS:
         folder = root / "images" / split
         if folder.is_dir():
-            names = sorted(e.name for e in os.scandir(folder) if is_image_name(e.name))
-            found += [(split, folder / name) for name in names]
-    return found
+            for name in _list_dir(folder):
+                status, reason = classify_entry(folder / name)
+                if status == IMAGE:
+                    found.append((split, folder / name))
+                else:
+                    listed.append(_listed_row(root, folder / name, split, status, reason))
+    if (root / "images").is_dir() and found:
+        for name in _list_dir(root / "images"):
+            if name not in SPLITS:
+                listed.append(_listed_row(root, root / "images" / name, "", SKIPPED, "not in images/train or images/val"))
+    return found, listed
+
+
+def _list_dir(folder: Path) -> list[str]:
+    """Sorted entry names of a folder; a folder that cannot be listed says so in one sentence."""
+    try:
+        return sorted(entry.name for entry in os.scandir(folder))
+    except OSError as exc:
+        raise ValueError(
+            f"{folder} cannot be listed ({exc.strerror or type(exc).__name__}); make it readable and rerun ingest."
+        ) from None
+
+
+def _shown(rel: str) -> str:
+    """A path as the CSV can hold it: undecodable bytes escaped (Parquet and CSV need UTF-8)."""
+    return rel if _is_utf8(rel) else os.fsencode(rel).decode("utf-8", "backslashreplace")
+
+
+def _listed_row(root: Path, path: Path, split: str, status: str, reason: str) -> tuple[str, str, str]:
+    shown = _shown(path.relative_to(root).as_posix())
+    return shown, split, reason if status == QUARANTINED else SKIPPED_PREFIX + reason
+
+
+def _unused_labels(root: Path, used: set[str]) -> list[tuple[str, str, str]]:
+    """Skipped rows for entries of `labels/{train,val}` that no image uses."""
+    rows = []
+    for split in SPLITS:
+        folder = root / "labels" / split
+        if not folder.is_dir():
+            continue
+        for name in _list_dir(folder):
+            rel = f"labels/{split}/{name}"
+            if rel in used:
+                continue
+            status, reason = classify_entry(folder / name)
+            if status == IMAGE:
+                reason = f"label without an image named {Path(name).stem}.* in images/{split}"
+            rows.append((_shown(rel), split, SKIPPED_PREFIX + reason))
+    return rows
 
 
 def _empty_corpus_error(root: Path) -> EmptyCorpusError:
@@ -203,12 +283,44 @@ def _hash(path: Path) -> str:
         raise ImageDecodeError(path, f"file cannot be read ({exc.strerror})") from None
 
 
-def _label_facts(root: Path, real_root: Path, split: str, image: Path) -> tuple[str, str]:
-    """(label_path, label_hash) for an image, ("", "") when it has no label file."""
+def _label_names(root: Path) -> dict[str, dict[str, list[str]]]:
+    """Entry names of `labels/{split}` by stem, per split (empty where there is no folder)."""
+    names: dict[str, dict[str, list[str]]] = {}
+    for split in SPLITS:
+        folder = root / "labels" / split
+        by_stem: dict[str, list[str]] = {}
+        for name in _list_dir(folder) if folder.is_dir() else []:
+            by_stem.setdefault(Path(name).stem, []).append(name)
+        names[split] = by_stem
+    return names
+
+
+def _label_facts(root: Path, real_root: Path, split: str, image: Path, names: dict[str, list[str]]) -> tuple[str, str]:
+    """(label_path, label_hash) for an image, ("", "") when it has no label file.
+
+    `names` maps stems to the entries of `labels/<split>`. A label under another name than
+    <stem>.png (x.jpg, x.PNG) is refused rather than ignored: ignoring it would train the
+    image as unlabelled without a word.
+    """
+    candidates = names.get(image.stem, [])
     label = root / "labels" / split / (image.stem + LABEL_SUFFIX)
-    if not label.exists() and not label.is_symlink():
-        return "", ""
+    if label.name not in candidates:
+        others = sorted(n for n in candidates if is_image_name(n))
+        if not others:
+            return "", ""
+        other = f"labels/{split}/{others[0]}"
+        suffix = Path(others[0]).suffix.lower()
+        if suffix in (".jpg", ".jpeg"):
+            reason = "labels must be lossless PNG: JPEG compression changes class ids"
+        elif suffix == LABEL_SUFFIX:
+            reason = f"labels must be named {label.name} (lower-case .png)"
+        else:
+            reason = f"labels must be lossless PNG files named {label.name}"
+        raise ImageDecodeError(image, f"label {other}: {reason}")
     rel = label.relative_to(root).as_posix()
+    status, reason = classify_entry(label)
+    if status != IMAGE:
+        raise ImageDecodeError(image, f"label {rel}: {reason}")
     try:
         _check_inside(real_root, label, "label")
         return rel, _hash(label)
@@ -217,11 +329,14 @@ def _label_facts(root: Path, real_root: Path, split: str, image: Path) -> tuple[
 
 
 def _check_label(root: Path, image: Path, label_rel: str, width: int, height: int) -> None:
-    """Decode the label and compare its size with the image's."""
+    """Decode the label, check that it holds uint8 class ids, and compare its size with the image's."""
     try:
         mask = load_label(root / label_rel)
     except ImageDecodeError as exc:
         raise ImageDecodeError(image, f"label {label_rel}: {exc.reason}") from None
+    too_wide = label_fits_uint8(mask)
+    if too_wide:
+        raise ImageDecodeError(image, f"label {label_rel}: {too_wide}")
     if mask.shape != (height, width):
         raise ImageDecodeError(
             image,
@@ -230,7 +345,9 @@ def _check_label(root: Path, image: Path, label_rel: str, width: int, height: in
         )
 
 
-def _inspect(root: Path, real_root: Path, split: str, path: Path, old: dict, min_size: int) -> dict:
+def _inspect(
+    root: Path, real_root: Path, split: str, path: Path, old: dict, min_size: int, names: dict[str, list[str]]
+) -> dict:
     """One manifest row (without id) for a usable image; ImageDecodeError otherwise.
 
     `old` maps (path, hash) to the previous run's rows: an image whose file and label are
@@ -238,14 +355,13 @@ def _inspect(root: Path, real_root: Path, split: str, path: Path, old: dict, min
     """
     rel = path.relative_to(root).as_posix()
     _check_inside(real_root, path, "file")
-    digest = _hash(path) if path.is_file() else ""
-    label_rel, label_hash = _label_facts(root, real_root, split, path)
+    digest = _hash(path)
+    label_rel, label_hash = _label_facts(root, real_root, split, path, names)
     prev = old.get((rel, digest))
     unchanged = prev and (prev["label_path"], prev["label_hash"]) == (label_rel, label_hash)
     if unchanged and min(prev["width"], prev["height"]) >= min_size:
         return {k: (int(v) if k in ("width", "height") else v) for k, v in prev.items()}
     info = probe_image(path, min_size=min_size)
-    digest = digest or _hash(path)
     if label_rel:
         _check_label(root, path, label_rel, info.width, info.height)
     return {
@@ -260,10 +376,11 @@ def _inspect(root: Path, real_root: Path, split: str, path: Path, old: dict, min
     }
 
 
-def _read_previous(manifest_path: Path) -> tuple[dict, int]:
-    """Rows of an existing manifest keyed by (path, hash), and the next free id."""
+def _read_previous(manifest_path: Path) -> tuple[dict, int, bool]:
+    """Rows of an existing manifest keyed by (path, hash), the next free id, and whether
+    its rows were accepted under the current rules (so unchanged ones need no new check)."""
     if not manifest_path.exists():
-        return {}, 0
+        return {}, 0, True
     try:
         table = pq.read_table(manifest_path)
     except (OSError, pa.ArrowException) as exc:
@@ -275,10 +392,11 @@ def _read_previous(manifest_path: Path) -> tuple[dict, int]:
     # The stored counter also covers ids of files removed since; max + 1 is the fallback
     # for manifests written by something else.
     candidates = [int(r["id"]) + 1 for r in rows] + [0]
-    stored = (table.schema.metadata or {}).get(_NEXT_ID_KEY)
+    metadata = table.schema.metadata or {}
+    stored = metadata.get(_NEXT_ID_KEY)
     if stored:
         candidates.append(int(stored))
-    return {(r["path"], r["hash"]): r for r in rows}, max(candidates)
+    return {(r["path"], r["hash"]): r for r in rows}, max(candidates), metadata.get(_RULES_KEY) == _RULES
 
 
 def _write_outputs(
@@ -289,7 +407,7 @@ def _write_outputs(
     quarantine_path: Path,
 ) -> None:
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
-    table = table.replace_schema_metadata({_NEXT_ID_KEY: str(next_id).encode()})
+    table = table.replace_schema_metadata({_NEXT_ID_KEY: str(next_id).encode(), _RULES_KEY: _RULES})
     with atomic.atomic_path(manifest_path) as tmp:
         pq.write_table(table, tmp)
     with atomic.atomic_path(quarantine_path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -309,9 +427,14 @@ def ingest(
 
     Quarantined (listed with a reason, never fatal): undecodable, truncated, empty or
     non-image files; images under `min_size`; decompression bombs; unreadable files;
-    symlinks resolving outside the corpus root; duplicates of an earlier image (same
-    content; the first in split-then-name order is kept); unreadable labels and labels
-    whose size differs from their image. Label values are checked by `validate`.
+    symlinks resolving outside the corpus root, broken symlinks and symlink loops;
+    folders, named pipes, sockets and devices named like images; duplicates of an
+    earlier image (same content; the first in split-then-name order is kept);
+    unreadable labels, labels that are not PNG (JPEG changes class ids), labels with
+    values above 255 or colour/alpha channels, and labels whose size differs from their
+    image. Skipped (listed with a "skipped: " reason): hidden entries, sub-folders,
+    other file types, entries of images/ beside the split folders, and labels without
+    an image. Label values against n_classes are checked by `validate`.
 
     Args:
         corpus_root: folder with `images/{train,val}` (and optionally `labels/...`).
@@ -326,27 +449,33 @@ def ingest(
         EmptyCorpusError: no file with an image extension under `images/{train,val}`.
     """
     root = Path(corpus_root)
-    candidates = _scan(root)
+    candidates, listed = _scan(root)
     if not candidates:
         raise _empty_corpus_error(root)
     real_root = root.resolve()
-    old, next_id = _read_previous(Path(manifest_path))
+    old, next_id, trusted = _read_previous(Path(manifest_path))
+    label_names = _label_names(root)
 
     rows: list[dict] = []
     rejected: list[tuple[str, str, str]] = []
     first_of_hash: dict[str, str] = {}
+    used_labels: set[str] = set()
     n_kept = 0
     for split, path in candidates:
         rel = path.relative_to(root).as_posix()
+        # Whatever its fate, the image's label is accounted for by the image's row.
+        used_labels.update(f"labels/{split}/{n}" for n in label_names[split].get(path.stem, []) if is_image_name(n))
         if not _is_utf8(rel):
             # Parquet and CSV need UTF-8; list the name with its raw bytes escaped.
-            shown = os.fsencode(rel).decode("utf-8", "backslashreplace")
-            rejected.append((shown, split, "file name is not valid UTF-8; rename it"))
+            rejected.append((_shown(rel), split, "file name is not valid UTF-8; rename it"))
             continue
         try:
-            row = _inspect(root, real_root, split, path, old, min_size)
+            row = _inspect(root, real_root, split, path, old if trusted else {}, min_size, label_names[split])
         except ImageDecodeError as exc:
             rejected.append((rel, split, exc.reason))
+            continue
+        except OSError as exc:  # anything the checks above did not foresee: listed, never fatal
+            rejected.append((rel, split, f"file cannot be read ({exc.strerror or type(exc).__name__})"))
             continue
         if row["hash"] in first_of_hash:
             rejected.append((rel, split, f"duplicate of {first_of_hash[row['hash']]}"))
@@ -361,11 +490,18 @@ def ingest(
             next_id += 1
         rows.append(row)
 
-    _write_outputs(rows, rejected, next_id, Path(manifest_path), Path(quarantine_path))
+    quarantined = rejected + [row for row in listed if not row[2].startswith(SKIPPED_PREFIX)]
+    skipped = [row for row in listed if row[2].startswith(SKIPPED_PREFIX)] + _unused_labels(root, used_labels)
+    _write_outputs(rows, quarantined + skipped, next_id, Path(manifest_path), Path(quarantine_path))
+    log.info(
+        "ingest: %d images ingested, %d quarantined, %d skipped; see %s",
+        len(rows), len(quarantined), len(skipped), quarantine_path,
+    )
     return IngestSummary(
         n_images={s: sum(r["split"] == s for r in rows) for s in SPLITS},
-        n_quarantined=len(rejected),
+        n_quarantined=len(quarantined),
         n_new=len(rows) - n_kept,
         n_kept=n_kept,
         n_removed=len(old) - n_kept,
+        n_skipped=len(skipped),
     )

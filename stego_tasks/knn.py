@@ -248,12 +248,13 @@ def knn_stage(store_path: Path, out_path: Path, k: int) -> dict[str, int]:
     import zarr
 
     from stego_tasks import atomic
-    from stego_tasks.feature_store import read_split
+    from stego_tasks.feature_store import read_split, record_store_digests
 
-    pooled = read_split(store_path, "train")["pooled"][:]
+    pooled = read_split(store_path, "train", arrays=["pooled"])["pooled"][:]
     graph = knn_graph(pooled, k)
     with atomic.atomic_path(out_path) as tmp:
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array("train", data=graph, chunks=(min(len(graph), 65536), graph.shape[1]))
         group.attrs["k"] = int(graph.shape[1])
+        record_store_digests(group)
     return {"rows": int(graph.shape[0]), "k": int(graph.shape[1])}

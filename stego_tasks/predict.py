@@ -10,16 +10,27 @@ mapped back to the original size with nearest-neighbour sampling.
 Per image it writes `<stem>_clusters.png` (palette PNG), `<stem>_overlay.png` and, when the
 run's evaluate stage matched clusters to classes (`artifacts/assignment.json`),
 `<stem>_classes.png`; one `legend.json` names every index and its colour.
+
+`legend.json` is also the output folder's record: which command and run wrote it and the
+files it wrote. A second predict into the same folder replaces the first one's files
+completely (and nothing else); a folder holding files predict did not write, or an output
+folder inside an input folder (predict would read its own outputs), is refused. The images
+are written to a hidden sibling folder first and moved in only when the run is done, so a
+failed run leaves the previous outputs as they were.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -29,7 +40,7 @@ from PIL import Image
 from stego_tasks import atomic
 from stego_tasks.backbone import normalize
 from stego_tasks.crf import CRFParams, dense_crf
-from stego_tasks.embed import backbone_precision
+from stego_tasks.devices import backbone_precision
 from stego_tasks.images import ImageDecodeError, is_image_name, load_rgb
 from stego_tasks.progress import Progress
 from stego_tasks.trained_run import UNMATCHED, Run, load_run
@@ -40,6 +51,10 @@ log = logging.getLogger("stego")
 # Past this the resized image (short side = resolution) gets so many tokens that ViT
 # attention runs out of memory; such panoramas should be cropped first.
 MAX_ASPECT = 16.0
+
+# legend.json's `written_by`: marks a folder this command wrote (and may rewrite).
+WRITER = "stego predict"
+OUTPUT_SUFFIXES = ("_clusters.png", "_overlay.png", "_classes.png")
 
 
 @dataclass
@@ -300,10 +315,128 @@ def legend(run: Run) -> dict:
     }
 
 
+def _is_inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def previous_outputs(out_dir: Path) -> list[str] | None:
+    """The files an earlier `stego predict` wrote into `out_dir`, or None when predict did not write it.
+
+    Read from its legend.json (`written_by` and `files`); a legend.json of a predict
+    version that did not list its files stands for the files named like predict's outputs.
+
+    Args:
+        out_dir: an existing folder.
+
+    Returns:
+        Paths relative to `out_dir` (POSIX), or None.
+    """
+    try:
+        data = json.loads((out_dir / "legend.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("written_by") == WRITER and isinstance(data.get("files"), list):
+        names = [PurePosixPath(name) for name in data["files"] if isinstance(name, str) and name]
+        return [str(name) for name in names if not name.is_absolute() and ".." not in name.parts]
+    if {"clusters", "classes", "backbone", "resolution"} <= set(data):  # legend.json without a file list
+        return sorted(
+            path.relative_to(out_dir).as_posix()
+            for path in out_dir.rglob("*")
+            if path.is_file() and path.name.endswith(OUTPUT_SUFFIXES)
+        )
+    return None
+
+
+def check_out_dir(inputs: list[Path], out_dir: Path) -> list[str]:
+    """Refuse an output folder predict may not write; return the files an earlier predict left in it.
+
+    Args:
+        inputs: the image files and folders to segment.
+        out_dir: the output folder.
+
+    Returns:
+        The previous predict run's files in `out_dir` (relative paths), [] for a new or
+        empty folder.
+
+    Raises:
+        ValueError: one sentence: `out_dir` is a file, is or lies inside an input folder,
+            holds an input, or holds files that predict did not write.
+    """
+    out_dir = Path(out_dir)
+    out_resolved = out_dir.resolve()
+    for item in map(Path, inputs):
+        resolved = item.resolve()
+        if item.is_dir() and _is_inside(out_resolved, resolved):
+            raise ValueError(
+                f"--out {out_dir} is inside the input folder {item}, so predict would read its own outputs as "
+                "images next time; pass an --out folder outside every input."
+            )
+        if _is_inside(resolved, out_resolved):
+            raise ValueError(
+                f"the input {item} lies inside --out {out_dir}, so predict would segment its own outputs; "
+                "pass an --out folder outside every input."
+            )
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir} is a file, not a folder; pass a folder (new, empty, or an earlier predict's).")
+    if not out_dir.is_dir():
+        return []
+    previous = previous_outputs(out_dir)
+    if previous is None:
+        if any(out_dir.iterdir()):
+            raise ValueError(
+                f"--out {out_dir} already holds files that stego predict did not write (it has no predict "
+                "legend.json); pass a new or empty folder."
+            )
+        return []
+    return previous
+
+
+def _model_digest(run: Run) -> str | None:
+    path = run.model_dir / "model.safetensors" if run.model_dir is not None else None
+    if path is None or not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _remove_file(out_dir: Path, relative: str) -> None:
+    """Delete one file an earlier predict wrote, and the sub-folders that leaves empty."""
+    path = out_dir / relative
+    if path.is_file() or path.is_symlink():
+        path.unlink()
+    parent = path.parent
+    while parent != out_dir and _is_inside(parent, out_dir) and parent.is_dir() and not any(parent.iterdir()):
+        parent.rmdir()
+        parent = parent.parent
+
+
+def _publish(staging: Path, out_dir: Path, previous: list[str], record: dict) -> list[str]:
+    """Move the finished outputs from `staging` into `out_dir`, replacing the previous run's files.
+
+    While files move, legend.json lists the old and the new ones (`complete: false`), so
+    a run killed half-way leaves a folder that the next run clears completely.
+    """
+    written = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_json(out_dir / "legend.json", {**record, "complete": False, "files": sorted(set(previous) | set(written))})
+    for relative in sorted(set(previous) - set(written)):
+        _remove_file(out_dir, relative)
+    for relative in written:
+        target = out_dir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / relative, target)
+    atomic.write_json(out_dir / "legend.json", {**record, "complete": True, "files": written})
+    return written
+
+
 def predict_paths(
     run: Run, inputs: list[Path], out_dir: Path, *, flip: bool = True, crf: bool = True
 ) -> PredictSummary:
     """Segment every image under `inputs` and write the results under `out_dir`.
+
+    The outputs replace those of an earlier predict into `out_dir` completely, once every
+    image is done; nothing is written (and the earlier outputs stay) when no image was.
 
     Args:
         run: from `load_run`.
@@ -315,28 +448,43 @@ def predict_paths(
     Returns:
         `PredictSummary`: images written, and (path, reason) for each input skipped
         (undecodable file, empty folder, missing path, failed prediction).
+
+    Raises:
+        ValueError: `out_dir` may not be written (see `check_out_dir`).
     """
     out_dir = Path(out_dir)
+    previous = check_out_dir(inputs, out_dir)
     images, failed = collect_images(inputs, exclude=out_dir)
     for path, reason in failed:
         log.warning("predict: skipping %s: %s", path, reason)
     written = 0
-    with Progress(len(images), "predict", unit="img") as progress:
-        for (path, _), key in zip(images, output_keys(images), strict=True):
-            try:
-                image = load_rgb(path)
-                seg = segment_image(run, image, flip=flip, crf=crf)
-                write_outputs(image, seg, out_dir, key)
-                written += 1
-            except (ValueError, OSError, RuntimeError) as error:
-                # A bad file, or one image too large for memory, must not lose the others.
-                first_line = (str(error).strip().splitlines() or [""])[0]
-                reason = error.reason if isinstance(error, ImageDecodeError) else f"{type(error).__name__}: {first_line}"
-                failed.append((path, reason))
-                log.warning("predict: skipping %s: %s", path, reason)
-            progress.update(1)
-    if written:
-        atomic.write_json(out_dir / "legend.json", legend(run))
+    atomic.make_parent(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.predict-", dir=out_dir.parent))
+    try:
+        with Progress(len(images), "predict", unit="img") as progress:
+            for (path, _), key in zip(images, output_keys(images), strict=True):
+                try:
+                    image = load_rgb(path)
+                    seg = segment_image(run, image, flip=flip, crf=crf)
+                    write_outputs(image, seg, staging, key)
+                    written += 1
+                except (ValueError, OSError, RuntimeError) as error:
+                    # A bad file, or one image too large for memory, must not lose the others.
+                    first_line = (str(error).strip().splitlines() or [""])[0]
+                    reason = error.reason if isinstance(error, ImageDecodeError) else f"{type(error).__name__}: {first_line}"
+                    failed.append((path, reason))
+                    log.warning("predict: skipping %s: %s", path, reason)
+                progress.update(1)
+        if written:
+            record = {
+                **legend(run),
+                "written_by": WRITER,
+                "run": str(run.model_dir) if run.model_dir is not None else None,
+                "model_sha256": _model_digest(run),
+            }
+            _publish(staging, out_dir, previous, record)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return PredictSummary(written=written, failed=failed)
 
 
@@ -371,6 +519,7 @@ def main_from_args(args: argparse.Namespace) -> int:
     Returns:
         0 when at least one image was written, 2 when none was.
     """
+    check_out_dir(list(args.inputs), args.out)  # before the model loads: a refused folder costs nothing
     run = load_run(args.run, args.weights, device=args.device, resolution=args.resolution)
     summary = predict_paths(run, list(args.inputs), args.out, flip=not args.no_flip, crf=not args.no_crf)
     line = f"wrote {summary.written} images to {args.out}; {len(summary.failed)} failed"

@@ -13,6 +13,8 @@ the page can be mailed, archived or opened offline. The same inputs give the sam
     plots/overlays/*.png         image | ground truth | prediction panels
     artifacts/quarantine.csv     files the ingest stage set aside, and why
     artifacts/model/model.json   backbone, weights source, training params
+    artifacts/model/shift_stats.json  correlation distributions and shifts (train stage)
+    metrics/seeds.json           mean and sd over seeds (`stego seeds`), when present
     params.yaml                  the params used
 """
 
@@ -28,6 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from stego_tasks import atomic
+from stego_tasks.report_protocol import (
+    SEEDS,
+    SHIFT_STATS,
+    protocol_section,
+    seeds_section,
+    shift_section,
+)
 from stego_tasks.visualize import loss_plot_png, read_loss_log
 
 INPUTS: dict[str, str] = {
@@ -39,6 +48,8 @@ INPUTS: dict[str, str] = {
     "quarantine": "artifacts/quarantine.csv",
     "model": "artifacts/model/model.json",
     "params": "params.yaml",
+    "shift_stats": SHIFT_STATS,
+    "seeds": SEEDS,
 }
 METHOD_ROWS: tuple[tuple[str, str], ...] = (
     ("cluster", "cluster"),
@@ -136,7 +147,7 @@ def _header(scores: dict, model: dict) -> tuple[str, str]:
             "RANDOM weights. These numbers only show that the pipeline runs; they say nothing about "
             "STEGO. Set backbone.weights to a DINO checkpoint for real results.</div>"
         )
-    facts = [("backbone", backbone), ("weights", weights)]
+    facts = [("preset", str(scores.get("preset", "not recorded"))), ("backbone", backbone), ("weights", weights)]
     if "n_images" in scores:
         facts.append(("validation images scored", str(scores["n_images"])))
     if isinstance(model.get("class_names"), list):
@@ -314,6 +325,9 @@ def _render(run_dir: Path) -> tuple[str, bool]:
     sections = [
         header,
         _metrics_section(scores),
+        seeds_section(run_dir),
+        protocol_section(scores),
+        shift_section(run_dir),
         _per_class_section(per_class if isinstance(per_class, dict) else None, model or {}),
         _confusion_section(run_dir, scores),
         _loss_section(run_dir),

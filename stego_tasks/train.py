@@ -10,13 +10,16 @@ Outputs (all written atomically):
     <model_dir>/model.json          everything needed to rebuild and to trace the model:
                                     dims, classes, backbone and its weights source, params
     <model_dir>/checkpoint.pt       resumable state (weights-only torch.save), kept until
-                                    the final model is written
+                                    the final model is written; it records the settings
+                                    and data that shaped it (`checkpoint_identity`), and
+                                    `--resume` refuses when they changed
     <loss_log>                      CSV, one row per logged step (a DVC plot)
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -24,20 +27,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import zarr
 from safetensors.torch import load_file, save_file
 
 from stego_tasks import atomic
+from stego_tasks.batching import epoch_batches as _batches
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
-from stego_tasks.embed import resolve_device
+from stego_tasks.devices import resolve_device
+from stego_tasks.feature_store import read_split
 from stego_tasks.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.knn import sample_positives
 from stego_tasks.locking import artifact_lock
 from stego_tasks.loss import correspondence_loss
 from stego_tasks.progress import Progress
-from stego_tasks.training_data import TrainingData, load_training_data
+from stego_tasks.selection import BestCheckpoint, ValScorer, refit_cluster_probe
+from stego_tasks.shift_stats import (
+    auto_shifts,
+    correlation_samples,
+    correlation_stats,
+    write_histogram_csv,
+)
+from stego_tasks.training_data import TrainingData, data_identity, load_training_data
 
 log = logging.getLogger("stego")
 
@@ -110,17 +121,60 @@ def load_model(model_dir: Path) -> StegoModel:
 
     Returns:
         The model in eval mode on the CPU.
+
+    Raises:
+        FileNotFoundError: the folder holds no model.
+        ValueError: one sentence naming the broken file (model.json not JSON, a key
+            missing or of the wrong type; model.safetensors truncated, corrupt or not
+            matching model.json).
     """
+    from safetensors import SafetensorError
+
+    from stego_tasks.config import params_block
+
     model_dir = Path(model_dir)
-    if not (model_dir / "model.json").exists() or not (model_dir / "model.safetensors").exists():
+    json_path, weights_path = model_dir / "model.json", model_dir / "model.safetensors"
+    if not json_path.exists() or not weights_path.exists():
         raise FileNotFoundError(f"{model_dir} holds no trained model (model.json + model.safetensors); run `stego train` first.")
-    info = json.loads((model_dir / "model.json").read_text())
-    params = TrainParams(**{k: tuple(v) if isinstance(v, list) else v for k, v in info["train"].items()})
+    redo = "rerun `stego train` to write the model again"
+    try:
+        info = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{json_path}: not valid JSON ({error}); {redo}.") from None
+    if not isinstance(info, dict):
+        raise ValueError(f"{json_path}: holds a JSON {type(info).__name__}, not the mapping train writes; {redo}.")
+    expected = {"in_dim": "a positive integer", "n_classes": "a positive integer", "train": "a mapping"}
+    for key, what in expected.items():
+        value = info.get(key)
+        fits = isinstance(value, dict) if key == "train" else (
+            isinstance(value, int) and not isinstance(value, bool) and value >= 1
+        )
+        if not fits:
+            got = "missing" if key not in info else f"got {json.dumps(value)[:60]}"
+            raise ValueError(f"{json_path}: {key} must be {what} ({got}); {redo}.")
+    for key in ("resolution", "backbone"):
+        kind = int if key == "resolution" else str
+        if info.get(key) is not None and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
+            raise ValueError(f"{json_path}: {key} must be {'an integer' if kind is int else 'a string'} or null, "
+                             f"got {json.dumps(info[key])[:60]}; {redo}.")
+    try:
+        params = params_block(TrainParams, info["train"], "train", str(json_path))
+    except ValueError as error:
+        raise ValueError(f"{str(error).rstrip('.')}; {redo}.") from None
     model = build_model(info["in_dim"], info["n_classes"], params, info)
-    tensors = load_file(str(model_dir / "model.safetensors"))
+    try:
+        tensors = load_file(str(weights_path))
+    except SafetensorError as error:
+        raise ValueError(f"{weights_path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
     for prefix, module in model.modules().items():
         state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        module.load_state_dict(state)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError as error:
+            detail = " ".join(str(error).split())[:200]
+            raise ValueError(
+                f"{weights_path}: its {prefix} tensors do not fit the model model.json describes ({detail}); {redo}."
+            ) from None
     return model.eval()
 
 
@@ -169,20 +223,6 @@ def _step(model, optimizers, data: TrainingData, index: torch.Tensor, params: Tr
     }
 
 
-def _batches(size: int, batch_size: int, seed: int, start_step: int = 0):
-    # Epoch-wise shuffling, as the reference's DataLoader(shuffle=True, drop_last=True).
-    # Each epoch's order depends on (seed, epoch) alone, so a run resumed at any step,
-    # even mid-epoch, draws exactly the batches the uninterrupted run would have drawn.
-    batch_size = min(batch_size, size)
-    per_epoch = size // batch_size
-    epoch, first = divmod(start_step, per_epoch)
-    while True:
-        order = torch.from_numpy(np.random.default_rng([seed % 2**64, epoch]).permutation(size))
-        for start in range(first * batch_size, per_epoch * batch_size, batch_size):
-            yield order[start : start + batch_size]
-        epoch, first = epoch + 1, 0
-
-
 def _optimizers(model: StegoModel, params: TrainParams) -> list[torch.optim.Optimizer]:
     return [
         torch.optim.Adam(model.head.parameters(), lr=params.lr),
@@ -191,8 +231,53 @@ def _optimizers(model: StegoModel, params: TrainParams) -> list[torch.optim.Opti
     ]
 
 
-def _save_checkpoint(path: Path, model: StegoModel, optimizers, step: int, generator, rows: list[dict]) -> None:
+# Train-block keys that say how often a run logs or saves, where it runs, or when it stops,
+# never what a step computes: `--resume` accepts a checkpoint written with other values of
+# these (nothing in a step depends on `steps`, so a run resumed with more steps equals an
+# uninterrupted run of that many; a checkpoint past the new `steps` is refused). Every
+# other key (new ones too) must match, or the resumed model would not be the one
+# model.json describes.
+RESUME_FREE_KEYS = frozenset({"log_every", "checkpoint_every", "device", "steps"})
+
+
+def checkpoint_identity(data: TrainingData, n_classes: int, params: TrainParams, seed: int, ignore_index: int) -> dict:
+    """What shapes a run's trajectory, recorded in its checkpoint and compared on resume.
+
+    The train block without `RESUME_FREE_KEYS`, the seed, classes, ignore index, and the
+    training data's identity (`training_data.data_identity`: the features store's recorded
+    digests and the kNN graph's checksum).
+    """
+    block = {k: v for k, v in params_to_dict(params).items() if k not in RESUME_FREE_KEYS}
+    identity = {"train": block, "seed": seed, "n_classes": n_classes, "ignore_index": ignore_index,
+                "data": data_identity(data)}
+    return json.loads(json.dumps(identity))  # tuples as lists, as they come back from the checkpoint
+
+
+def _identity_changes(old: dict, new: dict) -> list[str]:
+    """'train.lr 0.0005 -> 0.001'-style entries for every recorded value that differs."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key), new.get(key)
+        if isinstance(before, dict) and isinstance(after, dict) and key != "data":
+            changes += [f"{key}.{change}" for change in _identity_changes(before, after)]
+        elif key == "data" and before != after:
+            parts = [DATA_KEYS.get(k, k) for k in sorted(set(before or {}) | set(after or {}))
+                     if (before or {}).get(k) != (after or {}).get(k)]
+            changes.append(f"the training data ({', '.join(parts)} changed)")
+        elif before != after:
+            changes.append(f"{key} {json.dumps(before)} -> {json.dumps(after)}")
+    return changes
+
+
+DATA_KEYS = {"features": "features store", "knn": "kNN graph", "crops": "number of crops", "in_dim": "feature channels",
+             "labels": "labels"}
+
+
+def _save_checkpoint(
+    path: Path, model: StegoModel, optimizers, step: int, generator, rows: list[dict], identity: dict | None = None
+) -> None:
     state = {
+        "identity": identity,
         "step": step,
         "modules": {k: m.state_dict() for k, m in model.modules().items()},
         "optimizers": [o.state_dict() for o in optimizers],
@@ -206,8 +291,27 @@ def _save_checkpoint(path: Path, model: StegoModel, optimizers, step: int, gener
         tmp.write_bytes(buffer.getvalue())
 
 
-def _load_checkpoint(path: Path, model: StegoModel, optimizers, generator) -> tuple[int, list[dict]]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+def _load_checkpoint(path: Path, model: StegoModel, optimizers, generator, identity: dict | None = None) -> tuple[int, list[dict]]:
+    """Restore a checkpoint's state; refuse (ValueError) one written with other settings than `identity`."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a checkpoint
+        raise ValueError(
+            f"{path} cannot be read ({type(exc).__name__}); rerun without --resume to start over."
+        ) from None
+    if identity is not None:
+        recorded = state.get("identity") if isinstance(state, dict) else None
+        if recorded is None:
+            raise ValueError(
+                f"{path} does not record the settings it was trained with (an older checkpoint), so resuming "
+                "could not be exact; rerun without --resume to start over."
+            )
+        changes = _identity_changes(recorded, identity)
+        if changes:
+            raise ValueError(
+                f"{path} was written with other settings than now ({'; '.join(changes)}); rerun without --resume "
+                "to start over, or restore the old values to resume."
+            )
     for key, module in model.modules().items():
         module.load_state_dict(state["modules"][key])
     for optimizer, saved in zip(optimizers, state["optimizers"], strict=True):
@@ -237,6 +341,7 @@ def fit(
     info: dict[str, Any] | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
+    scorer: ValScorer | None = None,
 ) -> tuple[StegoModel, list[dict]]:
     """The training loop (no files written unless `checkpoint` is given).
 
@@ -252,6 +357,9 @@ def fit(
         info: metadata stored with the model.
         checkpoint: path of the resumable checkpoint, written every `checkpoint_every` steps.
         resume: continue from `checkpoint` when it exists.
+        scorer: with `params.select == "best"`, scores the cluster probe on labelled val
+            every `params.select_every` steps and at the end; the best step's head and
+            probes are returned, and `model.info["selection"]` records the choice.
 
     Returns:
         (trained model on the CPU in eval mode, logged loss rows).
@@ -266,10 +374,17 @@ def fit(
         module.train()
     optimizers = _optimizers(model, params)
     start, rows = 0, []
+    identity = checkpoint_identity(data, n_classes, params, seed, ignore_index) if checkpoint is not None else None
     if resume and checkpoint is not None and checkpoint.exists():
-        start, rows = _load_checkpoint(checkpoint, model, optimizers, generator)
+        start, rows = _load_checkpoint(checkpoint, model, optimizers, generator, identity)
+        if start >= params.steps:
+            raise ValueError(
+                f"{checkpoint} is at step {start}, not before train.steps {params.steps}; rerun without --resume "
+                f"to start over, or set train.steps above {start} to resume."
+            )
         log.info("train: resuming from step %d", start)
     batches = _batches(data.size, params.batch_size, seed, start)
+    selector = BestCheckpoint(scorer) if scorer is not None and params.select == "best" else None
     with Progress(params.steps, "train", unit="step") as progress:
         progress.update(start)
         for step in range(start, params.steps):
@@ -277,9 +392,13 @@ def fit(
             if step % params.log_every == 0 or step == params.steps - 1:
                 rows.append({"step": step, **values})
             progress.update(1, loss=values["total"])
+            if selector is not None and ((step + 1) % params.select_every == 0 or step + 1 == params.steps):
+                selector.observe(step + 1, model)
             due = params.checkpoint_every and (step + 1) % params.checkpoint_every == 0
             if checkpoint is not None and due and step + 1 < params.steps:
-                _save_checkpoint(checkpoint, model, optimizers, step + 1, generator, rows)
+                _save_checkpoint(checkpoint, model, optimizers, step + 1, generator, rows, identity)
+    if selector is not None:
+        selector.restore(model)
     return model.to(torch.device("cpu")).eval(), rows
 
 
@@ -292,8 +411,14 @@ def train(
     params: TrainParams,
     seed: int,
     resume: bool = False,
+    shift_stats: Path | None = None,
 ) -> StegoModel:
     """Stage `train`: fit head, cluster probe and linear probe on the stored training features.
+
+    Before the loop it draws the three feature-correlation distributions on a sample of
+    the training features (`shift_stats`; with `train.shifts: auto` the shifts are set
+    from them); after it, `train.probe_init: codes` refits the cluster probe on the final
+    codes. `model.json` records the shifts used, the selection and the probe refit.
 
     Args:
         store_path: features Zarr store (train split).
@@ -304,11 +429,25 @@ def train(
         params: the `train` block.
         seed: the run's seed.
         resume: continue from `model_dir/checkpoint.pt` when it exists.
+        shift_stats: CSV for the correlation histograms (a DVC plot); they are also kept
+            as `model_dir/shift_stats.json` for the report.
 
     Returns:
         The trained `StegoModel` (also written to `model_dir`).
     """
     data = load_training_data(store_path, knn_path, corpus.ignore_index, corpus.n_classes)
+    samples = correlation_samples(
+        data, batch_size=params.batch_size, feature_samples=params.feature_samples, neg_samples=params.neg_samples,
+        pointwise=params.pointwise, seed=seed,
+    )
+    shifts = auto_shifts(samples, params.shift_quantile) if params.shifts == "auto" else tuple(params.shifts)
+    if params.shifts == "auto":
+        log.info("train: shifts auto at quantile %g: intra %.4f, kNN %.4f, random %.4f", params.shift_quantile, *shifts)
+    stats = correlation_stats(samples, shifts)
+    effective = dataclasses.replace(params, shifts=shifts)
+    scorer = None
+    if params.select == "best":
+        scorer = ValScorer(read_split(store_path, "val"), corpus.n_classes, resolve_device(params.device))
     store = json.loads(json.dumps(dict(zarr.open_group(str(store_path), mode="r").attrs)))
     info = {
         "in_dim": data.in_dim,
@@ -321,10 +460,24 @@ def train(
         "seed": seed,
         "train": params_to_dict(params),
         "linear_probe_trained": data.labels is not None,
+        "shifts_used": list(shifts),
+        "shifts_setting": "auto" if params.shifts == "auto" else "fixed",
+        "selection": {"select": "last", "uses_labels": False},
+        "probe_init": params.probe_init,
     }
     checkpoint = Path(model_dir) / "checkpoint.pt"
     with artifact_lock(model_dir):
-        model, rows = fit(data, corpus.n_classes, params, seed, corpus.ignore_index, info, checkpoint, resume)
+        model, rows = fit(data, corpus.n_classes, effective, seed, corpus.ignore_index, info, checkpoint, resume, scorer)
+        model.info["train"] = params_to_dict(params)  # as the user wrote it ("auto" stays "auto")
+        if params.probe_init == "codes":
+            model.cluster_probe = refit_cluster_probe(
+                model.head, data.feature_rows, data.size, model.cluster_probe.n_clusters, params, seed
+            )
+            if scorer is not None:
+                model.info["selection"]["refit"] = scorer.score(model.head, model.cluster_probe)
+        atomic.write_json(Path(model_dir) / "shift_stats.json", stats)
+        if shift_stats is not None:
+            write_histogram_csv(shift_stats, stats)
         save_model(model, model_dir)
         write_loss_log(loss_log, rows)
         checkpoint.unlink(missing_ok=True)

@@ -19,7 +19,7 @@ import torch
 from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone
 from stego_tasks.config import load_params
 from stego_tasks.crf import CRFParams
-from stego_tasks.embed import resolve_device
+from stego_tasks.devices import resolve_device
 from stego_tasks.train import StegoModel, load_model
 
 log = logging.getLogger("stego")
@@ -43,6 +43,8 @@ class Run:
         class_names: one name per class (empty without an assignment).
         amp: run the backbone under bfloat16 autocast on CUDA, as `extract.amp` does when
             the features are stored (no effect on the CPU).
+        model_dir: the model folder the run was loaded from (None when built by hand);
+            `stego predict` records it in the folders it writes.
     """
 
     model: StegoModel
@@ -54,6 +56,7 @@ class Run:
     cluster_to_class: np.ndarray | None = None
     class_names: tuple[str, ...] = ()
     amp: bool = True
+    model_dir: Path | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -118,17 +121,27 @@ def _create_backbone(name: str, weights: str, source: str) -> Backbone:
 def _read_assignment(path: Path, n_clusters: int, info: dict) -> tuple[np.ndarray | None, tuple[str, ...]]:
     if not path.is_file():
         return None, ()
-    data = json.loads(path.read_text())
+    redo = "rerun `stego evaluate` to write it again"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); {redo}.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not the mapping evaluate writes; {redo}.")
     if data.get("cluster_to_class") is None:  # evaluated without labels: nothing to map
         return None, ()
-    mapping = np.asarray(data["cluster_to_class"], dtype=np.int64)
+    raw = data["cluster_to_class"]
+    if not isinstance(raw, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in raw):
+        raise ValueError(f"{path}: cluster_to_class must be a list of integers, got {str(raw)[:60]}; {redo}.")
+    mapping = np.asarray(raw, dtype=np.int64).reshape(-1)
     n_classes = int(info["n_classes"])
     if mapping.shape != (n_clusters,) or mapping.min() < -1 or mapping.max() >= min(n_classes, UNMATCHED):
         raise ValueError(
             f"{path} maps {mapping.size} clusters to classes {sorted(set(mapping.tolist()))[:8]}, "
             f"but the model has {n_clusters} clusters and {n_classes} classes; rerun `stego evaluate`."
         )
-    names = list(data.get("class_names") or info.get("class_names") or [])
+    names = data.get("class_names") or info.get("class_names") or []
+    names = list(names) if isinstance(names, list) else []
     if len(names) != n_classes:
         names = [f"class_{j}" for j in range(n_classes)]
     return mapping, tuple(str(name) for name in names)
@@ -200,4 +213,5 @@ def load_run(
         crf_params=crf_params,
         cluster_to_class=mapping,
         class_names=names,
+        model_dir=model_dir.resolve(),
     )

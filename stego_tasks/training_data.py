@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import zarr
 
-from stego_tasks.feature_store import read_split
+from stego_tasks.feature_store import content_identity, open_store, read_split
 
 log = logging.getLogger("stego")
 
@@ -118,6 +120,8 @@ class TrainingData:
     feats: ArrayLike
     labels: ArrayLike | None
     knn: np.ndarray
+    # What the data is (see `data_identity`); None: computed from the values when needed.
+    identity: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -200,10 +204,11 @@ def load_training_data(
         `TrainingData` (feats float16, labels uint8 as stored); labels None when no
         training crop has a single valid label.
     """
-    group = read_split(store_path, "train")
+    # Both stores are checked against the digests recorded when they were written (one read
+    # of their bytes, no decode), so a deleted or damaged chunk is named here, not trained on.
+    group = read_split(store_path, "train", arrays=["feats", "labels"])
     feats, labels = group["feats"], group["labels"]
-    knn_group = zarr.open_group(str(knn_path), mode="r")
-    knn = knn_group["train"][:]
+    knn = open_store(knn_path, "knn", ["train"])["train"][:]
     if knn.shape[0] != feats.shape[0]:
         raise ValueError(
             f"the kNN graph has {knn.shape[0]} rows but the store has {feats.shape[0]} training crops; rerun `stego knn`."
@@ -219,10 +224,43 @@ def load_training_data(
         # Without valid labels only the features count against the budget.
         in_memory = not has_labels and feats.nbytes <= in_memory_bytes
     nbytes = feats.nbytes + (labels.nbytes if has_labels else 0)
+    identity = {
+        "crops": int(feats.shape[0]), "in_dim": int(feats.shape[1]), "labels": has_labels, "knn": _checksum(knn),
+        # The digests recorded when the chunks were written: equal digests, equal bytes (to crc32).
+        "features": content_identity(group, ["feats", "labels"] if has_labels else ["feats"]),
+    }
     if in_memory:
         data = TrainingData(torch.from_numpy(feats[:]), torch.from_numpy(held) if has_labels else None, knn)
     else:
         data = TrainingData(feats, labels if has_labels else None, knn)
+    if identity["features"] is None and in_memory:
+        identity["features"] = data_identity(data)["features"]  # a store without digests: its values
+    data.identity = identity
     log.info("train: %d crops, %.0f MiB of features and labels, %s", data.size, nbytes / 2**20,
              "streamed from the store" if data.streamed else "read into memory")
     return data
+
+
+def _checksum(values: Any) -> str:
+    """crc32 (hex) of an array's values, with its dtype and shape."""
+    array = np.ascontiguousarray(values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values))
+    return f"{zlib.crc32(memoryview(array).cast('B')):08x}:{array.dtype}:{'x'.join(map(str, array.shape))}"
+
+
+def data_identity(data: TrainingData) -> dict[str, Any]:
+    """What the training data is, for a checkpoint to record and `--resume` to compare.
+
+    `load_training_data` sets it from the store's recorded digests (no extra read); data
+    built by hand gets checksums of its values.
+
+    Returns:
+        {"crops", "in_dim", "labels" (bool), "knn", "features"}: checksums as hex strings.
+    """
+    if data.identity is not None:
+        return data.identity
+    features = _checksum(data.feats if isinstance(data.feats, torch.Tensor) else data.feats[:])
+    if data.labels is not None:
+        labels = data.labels if isinstance(data.labels, torch.Tensor) else data.labels[:]
+        features += "+" + _checksum(labels)
+    return {"crops": data.size, "in_dim": data.in_dim, "labels": data.labels is not None, "knn": _checksum(data.knn),
+            "features": features}

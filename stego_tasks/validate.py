@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from stego_tasks import atomic
-from stego_tasks.images import DEFAULT_MIN_SIZE, load_label
+from stego_tasks.images import DEFAULT_MIN_SIZE, ImageDecodeError, label_fits_uint8, load_label
 from stego_tasks.ingest import SPLITS, read_manifest, resolve_in_corpus
 
 MIN_IMAGES: dict[str, int] = {"train": 2, "val": 1}
@@ -70,7 +70,16 @@ def label_stats(
     """
     rows, totals = [], {}
     for rec in manifest[manifest["label_path"] != ""].itertuples(index=False):
-        mask = load_label(resolve_in_corpus(corpus_root, rec.label_path))
+        try:
+            mask = load_label(resolve_in_corpus(corpus_root, rec.label_path))
+            too_wide = label_fits_uint8(mask)
+        except ImageDecodeError as exc:
+            too_wide = exc.reason
+        if too_wide:
+            # Ingest quarantines such labels; a manifest listing one is stale or not ingest's.
+            raise ValueError(
+                f"label {rec.label_path} cannot be used ({too_wide}); rerun ingest, which quarantines it."
+            )
         values, counts = np.unique(mask, return_counts=True)
         valid = ((values >= 0) & (values < n_classes)) | (values == ignore_index)
         classes = values[values != ignore_index]

@@ -27,12 +27,16 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.csv"], "temporary file left behind"
 
 
-def test_directory_target_is_replaced_whole(tmp_path: Path) -> None:
+def test_own_directory_target_is_replaced_whole_and_a_foreign_one_is_refused(tmp_path: Path) -> None:
     target = tmp_path / "overlays"
     target.mkdir()
-    (target / "stale.png").write_text("x")
+    (target / "0007.png").write_text("old")  # what evaluate writes: overlays named NNNN.png
     with atomic.atomic_path(target) as tmp:
         tmp.mkdir()
         (tmp / "0000.png").write_text("new")
     assert sorted(p.name for p in target.iterdir()) == ["0000.png"], "old directory content must be gone"
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="overlays"), atomic.atomic_path(target) as tmp:
+        tmp.mkdir()
+    assert (target / "notes.txt").read_text() == "mine", "a folder with the user's file must be left alone"
     assert json.loads(json.dumps(sorted(p.name for p in tmp_path.iterdir()))) == ["overlays"], "temp dir left behind"

@@ -146,7 +146,9 @@ def test_cluster_stage_store_layout_and_predictions(stage):
     assert set(out.array_keys()) == set(layout), f"arrays {sorted(out.array_keys())}"
     for name, (shape, dtype) in layout.items():
         assert out[name].shape == shape and out[name].dtype == dtype, f"{name}: {out[name].shape} {out[name].dtype}"
-    assert dict(out.attrs) == {"flip": True, "alpha": 2.0, "n_clusters": k}, f"attrs {dict(out.attrs)}"
+    protocol = {"select": "last", "uses_labels": False, "selection": {}, "probe_init": "random", "shifts": None,
+                "shifts_setting": "fixed"}  # what a model.json without these facts (an older run) implies
+    assert dict(out.attrs) == {"flip": True, "alpha": 2.0, "n_clusters": k, "protocol": protocol}, f"attrs {dict(out.attrs)}"
     val = zarr.open_group(str(stage / "features.zarr"), mode="r")["val"]
     assert np.array_equal(out["image_ids"][:], val["image_ids"][:]), "image ids not carried over"
 

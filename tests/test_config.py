@@ -28,6 +28,10 @@ def test_repo_params_yaml_loads_with_every_value_as_written():
     params = load_params(REPO_PARAMS)
     raw = yaml.safe_load(REPO_PARAMS.read_text())
     assert isinstance(params, Params), f"got {type(params).__name__}"
+    # The repo's corpus is the demo, so its `demo` block is merged over extract and train.
+    assert raw["corpus"]["demo"] is True
+    for block, overrides in raw["demo"].items():
+        raw[block] = {**raw[block], **overrides}
     for key, value in raw.items():
         if isinstance(value, dict):
             block = getattr(params, key)

@@ -105,7 +105,8 @@ def _reference_backbone(name: str) -> Backbone:
     # Extraction seeds random weights with 0 so that every worker embeds with one net.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return create_backbone(name, weights="random")
+        # The store's default preprocess is "reference", which resamples positions as DINO does.
+        return create_backbone(name, weights="random", pos_embed="dino")
 
 
 def _embed(images: np.ndarray) -> torch.Tensor:
@@ -226,7 +227,7 @@ def test_train_features_equal_the_backbone_rerun_on_the_image_files(base):
     rows = _split_rows(base.manifest, "train")
     inputs, labels = [], []
     for path, label_path in zip(rows["path"], rows["label_path"], strict=True):
-        pieces = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 32, True, 0.5)
+        pieces = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 32, True, 0.5, PARAMS.preprocess)
         inputs += [crop for crop, _ in pieces]
         labels += [crop_label for _, crop_label in pieces]
     feats = _embed(np.stack(inputs))
@@ -246,7 +247,7 @@ def test_val_images_labels_and_flipped_features(base):
     rows = _split_rows(base.manifest, "val")
     images, labels = [], []
     for path, label_path in zip(rows["path"], rows["label_path"], strict=True):
-        [(image, label)] = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 48, False, 0.5)
+        [(image, label)] = preprocess(load_rgb(base.root / path), load_label(base.root / label_path), 48, False, 0.5, PARAMS.preprocess)
         images.append(image)
         labels.append(label)
     images = np.stack(images)

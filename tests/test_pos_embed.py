@@ -14,7 +14,11 @@ import timm
 import torch
 
 from stego_tasks.backbone import create_backbone
-from stego_tasks.pos_embed import dino_interpolate_pos_embed, supports_dino_pos_embed, use_dino_pos_embed
+from stego_tasks.pos_embed import (
+    dino_interpolate_pos_embed,
+    supports_dino_pos_embed,
+    use_dino_pos_embed,
+)
 
 GOLDEN = Path(__file__).parent / "data" / "dino_pos_embed_golden.npz"
 

@@ -24,8 +24,6 @@ from pathlib import Path
 import yaml
 
 from stego_tasks import atomic
-from stego_tasks.presets import params_text
-
 from stego_tasks.adapters.cityscapes import CITYSCAPES27
 from stego_tasks.adapters.cocostuff import COCOSTUFF27
 from stego_tasks.adapters.core import (
@@ -38,6 +36,7 @@ from stego_tasks.adapters.core import (
     remap_labels,
 )
 from stego_tasks.adapters.potsdam import POTSDAM, POTSDAM3
+from stego_tasks.presets import params_text
 
 __all__ = [
     "ADAPTERS",

@@ -17,6 +17,11 @@ from typing import Any
 import yaml
 
 DEFAULT_PRESET = "custom"
+DEMO_BLOCK = """demo:
+  # Overrides for the bundled demo corpus only (they apply while corpus.demo is true).
+  extract: {}
+  train: {}
+"""
 
 
 def list_presets() -> list[str]:
@@ -66,4 +71,7 @@ def params_text(name: str, corpus: dict[str, Any], header: str = "") -> str:
     else:
         text = re.sub(r"^(seed: .*\n)", lambda m: m.group(1) + "\n" + block + "\n", text, count=1, flags=re.MULTILINE)
     lines = "".join(f"# {line}\n" for line in header.splitlines())
+    if not re.search(r"^demo:", text, re.MULTILINE):
+        # dvc.yaml declares demo.extract / demo.train as params, so the keys must exist.
+        text = text.rstrip("\n") + "\n\n" + DEMO_BLOCK
     return lines + text
