@@ -32,7 +32,7 @@ import zarr
 from stego_tasks import atomic
 from stego_tasks.config import ClusterParams
 from stego_tasks.feature_store import read_split, record_store_digests, verify_rows, verify_split
-from stego_tasks.train import StegoModel, load_model
+from stego_tasks.model import StegoModel, load_model
 
 log = logging.getLogger("stego")
 

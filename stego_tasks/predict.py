@@ -41,7 +41,7 @@ from stego_tasks import atomic
 from stego_tasks.backbone import normalize
 from stego_tasks.crf import CRFParams, dense_crf
 from stego_tasks.devices import backbone_precision
-from stego_tasks.images import ImageDecodeError, is_image_name, load_rgb
+from stego_tasks.images import ImageDecodeError, is_hidden, is_image_name, load_rgb
 from stego_tasks.progress import Progress
 from stego_tasks.trained_run import UNMATCHED, Run, load_run
 from stego_tasks.visualize import overlay, palette, palette_png
@@ -216,10 +216,10 @@ def collect_images(inputs: list[Path], exclude: Path | None = None) -> tuple[lis
             before = len(found)
             for root, dirs, files in os.walk(item):
                 root_path = Path(root)
-                dirs[:] = sorted(d for d in dirs if not d.startswith(".") and (root_path / d).resolve() != skip)
+                dirs[:] = sorted(d for d in dirs if not is_hidden(d) and (root_path / d).resolve() != skip)
                 for name in sorted(files):
                     path = root_path / name
-                    if is_image_name(name) and not name.startswith("."):
+                    if is_image_name(name) and not is_hidden(name):
                         found.append((path, path.relative_to(item)))
             if len(found) == before:
                 problems.append((item, "folder holds no .jpg/.jpeg/.png/.bmp/.tif/.tiff/.webp images"))

@@ -39,8 +39,8 @@ from stego_tasks.cluster import BATCH, iter_val_codes
 from stego_tasks.feature_store import read_split
 from stego_tasks.head import ClusterProbe
 from stego_tasks.metrics import ScoreAccumulator
+from stego_tasks.model import StegoModel, load_model
 from stego_tasks.probe_fit import INITS, best_cluster_probe, probe_objective
-from stego_tasks.train import StegoModel, load_model
 
 ROW_KEYS = ("k", "criterion", "train_criterion", "miou", "accuracy")
 

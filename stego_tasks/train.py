@@ -23,23 +23,21 @@ import dataclasses
 import io
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import zarr
-from safetensors.torch import load_file, save_file
 
 from stego_tasks import atomic
 from stego_tasks.batching import epoch_batches as _batches
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
 from stego_tasks.devices import resolve_device
 from stego_tasks.feature_store import read_split
-from stego_tasks.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.knn import sample_positives
 from stego_tasks.locking import artifact_lock
 from stego_tasks.loss import correspondence_loss
+from stego_tasks.model import StegoModel, build_model, load_model, save_model
 from stego_tasks.progress import Progress
 from stego_tasks.selection import BestCheckpoint, ValScorer, refit_cluster_probe
 from stego_tasks.shift_stats import (
@@ -52,130 +50,10 @@ from stego_tasks.training_data import TrainingData, data_identity, load_training
 
 log = logging.getLogger("stego")
 
+# The model type and its files live in `stego_tasks/model.py`; re-exported for older callers.
+__all__ = ["LOSS_COLUMNS", "StegoModel", "build_model", "fit", "load_model", "save_model", "train", "write_loss_log"]
+
 LOSS_COLUMNS = ("step", "total", "intra", "inter", "neg", "cluster", "linear")
-
-
-@dataclass
-class StegoModel:
-    """The trained parts of STEGO: head and probes, plus what they were trained on."""
-
-    head: SegmentationHead
-    cluster_probe: ClusterProbe
-    linear_probe: LinearProbe
-    info: dict[str, Any]
-
-    def modules(self) -> dict[str, torch.nn.Module]:
-        """The three modules by the prefix their tensors carry in `model.safetensors`."""
-        return {"head": self.head, "cluster_probe": self.cluster_probe, "linear_probe": self.linear_probe}
-
-    def to(self, device: torch.device) -> StegoModel:
-        """Move all modules to `device` (in place) and return self."""
-        for module in self.modules().values():
-            module.to(device)
-        return self
-
-    def eval(self) -> StegoModel:
-        """Switch all modules to eval mode (no dropout) and return self."""
-        for module in self.modules().values():
-            module.eval()
-        return self
-
-
-def build_model(in_dim: int, n_classes: int, params: TrainParams, info: dict[str, Any] | None = None) -> StegoModel:
-    """Create an untrained head and probes.
-
-    Args:
-        in_dim: backbone feature dimension C.
-        n_classes: classes of the corpus (cluster probe gets n_classes + extra_clusters).
-        params: the `train` block (n_codes, dropout, extra_clusters).
-        info: metadata to carry along.
-
-    Returns:
-        A `StegoModel`.
-    """
-    return StegoModel(
-        head=SegmentationHead(in_dim, params.n_codes, params.dropout),
-        cluster_probe=ClusterProbe(params.n_codes, n_classes, params.extra_clusters),
-        linear_probe=LinearProbe(params.n_codes, n_classes),
-        info=dict(info or {}),
-    )
-
-
-def save_model(model: StegoModel, model_dir: Path) -> None:
-    """Write `model.safetensors` and `model.json` into `model_dir`, each atomically."""
-    tensors = {
-        f"{prefix}.{name}": tensor.detach().cpu().contiguous()
-        for prefix, module in model.modules().items()
-        for name, tensor in module.state_dict().items()
-    }
-    with atomic.atomic_path(Path(model_dir) / "model.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    atomic.write_json(Path(model_dir) / "model.json", model.info)
-
-
-def load_model(model_dir: Path) -> StegoModel:
-    """Rebuild a trained `StegoModel` from `model_dir` (safetensors, no pickle).
-
-    Args:
-        model_dir: folder with `model.safetensors` and `model.json`.
-
-    Returns:
-        The model in eval mode on the CPU.
-
-    Raises:
-        FileNotFoundError: the folder holds no model.
-        ValueError: one sentence naming the broken file (model.json not JSON, a key
-            missing or of the wrong type; model.safetensors truncated, corrupt or not
-            matching model.json).
-    """
-    from safetensors import SafetensorError
-
-    from stego_tasks.config import params_block
-
-    model_dir = Path(model_dir)
-    json_path, weights_path = model_dir / "model.json", model_dir / "model.safetensors"
-    if not json_path.exists() or not weights_path.exists():
-        raise FileNotFoundError(f"{model_dir} holds no trained model (model.json + model.safetensors); run `stego train` first.")
-    redo = "rerun `stego train` to write the model again"
-    try:
-        info = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{json_path}: not valid JSON ({error}); {redo}.") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{json_path}: holds a JSON {type(info).__name__}, not the mapping train writes; {redo}.")
-    expected = {"in_dim": "a positive integer", "n_classes": "a positive integer", "train": "a mapping"}
-    for key, what in expected.items():
-        value = info.get(key)
-        fits = isinstance(value, dict) if key == "train" else (
-            isinstance(value, int) and not isinstance(value, bool) and value >= 1
-        )
-        if not fits:
-            got = "missing" if key not in info else f"got {json.dumps(value)[:60]}"
-            raise ValueError(f"{json_path}: {key} must be {what} ({got}); {redo}.")
-    for key in ("resolution", "backbone"):
-        kind = int if key == "resolution" else str
-        if info.get(key) is not None and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
-            raise ValueError(f"{json_path}: {key} must be {'an integer' if kind is int else 'a string'} or null, "
-                             f"got {json.dumps(info[key])[:60]}; {redo}.")
-    try:
-        params = params_block(TrainParams, info["train"], "train", str(json_path))
-    except ValueError as error:
-        raise ValueError(f"{str(error).rstrip('.')}; {redo}.") from None
-    model = build_model(info["in_dim"], info["n_classes"], params, info)
-    try:
-        tensors = load_file(str(weights_path))
-    except SafetensorError as error:
-        raise ValueError(f"{weights_path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
-    for prefix, module in model.modules().items():
-        state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
-        try:
-            module.load_state_dict(state)
-        except RuntimeError as error:
-            detail = " ".join(str(error).split())[:200]
-            raise ValueError(
-                f"{weights_path}: its {prefix} tensors do not fit the model model.json describes ({detail}); {redo}."
-            ) from None
-    return model.eval()
 
 
 # --- training --------------------------------------------------------------------------
@@ -376,6 +254,11 @@ def fit(
     start, rows = 0, []
     identity = checkpoint_identity(data, n_classes, params, seed, ignore_index) if checkpoint is not None else None
     if resume and checkpoint is not None and checkpoint.exists():
+        if params.select == "best":
+            raise ValueError(
+                "train.select: best keeps the best step's weights in memory only, so a resumed run could not be "
+                "exact; rerun without --resume, or set train.select: last to resume."
+            )
         start, rows = _load_checkpoint(checkpoint, model, optimizers, generator, identity)
         if start >= params.steps:
             raise ValueError(

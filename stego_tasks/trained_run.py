@@ -20,7 +20,7 @@ from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone
 from stego_tasks.config import load_params
 from stego_tasks.crf import CRFParams
 from stego_tasks.devices import resolve_device
-from stego_tasks.train import StegoModel, load_model
+from stego_tasks.model import StegoModel, load_model
 
 log = logging.getLogger("stego")
 

@@ -196,7 +196,9 @@ def test_unlabelled_validation_set_writes_predictions_only(tmp_path):
     group = zarr.open_group(str(tmp_path / "features.zarr"), mode="a")["val"]
     group["labels"][:] = 255
     scores, per_class, out = _run(tmp_path, corpus)
-    assert set(scores) == {"backbone", "backbone_weights", "n_images"}, f"scores without labels {scores}"
+    assert set(scores) == {"backbone", "backbone_weights", "n_images", "preset", "weights_source", "preprocess", "protocol"}, (
+        f"scores without labels {scores}"
+    )
     assert per_class == {}, f"per-class IoU without labels {per_class}"
     assignment = json.loads((out / "assignment.json").read_text())
     assert assignment["cluster_to_class"] is None, f"no labels, no assignment: {assignment}"

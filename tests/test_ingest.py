@@ -121,6 +121,7 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path, monkeypatch):
     summary, rows, quarantine = _run(root, tmp_path / "out")
 
     expected = {
+        "images/train/README.txt": "skipped: not an image file name (.txt)",
         "images/train/trunc.jpg": "truncated or corrupt image",
         "images/train/notes.jpg": "not an image file",
         "images/train/empty.png": "empty file",
@@ -148,7 +149,8 @@ def test_bad_files_are_quarantined_with_reasons(tmp_path, monkeypatch):
         "images/val/scene_0001.png",
         "images/val/scene_0002.png",
     }, f"kept {kept}"
-    assert summary.n_quarantined == len(expected), "summary quarantine count wrong"
+    assert summary.n_quarantined == len(expected) - 1, "summary quarantine count wrong"
+    assert summary.n_skipped == 1, "README.txt is skipped (listed, not quarantined)"
     assert outside.resolve() not in {p.resolve() for p in seen}, "outside symlink was read"
 
 

@@ -88,8 +88,10 @@ def clean(tmp_path_factory) -> Run:
 
 def _copy(clean: Run, tmp_path: Path) -> Run:
     for name in FILES:
-        shutil.copytree(clean.tmp / name, tmp_path / name) if (clean.tmp / name).is_dir() else shutil.copy2(
-            clean.tmp / name, tmp_path / name)
+        if (clean.tmp / name).is_dir():
+            shutil.copytree(clean.tmp / name, tmp_path / name)
+        else:
+            shutil.copy2(clean.tmp / name, tmp_path / name)
     return Run(tmp_path)
 
 
