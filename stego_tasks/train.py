@@ -340,6 +340,9 @@ def train(
         "backbone": store.get("backbone"),
         "backbone_weights": store.get("weights_source"),
         "resolution": store.get("resolution"),
+        # How the stored inputs were made, so `stego predict` feeds new images the same way.
+        "preprocess": store.get("preprocess", "antialias"),
+        "pos_embed": store.get("pos_embed", "timm"),
         "seed": seed,
         "train": params_to_dict(params),
         "linear_probe_trained": data.labels is not None,

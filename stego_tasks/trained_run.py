@@ -45,6 +45,8 @@ class Run:
             the features are stored (no effect on the CPU).
         model_dir: the model folder the run was loaded from (None when built by hand);
             `stego predict` records it in the folders it writes.
+        preprocess: the run's `extract.preprocess`; "reference" resizes new images with
+            NEAREST, as its val images were.
     """
 
     model: StegoModel
@@ -57,6 +59,7 @@ class Run:
     class_names: tuple[str, ...] = ()
     amp: bool = True
     model_dir: Path | None = None
+    preprocess: str = "antialias"
 
     @property
     def n_clusters(self) -> int:
@@ -97,7 +100,7 @@ def _weights_for(info: dict, run_dir: Path) -> str:
     )
 
 
-def _create_backbone(name: str, weights: str, source: str) -> Backbone:
+def _create_backbone(name: str, weights: str, source: str, pos_embed: str = "timm") -> Backbone:
     if weights == "random":
         banner = "=" * 78
         log.warning(
@@ -108,9 +111,9 @@ def _create_backbone(name: str, weights: str, source: str) -> Backbone:
         # Seeded exactly as `extract` builds it, so the head sees the features it was trained on.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            return create_backbone(name, weights="random")
+            return create_backbone(name, weights="random", pos_embed=pos_embed)
     try:
-        return create_backbone(name, weights=weights)
+        return create_backbone(name, weights=weights, pos_embed=pos_embed)
     except WeightsNotFoundError as error:
         raise WeightsNotFoundError(
             f"No weights for the run's backbone {name} (trained with {source} weights) in the "
@@ -187,7 +190,9 @@ def load_run(
     if not name:
         raise ValueError(f"{model_dir / 'model.json'} does not name its backbone; rerun `stego train`.")
     source = str(info.get("backbone_weights"))
-    backbone = _create_backbone(name, weights if weights is not None else _weights_for(info, run_dir), source)
+    # The position-embedding resampling the features were stored with (`extract.preprocess`).
+    pos_embed = str(info.get("pos_embed") or "timm")
+    backbone = _create_backbone(name, weights if weights is not None else _weights_for(info, run_dir), source, pos_embed)
     if backbone.embed_dim != info["in_dim"]:
         raise ValueError(
             f"Backbone {name} gives {backbone.embed_dim}-d features but the head expects "
@@ -214,4 +219,5 @@ def load_run(
         cluster_to_class=mapping,
         class_names=names,
         model_dir=model_dir.resolve(),
+        preprocess=str(info.get("preprocess") or "antialias"),
     )

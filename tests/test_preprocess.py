@@ -99,3 +99,12 @@ def test_five_crop_boxes_follow_torchvision_order() -> None:
 def test_unknown_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="reference"):
         preprocess(_photo(32, 32), None, 16, five_crop=False, crop_ratio=0.5, mode="bicubic")
+
+
+def test_predict_resizes_new_images_like_the_runs_val_images() -> None:
+    from stego_tasks.predict import resize_short_side
+
+    image = _photo(97, 131, seed=3)
+    want = np.asarray(T.Resize(40, Image.NEAREST)(Image.fromarray(image)))
+    assert np.array_equal(resize_short_side(image, 40, "reference"), want), "reference run: NEAREST, torchvision sizes"
+    assert resize_short_side(image, 40, "antialias").shape == (40, 54, 3)

@@ -224,6 +224,7 @@ def test_train_stage_writes_model_files_and_loss_log(tmp_path):
         "backbone": "vit_tiny_patch16_224", "backbone_weights": "random", "resolution": 32, "seed": 5,
         "train": params_to_dict(params), "linear_probe_trained": True, "shifts_used": list(PARAMS.shifts),
         "shifts_setting": "fixed", "selection": {"select": "last", "uses_labels": False}, "probe_init": "random",
+        "preprocess": "antialias", "pos_embed": "timm",  # a store without these attrs predates preprocess modes
     }
     assert info == expected, f"model.json {info}"
 
