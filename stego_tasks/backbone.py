@@ -31,9 +31,11 @@ __all__ = [
     "BackboneSpec",
     "WeightsNotFoundError",
     "create_backbone",
+    "create_seeded_backbone",
     "list_backbones",
     "normalize",
     "read_checkpoint",
+    "weights_argument",
 ]
 
 logger = logging.getLogger(__name__)
@@ -275,6 +277,39 @@ def create_backbone(name: str, weights: str | Path = "auto", pos_embed: str = "t
     return _with_pos_embed(Backbone(spec, model, source), pos_embed)
 
 
+def create_seeded_backbone(name: str, weights: str | Path = "auto", pos_embed: str = "timm") -> Backbone:
+    """`create_backbone` with torch's RNG seeded 0 for the call (and restored after).
+
+    Random weights are then the same net in every process: each extraction worker, every
+    rerun, and `stego predict` with a run trained on them. Loaded weights are unaffected.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return create_backbone(name, weights=weights, pos_embed=pos_embed)
+
+
+def weights_argument(source: str) -> str:
+    """The `create_backbone` weights argument that loads again the weights a `weights_source` names.
+
+    Args:
+        source: a `Backbone.weights_source`, as stores and model.json record it.
+
+    Returns:
+        "<path>" for "file:<path>" (as recorded, maybe relative), "auto" for "hub-cache" and
+        "hub-download", "random" for "random".
+
+    Raises:
+        ValueError: any other value.
+    """
+    if isinstance(source, str) and source.startswith("file:"):
+        return source[len("file:") :]
+    if source in ("hub-cache", "hub-download"):
+        return "auto"
+    if source == "random":
+        return "random"
+    raise ValueError(f"unknown weights source {source!r}; expected 'file:<path>', 'hub-cache', 'hub-download' or 'random'.")
+
+
 def _with_pos_embed(backbone: Backbone, pos_embed: str) -> Backbone:
     if pos_embed == "dino":
         use_dino_pos_embed(backbone.model)
@@ -444,18 +479,11 @@ def _hub_offline() -> bool:
 def _hub_reachable(timeout: float = 3.0) -> bool:
     # huggingface_hub retries a failed request five times with back-off (about 45 s per
     # file); one quick TCP connect tells an offline machine apart at once.
-    import socket
-    from urllib.parse import urlparse
-
     from huggingface_hub import constants
 
-    url = urlparse(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    from stego_tasks.official_weights import reachable
+
+    return reachable(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT, timeout)
 
 
 def _state_dict_from_url(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:

@@ -22,7 +22,8 @@ def hub_checkpoint_dir() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _reachable(url: str, timeout: float = 3.0) -> bool:
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether one TCP connect to the URL's host answers within `timeout` seconds (no request is sent)."""
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
     try:
@@ -52,7 +53,7 @@ def find_or_download(url: str) -> tuple[Path | None, str, str]:
         return cached, "hub-cache", ""
     if _offline():
         return None, "", "offline (HF_HUB_OFFLINE or STEGO_OFFLINE is set)"
-    if not _reachable(url):
+    if not reachable(url):
         return None, "", f"{urlparse(url).hostname} cannot be reached from this machine"
     import torch
 

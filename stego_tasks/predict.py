@@ -41,8 +41,9 @@ from stego_tasks import atomic
 from stego_tasks.backbone import normalize
 from stego_tasks.crf import CRFParams, dense_crf
 from stego_tasks.devices import backbone_precision
+from stego_tasks.head import flip_averaged
 from stego_tasks.images import ImageDecodeError, is_hidden, is_image_name, load_rgb
-from stego_tasks.preprocess import short_side_size
+from stego_tasks.preprocess import resize_short_side
 from stego_tasks.progress import Progress
 from stego_tasks.trained_run import UNMATCHED, Run, load_run
 from stego_tasks.visualize import overlay, palette, palette_png
@@ -86,30 +87,6 @@ class PredictSummary:
 # --- one image -------------------------------------------------------------------------
 
 
-def resize_short_side(image: np.ndarray, size: int, mode: str = "antialias") -> np.ndarray:
-    """Resize so the shorter side is `size`, keeping the aspect ratio, as `extract` resized val images.
-
-    Args:
-        image: uint8 [H, W, 3].
-        size: target shorter side.
-        mode: the run's `extract.preprocess`: "antialias" (bilinear, rounded sizes) or
-            "reference" (NEAREST, torchvision's truncated sizes).
-
-    Returns:
-        uint8 [h, w, 3] with min(h, w) == size.
-    """
-    height, width = image.shape[:2]
-    if mode == "reference":
-        new_h, new_w = short_side_size(height, width, size)
-        resample = Image.NEAREST
-    else:
-        scale = size / min(height, width)
-        new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-        resample = Image.BILINEAR
-    # np.array copies: PIL's buffer is read-only and pydensecrf refuses read-only images.
-    return np.array(Image.fromarray(image).resize((new_w, new_h), resample))
-
-
 def nearest_resize(label_map: np.ndarray, height: int, width: int) -> np.ndarray:
     """Nearest-neighbour resize by pixel centres: out[i, j] = in[floor((i + .5) h / H), ...].
 
@@ -143,7 +120,7 @@ def _cluster_log_probs(run: Run, resized: np.ndarray, flip: bool) -> torch.Tenso
     with torch.autocast(run.device.type, dtype=torch.bfloat16, enabled=use_bf16):
         feats = run.backbone(batch)
     codes = run.model.head(feats.float())
-    code = (codes[:1] + codes[1:].flip(-1)) / 2 if flip else codes
+    code = flip_averaged(codes[:1], codes[1:]) if flip else codes
     code = F.interpolate(code, size=(height + pad_h, width + pad_w), mode="bilinear", align_corners=False)
     code = code[:, :, :height, :width]
     return run.model.cluster_probe.log_probs(code, run.alpha)[0].float().cpu()
@@ -184,7 +161,8 @@ def segment_image(
         raise ValueError(
             f"image of {width}x{height} px has an aspect ratio over {MAX_ASPECT:g}:1; crop it into parts first."
         )
-    resized = resize_short_side(image, run.resolution, run.preprocess)
+    # As extract resized the run's val images, so the head sees inputs like those it was scored on.
+    resized = resize_short_side(image, run.resolution, mode=run.preprocess)
     log_probs = _cluster_log_probs(run, resized, flip).numpy()
     if crf:
         probs = dense_crf(resized, log_probs, crf_params or run.crf_params)

@@ -45,19 +45,19 @@ def center_crop_offsets(height: int, width: int, crop_h: int, crop_w: int) -> tu
     return int(round((height - crop_h) / 2.0)), int(round((width - crop_w) / 2.0))
 
 
-def resize_center_crop(image: np.ndarray, size: int, nearest: bool = False, mode: str = "antialias") -> np.ndarray:
-    """Resize the shorter side to `size`, then take the central `size` x `size` square.
+def resize_short_side(image: np.ndarray, size: int, nearest: bool = False, mode: str = "antialias") -> np.ndarray:
+    """Resize so the shorter side is `size`, keeping the aspect ratio.
 
     Args:
         image: uint8 [H, W, 3] RGB or [H, W] label.
-        size: output side in pixels.
+        size: target shorter side in pixels.
         nearest: nearest-neighbour resampling (labels) instead of bilinear (images); the
             `reference` mode always resamples with NEAREST, as the reference does.
-        mode: "antialias" (rounded sizes, floor-halved offsets) or "reference"
-            (torchvision's truncated sizes and half-to-even offsets).
+        mode: "antialias" (bilinear, rounded sizes) or "reference" (NEAREST, torchvision's
+            truncated sizes).
 
     Returns:
-        uint8 array [size, size, 3] or [size, size].
+        uint8 array with min(h, w) == size; a writable copy (pydensecrf refuses read-only images).
     """
     check_mode(mode)
     height, width = image.shape[:2]
@@ -68,9 +68,25 @@ def resize_center_crop(image: np.ndarray, size: int, nearest: bool = False, mode
         scale = size / min(height, width)
         new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
         resample = Image.NEAREST if nearest else Image.BILINEAR
-    resized = image if (new_h, new_w) == (height, width) else np.asarray(
-        Image.fromarray(image).resize((new_w, new_h), resample)
-    )
+    if (new_h, new_w) == (height, width):
+        return np.array(image)
+    return np.array(Image.fromarray(image).resize((new_w, new_h), resample))
+
+
+def resize_center_crop(image: np.ndarray, size: int, nearest: bool = False, mode: str = "antialias") -> np.ndarray:
+    """Resize the shorter side to `size` (`resize_short_side`), then take the central `size` x `size` square.
+
+    Args:
+        image: uint8 [H, W, 3] RGB or [H, W] label.
+        size: output side in pixels.
+        nearest: NEAREST for labels (see `resize_short_side`).
+        mode: "antialias" (floor-halved offsets) or "reference" (torchvision's half-to-even offsets).
+
+    Returns:
+        uint8 array [size, size, 3] or [size, size].
+    """
+    resized = resize_short_side(image, size, nearest, mode)
+    new_h, new_w = resized.shape[:2]
     if mode == "reference":
         top, left = center_crop_offsets(new_h, new_w, size, size)
     else:

@@ -56,8 +56,10 @@ os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 TINY_PARAMS = {
     ("backbone", "name"): "vit_tiny_patch16_224",
     ("backbone", "weights"): "random",
-    ("extract", "resolution"): 32,
-    ("train", "steps"): 30,
+    # The tiny project's corpus is the demo, so its sizes go where the demo's live.
+    ("demo", "extract", "resolution"): 32,
+    ("demo", "extract", "val_resolution"): 32,
+    ("demo", "train", "steps"): 30,
     ("train", "log_every"): 10,
     ("crf", "workers"): 1,
     ("evaluate", "n_overlays"): 2,

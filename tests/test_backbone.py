@@ -396,7 +396,7 @@ def test_300ep_downloads_from_the_official_url_when_online(vits8_300ep_state, tm
         calls.append(url)
         torch.save(vits8_300ep_state, dst)
 
-    monkeypatch.setattr(official, "_reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(official, "reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     backbone = create_backbone("dino_vits8_300ep")
     assert calls == [backbone_module.DINO_VITS8_300EP_URL], calls

@@ -102,9 +102,9 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_predict_resizes_new_images_like_the_runs_val_images() -> None:
-    from stego_tasks.predict import resize_short_side
+    from stego_tasks.preprocess import resize_short_side
 
     image = _photo(97, 131, seed=3)
     want = np.asarray(T.Resize(40, Image.NEAREST)(Image.fromarray(image)))
-    assert np.array_equal(resize_short_side(image, 40, "reference"), want), "reference run: NEAREST, torchvision sizes"
-    assert resize_short_side(image, 40, "antialias").shape == (40, 54, 3)
+    assert np.array_equal(resize_short_side(image, 40, mode="reference"), want), "reference run: NEAREST, torchvision sizes"
+    assert resize_short_side(image, 40, mode="antialias").shape == (40, 54, 3)
