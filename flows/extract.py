@@ -23,15 +23,21 @@ from flows import stage_functions
 from stego_tasks.config import load_params
 from stego_tasks.embed import ChunkJob, extract_chunk
 from stego_tasks.extract import ChunkResults, ChunkRunner
+from stego_tasks.paths import PARAMS_FILE, PATHS
 
 
+# No retries for the whole stage (see flows/stage_flow.py): it completes the store in place
+# under its lock, and a failed run is resumed by the next `stego extract`, not repeated here.
 @task(name="extract", cache_policy=NONE)
-def extract_task(**kwargs: Any) -> dict[str, Any]:
+def extract_task(params_path: str, manifest: str, features: str) -> dict[str, Any]:
     """Run the library's extract stage (DVC, not Prefect, decides whether it is stale)."""
-    return stage_functions.extract(**kwargs)
+    return stage_functions.extract(params_path=params_path, manifest=manifest, features=features)
 
 
-@task(name="extract-chunk", task_run_name="extract-{job.split}-{job.index}", cache_policy=NONE, persist_result=False)
+# A chunk task only reads images and returns arrays (the flow writes them), so repeating it
+# is safe: a worker that died or lost its connection gets two more tries.
+@task(name="extract-chunk", task_run_name="extract-{job.split}-{job.index}", cache_policy=NONE, persist_result=False,
+      retries=2, retry_delay_seconds=5)
 def extract_chunk_task(job: ChunkJob) -> dict:
     """Decode and embed one chunk on a Dask worker; the arrays travel back to the flow."""
     return extract_chunk(job)
@@ -72,11 +78,15 @@ def chunks_as_prefect_tasks(task_runner: Any) -> ChunkRunner:
 
 
 @flow(name="extract", log_prints=True)
-def extract_flow(params_path: str = "params.yaml", **kwargs: Any) -> dict[str, Any]:
-    """The extract stage as one flow run; keyword arguments as `flows.stage_functions.extract`."""
+def extract_flow(
+    params_path: str = PARAMS_FILE, manifest: str = PATHS["manifest"], features: str = PATHS["features"]
+) -> dict[str, Any]:
+    """The extract stage as one flow run; arguments as `flows.stage_functions.extract` (but its runner)."""
     address = load_params(params_path).dask.address
     if address:
         # Connected before the store is touched: a wrong address leaves nothing behind.
         with dask_task_runner(address) as task_runner:
-            return stage_functions.extract(params_path=params_path, runner=chunks_as_prefect_tasks(task_runner), **kwargs)
-    return extract_task(params_path=params_path, **kwargs)
+            return stage_functions.extract(
+                params_path=params_path, manifest=manifest, features=features, runner=chunks_as_prefect_tasks(task_runner)
+            )
+    return extract_task(params_path=params_path, manifest=manifest, features=features)

@@ -11,7 +11,6 @@ the report; the workspace is left at the last seed's experiment, as `dvc exp run
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -19,10 +18,11 @@ import sys
 from pathlib import Path
 
 from stego_tasks import atomic
-from stego_tasks.seeds import aggregate, format_table
+from stego_tasks.paths import PATHS, run_path
+from stego_tasks.seeds import aggregate
 
 
-def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", out: Path = Path("metrics/seeds.json")) -> dict:
+def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", out: Path = Path(PATHS["seeds"])) -> dict:
     """Run one DVC experiment per seed in `repo` and write the mean ± sd table to `out`.
 
     Args:
@@ -48,25 +48,8 @@ def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", ou
         if result.returncode != 0:
             raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); "
                                f"the {len(runs)} finished seed(s) are kept as experiments.")
-        scores = json.loads((repo / "metrics" / "scores.json").read_text(encoding="utf-8"))
+        scores = json.loads(run_path(repo, "scores").read_text(encoding="utf-8"))
         runs.append((seed, scores))
     summary = aggregate(runs)
     atomic.write_json(repo / out, summary)
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `stego seeds` arguments."""
-    parser.add_argument("n", type=int, metavar="N", help="number of seeds")
-    parser.add_argument("--first", type=int, default=0, help="first seed (default 0)")
-    parser.add_argument("--prefix", default="seed", help="experiment name prefix (default: seed)")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run `stego seeds` from parsed arguments and print the table."""
-    if args.n < 1:
-        raise ValueError(f"stego seeds needs N >= 1 seeds, got {args.n}.")
-    summary = run_seeds(list(range(args.first, args.first + args.n)), prefix=args.prefix)
-    print(format_table(summary))
-    print("written to metrics/seeds.json (and shown by `stego report`)")
-    return 0

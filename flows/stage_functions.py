@@ -1,8 +1,11 @@
 """Stage entry points shared by the CLI and the Prefect flows: params file + paths in, library call out.
 
-Each function reads only the params blocks its DVC stage declares, so a function here,
-its flow in `flows/<stage>.py`, its block in `params.yaml` and its stage in `dvc.yaml`
-all tell the same story.
+Each function reads only the params keys its DVC stage declares (tests/test_contracts.py
+checks it), so a function here, its flow in `flows/<stage>.py` (the same typed signature),
+its block in `params.yaml` and its stage in `dvc.yaml` all tell the same story. Where a
+stage declares only some keys of a block (`corpus.root`, not `corpus`), the library gets a
+`declared_view` of the block that refuses any other key. Path defaults are the layout of
+`stego_tasks/paths.yaml`.
 """
 
 from __future__ import annotations
@@ -12,18 +15,34 @@ from pathlib import Path
 from typing import Any
 
 from stego_tasks.atomic import check_folder_output
-from stego_tasks.config import load_params
+from stego_tasks.config import declared_view, load_params
+from stego_tasks.paths import PARAMS_FILE as PARAMS
+from stego_tasks.paths import PATHS as P
 
 
-def ingest(params_path: str, manifest: str, quarantine: str) -> dict[str, Any]:
+def demo_data(
+    params_path: str = PARAMS, demo_corpus: str = P["demo_corpus"], n_train: int | None = None, n_val: int | None = None,
+    size: int | None = None, seed: int | None = None,
+) -> dict[str, Any]:
+    """Write the synthetic demo corpus; the `demo_data` block's sizes unless given here."""
+    from stego_tasks.demo_data import make_demo_corpus
+
+    block = load_params(params_path).demo_data
+    given = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
+    chosen = {key: getattr(block, key) if value is None else value for key, value in given.items()}
+    return make_demo_corpus(Path(demo_corpus), **chosen)
+
+
+def ingest(params_path: str = PARAMS, manifest: str = P["manifest"], quarantine: str = P["quarantine"]) -> dict[str, Any]:
     """Scan `corpus.root` into the manifest and quarantine list."""
     from stego_tasks.ingest import ingest as run
 
     params = load_params(params_path)
-    return dataclasses.asdict(run(Path(params.corpus.root), Path(manifest), Path(quarantine)))
+    summary = run(Path(params.corpus.root), Path(manifest), Path(quarantine), min_size=params.ingest.min_size)
+    return dataclasses.asdict(summary)
 
 
-def validate(params_path: str, manifest: str, validation: str) -> dict[str, Any]:
+def validate(params_path: str = PARAMS, manifest: str = P["manifest"], validation: str = P["validation"]) -> dict[str, Any]:
     """Check the manifest and labels against the corpus' classes."""
     from stego_tasks.validate import validate as run
 
@@ -31,10 +50,13 @@ def validate(params_path: str, manifest: str, validation: str) -> dict[str, Any]
     return run(
         Path(manifest), Path(params.corpus.root), Path(validation),
         n_classes=params.corpus.n_classes, ignore_index=params.corpus.ignore_index,
+        min_size=params.ingest.min_size,
     )
 
 
-def extract(params_path: str, manifest: str, features: str, runner: Any = None) -> dict[str, Any]:
+def extract(
+    params_path: str = PARAMS, manifest: str = P["manifest"], features: str = P["features"], runner: Any = None,
+) -> dict[str, Any]:
     """Embed every manifest image with the frozen backbone into the features store.
 
     `runner` (a `stego_tasks.extract.ChunkRunner`) says where the chunks run; by default
@@ -45,11 +67,12 @@ def extract(params_path: str, manifest: str, features: str, runner: Any = None) 
     params = load_params(params_path)
     # The store is updated in place (resumable): never inside a folder that is not one.
     check_folder_output(features, ("zarr",), "a features store (Zarr)")
-    summary = run(Path(manifest), Path(features), params.corpus, params.backbone, params.extract, params.dask, runner)
+    corpus = declared_view(params.corpus, ("root", "ignore_index", "demo"))
+    summary = run(Path(manifest), Path(features), corpus, params.backbone, params.extract, params.dask, runner)
     return dataclasses.asdict(summary)
 
 
-def knn(params_path: str, features: str, knn: str) -> dict[str, Any]:
+def knn(params_path: str = PARAMS, features: str = P["features"], knn: str = P["knn"]) -> dict[str, Any]:
     """Top-k neighbours of the training crops."""
     from stego_tasks.knn import knn_stage
 
@@ -57,22 +80,26 @@ def knn(params_path: str, features: str, knn: str) -> dict[str, Any]:
 
 
 def train(
-    params_path: str, features: str, knn: str, model: str, loss_log: str, resume: bool = False,
-    shift_stats: str = "plots/shift_stats.csv",
+    params_path: str = PARAMS, features: str = P["features"], knn: str = P["knn"], model: str = P["model"],
+    loss_log: str = P["loss_log"], resume: bool = False, shift_stats: str = P["shift_stats"],
 ) -> dict[str, Any]:
     """Train head and probes from stored features."""
     from stego_tasks.train import train as run
 
     params = load_params(params_path)
     check_folder_output(model, ("model",), "a model folder (model.json, checkpoint.pt)")
+    corpus = declared_view(params.corpus, ("n_classes", "ignore_index", "class_names"))
     trained = run(
-        Path(features), Path(knn), Path(model), Path(loss_log), params.corpus, params.train, params.seed,
+        Path(features), Path(knn), Path(model), Path(loss_log), corpus, params.train, params.seed,
         resume=resume, shift_stats=Path(shift_stats),
     )
     return {"in_dim": trained.info["in_dim"], "steps": params.train.steps}
 
 
-def cluster(params_path: str, features: str, model: str, predictions: str) -> dict[str, Any]:
+def cluster(
+    params_path: str = PARAMS, features: str = P["features"], model: str = P["model"],
+    predictions: str = P["predictions"],
+) -> dict[str, Any]:
     """Cluster, linear and k-means predictions for the validation split."""
     from stego_tasks.cluster import cluster as run
 
@@ -80,7 +107,10 @@ def cluster(params_path: str, features: str, model: str, predictions: str) -> di
     return run(Path(features), Path(model), Path(predictions), params.cluster, params.seed)
 
 
-def crf(params_path: str, features: str, predictions: str, crf_out: str) -> dict[str, Any]:
+def crf(
+    params_path: str = PARAMS, features: str = P["features"], predictions: str = P["predictions"],
+    crf_out: str = P["crf_out"],
+) -> dict[str, Any]:
     """Dense-CRF refinement of the predictions."""
     from stego_tasks.crf import CRFParams, crf_stage
 
@@ -93,8 +123,9 @@ def crf(params_path: str, features: str, predictions: str, crf_out: str) -> dict
 
 
 def evaluate(
-    params_path: str, features: str, predictions: str, crf_out: str, scores: str, per_class: str, confusion: str,
-    overlays: str, assignment: str,
+    params_path: str = PARAMS, features: str = P["features"], predictions: str = P["predictions"],
+    crf_out: str = P["crf_out"], scores: str = P["scores"], per_class: str = P["per_class"],
+    confusion: str = P["confusion"], overlays: str = P["overlays"], assignment: str = P["assignment"],
 ) -> dict[str, Any]:
     """Scores, per-class IoU, confusion matrix and overlays."""
     from stego_tasks.evaluate import evaluate as run
@@ -102,5 +133,13 @@ def evaluate(
     params = load_params(params_path)
     return run(
         Path(features), Path(predictions), Path(crf_out), Path(scores), Path(per_class), Path(confusion),
-        Path(overlays), params.corpus, params.evaluate, Path(assignment), preset=params.preset,
+        Path(overlays), declared_view(params.corpus, ("n_classes", "ignore_index", "class_names")), params.evaluate,
+        Path(assignment), preset=params.preset,
     )
+
+
+def report(params_path: str = PARAMS, run: str = ".", out: str = P["report"]) -> dict[str, Any]:
+    """One self-contained HTML page of the run in folder `run`."""
+    from stego_tasks.report import report_stage
+
+    return report_stage(Path(run), Path(out), load_params(params_path).report)

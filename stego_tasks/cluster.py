@@ -32,6 +32,7 @@ import zarr
 from stego_tasks import atomic
 from stego_tasks.config import ClusterParams
 from stego_tasks.feature_store import read_split, record_store_digests, verify_rows, verify_split
+from stego_tasks.head import flip_averaged
 from stego_tasks.model import StegoModel, load_model
 
 log = logging.getLogger("stego")
@@ -53,7 +54,7 @@ def predict_code(model: StegoModel, feats: torch.Tensor, feats_flip: torch.Tenso
     """
     code = model.head(feats)
     if feats_flip is not None:
-        code = (code + model.head(feats_flip).flip(-1)) / 2
+        code = flip_averaged(code, model.head(feats_flip))
     return F.interpolate(code, size=(size, size), mode="bilinear", align_corners=False)
 
 

@@ -21,6 +21,29 @@ import yaml
 
 
 @dataclass(frozen=True)
+class DemoDataParams:
+    """The bundled synthetic demo corpus that stage `demo_data` writes (`stego demo-data`).
+
+    Its options (`--n-train`, `--n-val`, `--size`, `--seed`) override these when given.
+    """
+
+    n_train: int = 48
+    n_val: int = 16
+    size: int = 128
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class IngestParams:
+    """Corpus scan: images smaller than `min_size` pixels on a side are quarantined.
+
+    At least 16, the smallest image the later stages decode.
+    """
+
+    min_size: int = 16
+
+
+@dataclass(frozen=True)
 class CorpusParams:
     """Where the images are and how their labels read.
 
@@ -76,6 +99,13 @@ class ExtractParams:
     amp: bool = True
     compile: bool = False
     preprocess: str = "reference"
+    # Threads decoding and preprocessing images ahead of the backbone; where work runs, not
+    # what it computes: not in the store's fingerprint, not a DVC param (dvc.yaml).
+    decode_workers: int = 2
+    # Codec of the stored features (feats, feats_flip); all lossless. zstd: zarr's default;
+    # none: about 10 % larger, fastest to read and write; blosc-lz4 / blosc-zstd: byte- or
+    # bit-shuffled, smaller (benchmarks/results.md). Part of the fingerprint: a change rebuilds.
+    compression: typing.Literal["zstd", "none", "blosc-lz4", "blosc-zstd"] = "zstd"
 
     def __post_init__(self) -> None:
         if self.preprocess not in ("reference", "antialias"):
@@ -124,6 +154,10 @@ class TrainParams:
     select_every: int = 100
     probe_init: str = "codes"
     probe_restarts: int = 5
+    # Threads reading batches ahead of the step (0: read in the loop's thread). Changes no
+    # result (each step's batch depends on (seed, step) alone): not a DVC param, and free
+    # on --resume (train.RESUME_FREE_KEYS).
+    readers: int = 2
 
     def __post_init__(self) -> None:
         choices = {"select": ("last", "best"), "probe_init": ("random", "codes")}
@@ -182,6 +216,17 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ReportParams:
+    """The HTML report: at most `max_overlays` overlay panels and `max_quarantine_rows` quarantine rows.
+
+    Both keep the page a few MB however many overlays or quarantined files a run has.
+    """
+
+    max_overlays: int = 48
+    max_quarantine_rows: int = 500
+
+
+@dataclass(frozen=True)
 class DaskParams:
     """Dask: `address` None runs a local cluster of `n_workers` processes."""
 
@@ -223,7 +268,9 @@ class Params:
 
     preset: str = "custom"
     seed: int = 0
+    demo_data: DemoDataParams = field(default_factory=DemoDataParams)
     corpus: CorpusParams = field(default_factory=CorpusParams)
+    ingest: IngestParams = field(default_factory=IngestParams)
     backbone: BackboneParams = field(default_factory=BackboneParams)
     extract: ExtractParams = field(default_factory=ExtractParams)
     knn: KnnParams = field(default_factory=KnnParams)
@@ -231,6 +278,7 @@ class Params:
     cluster: ClusterParams = field(default_factory=ClusterParams)
     crf: CrfParamsBlock = field(default_factory=CrfParamsBlock)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    report: ReportParams = field(default_factory=ReportParams)
     dask: DaskParams = field(default_factory=DaskParams)
     demo: DemoParams = field(default_factory=DemoParams)
 
@@ -280,6 +328,8 @@ class _Range:
         if self.high is None and self.low == 0:
             return f"a {'positive' if self.low_excluded else 'non-negative'} {noun}"
         article = "an" if noun[0] in "aeiou" else "a"
+        if self.high is None:
+            return f"{article} {noun} {'above' if self.low_excluded else 'of at least'} {self.low:g}"
         if self.low_excluded:
             return f"{article} {noun} above {self.low:g} and at most {self.high:g}"
         return f"{article} {noun} from {self.low:g} to {self.high:g}"
@@ -295,13 +345,14 @@ FIELD_RANGES: dict[str, _Range] = {
         (
             "batch_size", "steps", "n_codes", "k", "iterations", "workers", "resolution", "val_resolution",
             "n_workers", "threads_per_worker", "kmeans_iters", "kmeans_samples", "feature_samples",
-            "neg_samples", "log_every", "select_every", "probe_restarts",
+            "neg_samples", "log_every", "select_every", "probe_restarts", "decode_workers",
             "lr", "probe_lr", "alpha", "gaussian_sxy", "bilateral_sxy", "bilateral_srgb",
+            "max_overlays", "max_quarantine_rows",
         ),
         _POSITIVE,
     ),
     **dict.fromkeys(
-        ("seed", "extra_clusters", "checkpoint_every", "n_overlays", "gaussian_compat", "bilateral_compat"),
+        ("seed", "extra_clusters", "checkpoint_every", "n_overlays", "gaussian_compat", "bilateral_compat", "readers"),
         _NON_NEGATIVE,
     ),
     "n_classes": _Range(1, 255),
@@ -309,6 +360,11 @@ FIELD_RANGES: dict[str, _Range] = {
     "dropout": _Range(0, 1),
     "crop_ratio": _Range(0, 1, low_excluded=True),
     "shift_quantile": _Range(0, 1),
+    # The demo corpus needs every class in both splits (stego_tasks.demo_data).
+    "n_train": _Range(3),
+    "n_val": _Range(3),
+    "size": _Range(32),
+    "min_size": _Range(16),
 }
 
 
@@ -574,3 +630,48 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def params_to_dict(params: Any) -> dict[str, Any]:
     """A JSON-ready dict of a params dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(params)))
+
+
+class UndeclaredParamError(RuntimeError):
+    """A stage read a params key that its DVC stage does not declare (see `declared_view`)."""
+
+
+_VIEW_CLASSES: dict[tuple[type, frozenset[str]], type] = {}
+
+
+def _view_class(cls: type, keys: frozenset[str]) -> type:
+    if (cls, keys) not in _VIEW_CLASSES:
+        hidden = frozenset(f.name for f in dataclasses.fields(cls)) - keys
+
+        def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807 - the dunder being overridden
+            if name in hidden:
+                raise UndeclaredParamError(
+                    f"this stage reads {cls.__name__}.{name}, which its dvc.yaml entry does not declare "
+                    f"(it declares {sorted(keys)}); add the key to the stage's params in dvc.yaml."
+                )
+            return object.__getattribute__(self, name)
+
+        _VIEW_CLASSES[cls, keys] = type(f"Declared{cls.__name__}", (cls,), {"__getattribute__": __getattribute__})
+    return _VIEW_CLASSES[cls, keys]
+
+
+def declared_view(block: T, keys: tuple[str, ...]) -> T:
+    """A copy of params block `block` of which only `keys` can be read.
+
+    A stage that declares some keys of a block in dvc.yaml (e.g. `corpus.root`, not the
+    whole `corpus` block) hands the library this view instead of the block: reading any
+    other key raises `UndeclaredParamError` naming it, so DVC tracks every value the stage
+    can use. The view is an instance of the block's class (the other fields hold defaults
+    and cannot be read).
+
+    Args:
+        block: a params dataclass instance.
+        keys: the field names the stage declares.
+
+    Returns:
+        The view.
+    """
+    cls = block.__class__  # not type(): a recording proxy in tests/test_contracts.py names its block's class here
+    view = cls(**{key: getattr(block, key) for key in keys})
+    object.__setattr__(view, "__class__", _view_class(cls, frozenset(keys)))
+    return view

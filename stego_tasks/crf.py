@@ -19,6 +19,7 @@ when a slot frees up, so memory stays bounded however large the validation set.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -373,5 +374,7 @@ def crf_stage(
                 progress.update(len(labels))
 
             _run_chunks(executor, jobs(), max_in_flight=2 * slots, on_done=write)
+        # What this run refined with, for `stego predict` on the run (`trained_run.run_settings`).
+        out.attrs["crf"] = {f.name: getattr(params, f.name) for f in dataclasses.fields(CRFParams)}
         record_store_digests(out)
     return {"images": int(n_images)}

@@ -5,21 +5,23 @@ in the stage's own process (one local worker), on a Dask worker (`dask.address`)
 Prefect task on a `DaskTaskRunner`; whichever runs them, the arrays they return are equal,
 so where the work ran never changes the store.
 
-Decoding (`load_chunk`) is kept apart from the forward pass (`embed_chunk`) so that the
-in-process runner can decode the next chunk in a thread while the backbone runs.
+Decoding (`load_chunk`, image by image: `decode_image`) is kept apart from the forward
+pass (`embed_chunk`) so that the in-process runner can decode the next chunks on a pool of
+`extract.decode_workers` threads while the backbone runs.
 """
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
+from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_seeded_backbone, normalize
 from stego_tasks.config import BackboneParams
 from stego_tasks.devices import backbone_precision, resolve_device
 from stego_tasks.images import load_label, load_rgb
@@ -40,7 +42,7 @@ def load_backbone(backbone: BackboneParams, allow_random_fallback: bool) -> Back
         The frozen `Backbone` (its `weights_source` says where the weights came from).
     """
     try:
-        return create_backbone(backbone.name, weights=backbone.weights)
+        return create_seeded_backbone(backbone.name, weights=backbone.weights)
     except WeightsNotFoundError as error:
         if not allow_random_fallback:
             raise
@@ -51,7 +53,7 @@ def load_backbone(backbone: BackboneParams, allow_random_fallback: bool) -> Back
             "backbone_weights: random.\n%s",
             banner, backbone.name, error, banner,
         )
-        return create_backbone(backbone.name, weights="random")
+        return create_seeded_backbone(backbone.name, weights="random")
 
 
 def pos_embed_mode(backbone: Backbone, preprocess: str) -> str:
@@ -65,10 +67,7 @@ def _cached_backbone(
 ) -> Backbone:
     # One backbone per worker process, reused by every chunk that process runs. Random
     # weights are seeded so that every worker, and every rerun, embeds with the same net.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = create_backbone(name, weights=weights, pos_embed=pos_embed)
-    model = model.to(resolve_device(device))
+    model = create_seeded_backbone(name, weights=weights, pos_embed=pos_embed).to(resolve_device(device))
     if compile_model:
         # In place, so the Backbone keeps its attributes (patch size, mean, std).
         model.compile()
@@ -96,6 +95,8 @@ class ChunkJob:
     compile_model: bool = False
     preprocess: str = "antialias"
     pos_embed: str = "timm"
+    # Threads decoding the chunk's images (`extract.decode_workers`); changes no value.
+    decode_workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -107,27 +108,54 @@ class DecodedChunk:
     crops: np.ndarray
 
 
-def load_chunk(job: ChunkJob) -> DecodedChunk:
+DecodedImage = list[tuple[np.ndarray, np.ndarray, int]]
+"""One image's network inputs: (uint8 [R, R, 3], labels uint8 [R, R], crop index) per crop."""
+
+
+def decode_image(job: ChunkJob, position: int) -> DecodedImage:
+    """Decode and preprocess image `position` of a chunk and its label (no torch; safe in a thread).
+
+    PIL releases the GIL while it decodes, resizes and JPEG-encodes, so several threads
+    running this decode in parallel (`extract.decode_workers`).
+    """
+    label_path = job.label_paths[position]
+    label = load_label(Path(label_path)) if label_path else None
+    pieces = preprocess(
+        load_rgb(Path(job.image_paths[position])), label, job.resolution, job.five_crop, job.crop_ratio, job.preprocess
+    )
+    out = []
+    for crop_index, (crop, crop_label) in enumerate(pieces):
+        fill = np.full(crop.shape[:2], job.ignore_index, dtype=np.uint8)
+        out.append((crop, fill if crop_label is None else np.clip(crop_label, 0, 255).astype(np.uint8), crop_index))
+    return out
+
+
+def assemble_chunk(images: list[DecodedImage]) -> DecodedChunk:
+    """A chunk's `DecodedChunk` from its images' `decode_image` results, in image order."""
+    pieces = [piece for image in images for piece in image]
+    return DecodedChunk(
+        np.stack([p[0] for p in pieces]), np.stack([p[1] for p in pieces]), np.asarray([p[2] for p in pieces], dtype=np.int8)
+    )
+
+
+def load_chunk(job: ChunkJob, pool: Executor | None = None) -> DecodedChunk:
     """Decode and preprocess a chunk's images and labels (no torch; safe in a thread).
 
     Args:
         job: the chunk's absolute paths and preprocessing settings.
+        pool: decode the images on these threads (None: `job.decode_workers` threads of
+            its own when more than 1, else in this thread); the result is the same.
 
     Returns:
         A `DecodedChunk` with m = images x crops rows (labels ignore-filled where an image has none).
     """
-    inputs, labels, crops = [], [], []
-    for image_path, label_path in zip(job.image_paths, job.label_paths, strict=True):
-        label = load_label(Path(label_path)) if label_path else None
-        pieces = preprocess(
-            load_rgb(Path(image_path)), label, job.resolution, job.five_crop, job.crop_ratio, job.preprocess
-        )
-        for crop_index, (crop, crop_label) in enumerate(pieces):
-            inputs.append(crop)
-            fill = np.full(crop.shape[:2], job.ignore_index, dtype=np.uint8)
-            labels.append(fill if crop_label is None else np.clip(crop_label, 0, 255).astype(np.uint8))
-            crops.append(crop_index)
-    return DecodedChunk(np.stack(inputs), np.stack(labels), np.asarray(crops, dtype=np.int8))
+    positions = range(len(job.image_paths))
+    if pool is None and job.decode_workers > 1 and len(positions) > 1:
+        with ThreadPoolExecutor(min(job.decode_workers, len(positions)), thread_name_prefix="stego-decode") as own:
+            return assemble_chunk(list(own.map(partial(decode_image, job), positions)))
+    if pool is None:
+        return assemble_chunk([decode_image(job, i) for i in positions])
+    return assemble_chunk(list(pool.map(partial(decode_image, job), positions)))
 
 
 def embed_chunk(job: ChunkJob, decoded: DecodedChunk) -> dict[str, np.ndarray]:

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,16 +26,17 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.backbone import Backbone
+from stego_tasks.backbone import Backbone, weights_argument
 from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
 from stego_tasks.dask_cluster import dask_client, torch_threads_per_worker
 from stego_tasks.embed import (
     ChunkJob,
+    assemble_chunk,
     backbone_precision,
+    decode_image,
     embed_chunk,
     extract_chunk,
     load_backbone,
-    load_chunk,
     pos_embed_mode,
     resolve_device,
 )
@@ -53,6 +55,10 @@ from stego_tasks.progress import Progress
 
 log = logging.getLogger("stego")
 
+# Extract-block keys that change nothing the stage writes (`decode_workers`: how many threads
+# decode; the store is the same for any count), so they are neither in the store's
+# fingerprint nor declared as DVC params: changing them re-runs nothing.
+NO_EFFECT_KEYS = frozenset({"decode_workers"})
 
 
 # --- the stage -----------------------------------------------------------------------
@@ -118,7 +124,7 @@ def _jobs_for_split(
             image_paths=tuple(str(resolve_in_corpus(root, p)) for p in part["path"]),
             label_paths=tuple(str(resolve_in_corpus(root, p)) if p else None for p in part["label_path"]),
             backbone_name=backbone.name,
-            backbone_weights="random" if backbone.weights_source == "random" else _weights_arg(backbone),
+            backbone_weights=weights_argument(backbone.weights_source),
             resolution=split_resolution(params, split),
             five_crop=params.five_crop and split == "train",
             crop_ratio=params.crop_ratio,
@@ -130,12 +136,8 @@ def _jobs_for_split(
             compile_model=params.compile,
             preprocess=params.preprocess,
             pos_embed=pos_embed_mode(backbone, params.preprocess),
+            decode_workers=params.decode_workers,
         )
-
-
-def _weights_arg(backbone: Backbone) -> str:
-    source = backbone.weights_source
-    return source[len("file:") :] if source.startswith("file:") else "auto"
 
 
 def plan_extraction(
@@ -162,9 +164,7 @@ def plan_extraction(
         An `ExtractionPlan` whose `jobs` are the pending chunks.
     """
     manifest = read_manifest(manifest_path)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        backbone = load_backbone(backbone_params, allow_random_fallback=corpus.demo)
+    backbone = load_backbone(backbone_params, allow_random_fallback=corpus.demo)  # seeded: see create_seeded_backbone
     for key in ("resolution", "val_resolution"):
         value = getattr(params, key)
         if value and value % backbone.patch_size:
@@ -213,21 +213,36 @@ def plan_extraction(
 
 
 def run_in_process(jobs: list[ChunkJob]) -> ChunkResults:
-    """Run chunks in this process, decoding the next chunk in a thread while the backbone runs.
+    """Run chunks in this process; `decode_workers` threads decode images ahead of the backbone.
 
     One local worker needs no cluster: this skips the scheduler, the worker's imports and the
     result transfer (about 4.5 s of fixed cost and 10-20 % of the steady rate on 2 cores).
+    Images are decoded one per task on a pool of `job.decode_workers` threads (PIL releases
+    the GIL), queued ahead of the forward by at least two chunks and two images per thread,
+    so a fast backbone (a GPU) never waits for a single decoder; chunks are assembled in
+    image order, so the store is the same for any number of decoders.
     """
     previous_threads = torch.get_num_threads()
+    workers = max([1, *(job.decode_workers for job in jobs)])
+    decoder = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stego-decode")
+    queued: deque[list[Future]] = deque()
+    submitted = 0
+
+    def top_up() -> None:
+        nonlocal submitted
+        while submitted < len(jobs) and (len(queued) < 2 or sum(len(q) for q in queued) < 2 * workers):
+            job = jobs[submitted]
+            queued.append([decoder.submit(decode_image, job, i) for i in range(len(job.image_paths))])
+            submitted += 1
+
     try:
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stego-decode") as decoder:
-            ahead = decoder.submit(load_chunk, jobs[0]) if jobs else None
-            for position, job in enumerate(jobs):
-                decoded = ahead.result()
-                if position + 1 < len(jobs):
-                    ahead = decoder.submit(load_chunk, jobs[position + 1])
-                yield job, embed_chunk(job, decoded)
+        for job in jobs:
+            top_up()
+            decoded = assemble_chunk([future.result() for future in queued.popleft()])
+            top_up()  # the decoders work on the next chunks while this one runs through the backbone
+            yield job, embed_chunk(job, decoded)
     finally:
+        decoder.shutdown(wait=True, cancel_futures=True)
         torch.set_num_threads(previous_threads)
 
 
@@ -267,15 +282,30 @@ def run_plan(plan: ExtractionPlan, runner: ChunkRunner) -> None:
     # A split's rate counts from the previous result (the stage start for the first): a
     # bar created at its first result would divide that chunk by almost no time.
     previous = time.monotonic()
+
+    def written(future: Future, job: ChunkJob) -> None:
+        nonlocal previous
+        future.result()  # a failed write stops the stage here
+        if job.split not in bars:
+            bars[job.split] = Progress(pending[job.split], f"extract {job.split}", unit="img", started_at=previous)
+        bars[job.split].update(len(job.image_paths))
+        previous = time.monotonic()
+
     try:
         if plan.jobs:
-            for job, arrays in runner(plan.jobs):
-                # Only this process writes, so writing overlaps the workers' compute.
-                plan.write(job, arrays)
-                if job.split not in bars:
-                    bars[job.split] = Progress(pending[job.split], f"extract {job.split}", unit="img", started_at=previous)
-                bars[job.split].update(len(job.image_paths))
-                previous = time.monotonic()
+            # Only this process writes, one chunk at a time in arrival order, on a thread of
+            # its own: a chunk's write (encode, files, digests) overlaps the next chunk's
+            # forward instead of holding up a fast backbone. At most one write is in flight,
+            # and it finishes before the stage stops, so a kill still leaves only whole
+            # chunks marked done.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stego-write") as writer:
+                writing: tuple[Future, ChunkJob] | None = None
+                for job, arrays in runner(plan.jobs):
+                    if writing is not None:
+                        written(*writing)
+                    writing = (writer.submit(plan.write, job, arrays), job)
+                if writing is not None:
+                    written(*writing)
     finally:
         for bar in bars.values():
             bar.close()

@@ -36,9 +36,7 @@ features store after decoding each done chunk once.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import shutil
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -88,20 +86,60 @@ def split_fingerprint(
     if precision != "fp32":
         # Only bf16 features differ; fp32 stores written before this key existed stay valid.
         fingerprint["precision"] = precision
+    if params.compression != DEFAULT_COMPRESSION:
+        # Lossless, so no value differs, but the arrays' codec is fixed when they are laid
+        # out: without this a changed setting would silently keep the old codec. zstd stores
+        # written before the key existed stay valid. (`decode_workers` is left out: it only
+        # says how many threads decode.)
+        fingerprint["compression"] = params.compression
     return fingerprint
 
 
-def array_layout(split: str, name: str, rows_per_chunk: int, tail: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """Zarr `chunks` (and `shards`) of one store array: one file per extraction chunk.
+# `extract.compression` of the stores written before it existed (zarr's default codec).
+DEFAULT_COMPRESSION = "zstd"
+# The arrays `extract.compression` applies to: the features, nearly all of a store's bytes.
+# Labels, images and the small arrays keep zarr's zstd (labels shrink 10-50x with it).
+COMPRESSED_FEATURES = ("feats", "feats_flip")
+
+
+def feature_compressors(compression: str) -> Any:
+    """The zarr `compressors` for `extract.compression` (see benchmarks/results.md for sizes and read costs).
+
+    zstd: zarr's default (level 0, no checksum): about 9 % smaller than raw float16 DINO
+    features. none: raw bytes. blosc-lz4: byte-shuffled lz4 (about 12 % smaller, fast to
+    decode). blosc-zstd: bit-shuffled zstd level 1 (about 24 % smaller, decodes like zstd).
+    """
+    from zarr.codecs import BloscCodec, ZstdCodec
+
+    choices = {
+        "zstd": (ZstdCodec(level=0, checksum=False),),
+        "none": None,
+        "blosc-lz4": (BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),),
+        "blosc-zstd": (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),),
+    }
+    if compression not in choices:
+        raise ValueError(f"extract.compression must be one of {sorted(choices)}, got {compression!r}.")
+    return choices[compression]
+
+
+def array_layout(
+    split: str, name: str, rows_per_chunk: int, tail: tuple[int, ...], compression: str = DEFAULT_COMPRESSION
+) -> dict[str, Any]:
+    """Zarr `chunks` (and `shards`, and for the features `compressors`) of one store array: one file per extraction chunk.
 
     Training reads random rows of `train/feats` and `train/labels`, so those are stored as
     one shard per extraction chunk made of one-row inner chunks: a row decodes alone, and
     32 random rows took 39 ms instead of 129 ms (224 px ViT-S/8 features, 2 CPUs). The
-    other arrays are read whole or in order and keep plain chunks.
+    other arrays are read whole or in order and keep plain chunks. `compression`
+    (`extract.compression`) picks the features' codec (`feature_compressors`); the
+    default leaves zarr's own, so a default store's metadata is what it always was.
     """
+    layout: dict[str, Any] = {"chunks": (rows_per_chunk, *tail)}
     if split == "train" and name in ("feats", "labels"):
-        return {"chunks": (1, *tail), "shards": (rows_per_chunk, *tail)}
-    return {"chunks": (rows_per_chunk, *tail)}
+        layout = {"chunks": (1, *tail), "shards": (rows_per_chunk, *tail)}
+    if name in COMPRESSED_FEATURES and compression != DEFAULT_COMPRESSION:
+        layout["compressors"] = feature_compressors(compression)
+    return layout
 
 
 def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows: int, grid: int) -> zarr.Group:
@@ -109,6 +147,7 @@ def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows
     crops = 5 if fingerprint["five_crop"] else 1
     rows_per_chunk = fingerprint["batch_size"] * crops
     specs = _split_specs(split, fingerprint, grid)
+    compression = fingerprint.get("compression", DEFAULT_COMPRESSION)
     if split in root:
         group = root[split]
         # A split killed while being created has no `done` yet (or no fingerprint): rebuild it.
@@ -118,7 +157,7 @@ def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows
                     # Its metadata is gone or unreadable: lay the array out again; its chunks
                     # then differ from their digests and are computed again.
                     log.warning("extract %s: the metadata of %s/%s is missing or damaged; recreating it", split, split, name)
-                    _create_data_array(group, split, name, tail, dtype, n_rows, rows_per_chunk)
+                    _create_data_array(group, split, name, tail, dtype, n_rows, rows_per_chunk, compression)
             _ensure_digests(group, rows_per_chunk)
             resize_split(group, n_rows)
             return group
@@ -126,7 +165,7 @@ def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows
         del root[split]
     group = root.create_group(split, overwrite=True)
     for name, (tail, dtype) in specs.items():
-        _create_data_array(group, split, name, tail, dtype, n_rows, rows_per_chunk)
+        _create_data_array(group, split, name, tail, dtype, n_rows, rows_per_chunk, compression)
     n_chunks = -(-n_rows // rows_per_chunk)
     group.create_array("done", shape=(n_chunks,), chunks=(max(n_chunks, 1),), dtype="bool", fill_value=False)
     _ensure_digests(group, rows_per_chunk)
@@ -152,9 +191,10 @@ def _split_specs(split: str, fingerprint: dict[str, Any], grid: int) -> dict[str
 
 
 def _create_data_array(
-    group: zarr.Group, split: str, name: str, tail: tuple[int, ...], dtype: str, n_rows: int, rows_per_chunk: int
+    group: zarr.Group, split: str, name: str, tail: tuple[int, ...], dtype: str, n_rows: int, rows_per_chunk: int,
+    compression: str = DEFAULT_COMPRESSION,
 ) -> None:
-    layout = array_layout(split, name, rows_per_chunk, tail)
+    layout = array_layout(split, name, rows_per_chunk, tail, compression)
     group.create_array(name, shape=(n_rows, *tail), dtype=dtype, fill_value=0, overwrite=True, **layout)
 
 
@@ -314,17 +354,6 @@ def open_features(store_path: Path) -> zarr.Group:
             f"{store_path} cannot be opened as a Zarr store (its zarr.json: {type(exc).__name__}); "
             "run `stego extract`, which writes it again and keeps the stored chunks."
         ) from None
-
-
-def store_info(store_path: Path) -> dict[str, Any]:
-    """The store's recorded backbone name, weights source and resolution."""
-    root = zarr.open_group(str(store_path), mode="r")
-    return json.loads(json.dumps(dict(root.attrs)))
-
-
-def remove_store(store_path: Path) -> None:
-    """Delete a store (used when the user asks for a clean re-extraction)."""
-    shutil.rmtree(store_path, ignore_errors=True)
 
 
 # --- integrity -------------------------------------------------------------------------

@@ -74,6 +74,19 @@ class SegmentationHead(nn.Module):
             )
 
 
+def flip_averaged(code: Tensor, code_of_mirror: Tensor) -> Tensor:
+    """The reference's test-time flip: (code(x) + flip(code(flip(x)))) / 2.
+
+    Args:
+        code: codes of the images [B, K, h, w].
+        code_of_mirror: codes of the horizontally mirrored images [B, K, h, w].
+
+    Returns:
+        The average, [B, K, h, w], on the images' grid.
+    """
+    return (code + code_of_mirror.flip(-1)) / 2
+
+
 class ClusterProbe(nn.Module):
     """Learned centroids in code space (spherical k-means), like the reference ClusterLookup.
 

@@ -1,7 +1,7 @@
 """Correspondence distillation loss (STEGO, reference doc section 3).
 
-A plain function, `correspondence_loss`, does the math; `CorrespondenceLoss` is a thin
-`nn.Module` around it (mmseg style). The math reproduces the reference
+A plain function, `correspondence_loss`; the published weights and shifts are params
+(`stego_tasks/presets/*.yaml`). The math reproduces the reference
 `ContrastiveCorrelationLoss` exactly, including its `coords.permute(0, 2, 1, 3)` before
 `grid_sample`, with one deliberate change: negatives are drawn as true derangements
 (uniform over all derangements, by rejection sampling of `torch.randperm`) instead of the
@@ -15,18 +15,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 Triple = tuple[float, float, float]
-
-# Published (weights, shifts) settings, each as (intra, inter, neg); reference doc table 3.5.
-PRESETS: dict[str, tuple[Triple, Triple]] = {
-    "default": ((0.67, 0.25, 0.63), (0.18, 0.12, 0.46)),
-    "cocostuff27_vits": ((0.67, 0.25, 0.63), (0.08, 0.02, 0.66)),
-    "potsdam_vits": ((0.67, 0.25, 0.63), (0.08, 0.02, 0.46)),
-    "cocostuff27_vitb": ((0.1, 1.0, 0.1538), (0.12, 0.2, 1.0)),
-    "cityscapes_vitb": ((1.0, 0.5775, 0.9059), (0.4583, 0.1754, 0.3136)),
-}
 
 _TERMS = ("intra", "inter", "neg")
 # The reference's "no clamp" lower bound when zero_clamp is off, and its stabilize cap.
@@ -171,104 +162,6 @@ def correspondence_loss(
     return CorrespondenceTerms(
         total, *means, cd={k: v.detach() for k, v in zip(_TERMS, cds, strict=True)}
     )
-
-
-class CorrespondenceLoss(nn.Module):
-    """Thin module around `correspondence_loss` holding its hyperparameters.
-
-    Args:
-        shifts: (intra, inter, neg) shifts.
-        weights: (intra, inter, neg) weights.
-        feature_samples: S, side of the sampled grid.
-        neg_samples: Number of negative draws.
-        pointwise: Spatially centre the feature correlations.
-        zero_clamp: Clamp code correlations at 0 from below.
-        stabilize: Clamp code correlations at 0.8 from above.
-    """
-
-    def __init__(
-        self,
-        shifts: Sequence[float],
-        weights: Sequence[float],
-        feature_samples: int = 11,
-        neg_samples: int = 5,
-        pointwise: bool = True,
-        zero_clamp: bool = True,
-        stabilize: bool = False,
-    ) -> None:
-        super().__init__()
-        self.shifts = _check_triple("shifts", shifts)
-        self.weights = _check_triple("weights", weights)
-        _check_counts(feature_samples, neg_samples)
-        self.feature_samples = feature_samples
-        self.neg_samples = neg_samples
-        self.pointwise = pointwise
-        self.zero_clamp = zero_clamp
-        self.stabilize = stabilize
-
-    @classmethod
-    def from_preset(cls, name: str = "default", **kwargs: object) -> CorrespondenceLoss:
-        """Builds the loss with a published (weights, shifts) setting from `PRESETS`.
-
-        Args:
-            name: A key of `PRESETS`.
-            **kwargs: Other constructor arguments (feature_samples, neg_samples, ...).
-
-        Returns:
-            The configured module.
-        """
-        if name not in PRESETS:
-            raise ValueError(f"Unknown loss preset {name!r}; valid presets: {sorted(PRESETS)}.")
-        weights, shifts = PRESETS[name]
-        return cls(shifts=shifts, weights=weights, **kwargs)
-
-    def forward(
-        self,
-        feats: Tensor,
-        feats_pos: Tensor,
-        code: Tensor,
-        code_pos: Tensor,
-        *,
-        coords: tuple[Tensor, Tensor] | None = None,
-        neg_perms: Tensor | None = None,
-        generator: torch.Generator | None = None,
-    ) -> CorrespondenceTerms:
-        """Calls `correspondence_loss` with this module's hyperparameters.
-
-        Args:
-            feats: [B, C, H, W] features; feats_pos: [B, C, H', W'] positives' features.
-            code: [B, K, h, w] codes; code_pos: [B, K, h', w'] positives' codes.
-            coords: Optional (coords1, coords2), each [B, S, S, 2].
-            neg_perms: Optional LongTensor [neg_samples, B] of derangements.
-            generator: Random source for the draws that are not given.
-
-        Returns:
-            CorrespondenceTerms (scalars total, intra, inter, neg and detached cd).
-        """
-        return correspondence_loss(
-            feats,
-            feats_pos,
-            code,
-            code_pos,
-            shifts=self.shifts,
-            weights=self.weights,
-            feature_samples=self.feature_samples,
-            neg_samples=self.neg_samples,
-            pointwise=self.pointwise,
-            zero_clamp=self.zero_clamp,
-            stabilize=self.stabilize,
-            coords=coords,
-            neg_perms=neg_perms,
-            generator=generator,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"shifts={self.shifts}, weights={self.weights}, "
-            f"feature_samples={self.feature_samples}, neg_samples={self.neg_samples}, "
-            f"pointwise={self.pointwise}, zero_clamp={self.zero_clamp}, "
-            f"stabilize={self.stabilize}"
-        )
 
 
 def _correlation(a: Tensor, b: Tensor) -> Tensor:

@@ -1,4 +1,4 @@
-"""Segmentation scores: Hungarian-matched (unsupervised) and direct (linear probe).
+"""Segmentation scores: Hungarian-matched (unsupervised) and direct (linear probe, `ScoreAccumulator(matching=False)`).
 
 All scores come from one histogram ``confusion[cluster, class]`` of pixel counts over
 pixels whose label lies in [0, n_classes) (reference doc section 8). Scores for class j:
@@ -161,24 +161,6 @@ def _identity_assignment(n_clusters: int, n_classes: int) -> np.ndarray:
     """Cluster i is class i; ids beyond the classes are unmatched."""
     ids = np.arange(n_clusters, dtype=np.int64)
     return np.where(ids < n_classes, ids, -1)
-
-
-def linear_scores(preds: np.ndarray, labels: np.ndarray, n_classes: int) -> dict[str, Any]:
-    """Accuracy and mIoU of class predictions (for example a linear probe), no matching.
-
-    Args:
-        preds: Predicted class ids, any shape, int in [0, n_classes).
-        labels: True class ids, same shape; values outside [0, n_classes) are ignored.
-        n_classes: Number of classes.
-
-    Returns:
-        Dict as from :func:`scores_from_confusion`, with ``assignment`` the identity.
-
-    Raises:
-        ValueError: As :func:`confusion_matrix`.
-    """
-    confusion = confusion_matrix(preds, labels, n_classes, n_classes)
-    return scores_from_confusion(confusion, _identity_assignment(n_classes, n_classes))
 
 
 class ScoreAccumulator:

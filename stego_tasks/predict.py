@@ -21,7 +21,6 @@ failed run leaves the previous outputs as they were.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
@@ -45,7 +44,7 @@ from stego_tasks.head import flip_averaged
 from stego_tasks.images import ImageDecodeError, is_hidden, is_image_name, load_rgb
 from stego_tasks.preprocess import resize_short_side
 from stego_tasks.progress import Progress
-from stego_tasks.trained_run import UNMATCHED, Run, load_run
+from stego_tasks.trained_run import UNMATCHED, Run
 from stego_tasks.visualize import overlay, palette, palette_png
 
 log = logging.getLogger("stego")
@@ -472,48 +471,3 @@ def predict_paths(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return PredictSummary(written=written, failed=failed)
-
-
-# --- command line ----------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `stego predict` arguments to `parser`."""
-    parser.add_argument("inputs", nargs="+", type=Path, metavar="IMAGES_OR_DIR",
-                        help="image files and/or folders (searched recursively)")
-    parser.add_argument("--run", type=Path, default=Path("."), metavar="RUN_DIR",
-                        help="project folder of a finished run, holding artifacts/model/ (default: .)")
-    parser.add_argument("--out", type=Path, required=True, metavar="OUT", help="output folder")
-    parser.add_argument("--no-flip", action="store_true", help="skip test-time flip averaging (about 2x faster)")
-    parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF refinement")
-    parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="backbone checkpoint (or auto / random) instead of the one model.json records")
-    parser.add_argument("--resolution", type=int, default=None, metavar="N",
-                        help="shorter image side fed to the backbone (default: the run's)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run `stego predict` from parsed arguments and print a one-line summary.
-
-    Errors loading the run (FileNotFoundError, ValueError, RuntimeError) propagate, for
-    the CLI's one-sentence error handler.
-
-    Args:
-        args: namespace from a parser set up by `add_arguments`.
-
-    Returns:
-        0 when at least one image was written, 2 when none was.
-    """
-    check_out_dir(list(args.inputs), args.out)  # before the model loads: a refused folder costs nothing
-    run = load_run(args.run, args.weights, device=args.device, resolution=args.resolution)
-    summary = predict_paths(run, list(args.inputs), args.out, flip=not args.no_flip, crf=not args.no_crf)
-    line = f"wrote {summary.written} images to {args.out}; {len(summary.failed)} failed"
-    if summary.failed:
-        shown = "; ".join(f"{path} ({reason})" for path, reason in summary.failed[:10])
-        more = f"; and {len(summary.failed) - 10} more" if len(summary.failed) > 10 else ""
-        line += f": {shown}{more}"
-    if run.backbone.weights_source == "random":
-        line += " (RANDOM backbone weights: the segments mean nothing)"
-    print(line)
-    return 0 if summary.written else 2

@@ -20,7 +20,6 @@ the page can be mailed, archived or opened offline. The same inputs give the sam
 
 from __future__ import annotations
 
-import argparse
 import base64
 import csv
 import json
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from stego_tasks import atomic
+from stego_tasks.config import ReportParams
+from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.report_protocol import (
     SEEDS,
     SHIFT_STATS,
@@ -39,15 +40,11 @@ from stego_tasks.report_protocol import (
 )
 from stego_tasks.visualize import loss_plot_png, read_loss_log
 
+# What the page reads, relative to the run folder (where the stages wrote it: stego_tasks/paths.yaml).
 INPUTS: dict[str, str] = {
-    "scores": "metrics/scores.json",
-    "per_class": "metrics/per_class_iou.json",
-    "confusion": "plots/confusion.png",
-    "loss_log": "plots/train_loss.csv",
-    "overlays": "plots/overlays",
-    "quarantine": "artifacts/quarantine.csv",
-    "model": "artifacts/model/model.json",
-    "params": "params.yaml",
+    **{name: PATHS[name] for name in ("scores", "per_class", "confusion", "loss_log", "overlays", "quarantine")},
+    "model": f"{PATHS['model']}/model.json",
+    "params": PARAMS_FILE,
     "shift_stats": SHIFT_STATS,
     "seeds": SEEDS,
 }
@@ -60,9 +57,6 @@ METHOD_ROWS: tuple[tuple[str, str], ...] = (
 )
 DASH = "\u2013"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# Keep the page a few MB even for a run that wrote hundreds of overlays or quarantined a corpus.
-MAX_OVERLAYS = 48
-MAX_QUARANTINE_ROWS = 500
 # Correspondence losses and probe losses differ in scale by 10x; one panel each stays readable.
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:2rem auto;max-width:1100px;
@@ -241,14 +235,14 @@ def _loss_section(run_dir: Path) -> str:
     return head + _image(loss_plot_png(columns), "training loss curves") + table
 
 
-def _overlays_section(run_dir: Path) -> str:
+def _overlays_section(run_dir: Path, max_overlays: int) -> str:
     head = "<h2>Predictions</h2>"
     folder = run_dir / INPUTS["overlays"]
     paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
     pictures = [(path.name, data) for path in paths if (data := _read_png(path)) is not None]
     if not pictures:
         return head + _note(f"No overlays: {INPUTS['overlays']}/ is missing or holds no PNG.")
-    shown = pictures[:MAX_OVERLAYS]
+    shown = pictures[:max_overlays]
     figures = "".join(
         f"<figure>{_image(data, f'overlay {name}')}<figcaption>{escape(name)}</figcaption></figure>"
         for name, data in shown
@@ -259,7 +253,7 @@ def _overlays_section(run_dir: Path) -> str:
     )
 
 
-def _quarantine_section(run_dir: Path) -> str:
+def _quarantine_section(run_dir: Path, max_rows: int) -> str:
     head = "<h2>Quarantined files</h2>"
     path = run_dir / INPUTS["quarantine"]
     if not path.is_file():
@@ -270,9 +264,9 @@ def _quarantine_section(run_dir: Path) -> str:
         return head + '<p id="quarantine-empty">Nothing quarantined.</p>'
     body = "".join(
         "<tr>" + "".join(f"<td>{escape(str(row.get(key) or ''))}</td>" for key in ("path", "split", "reason")) + "</tr>"
-        for row in rows[:MAX_QUARANTINE_ROWS]
+        for row in rows[:max_rows]
     )
-    more = _note(f"Showing the first {MAX_QUARANTINE_ROWS} of {len(rows)}.") if len(rows) > MAX_QUARANTINE_ROWS else ""
+    more = _note(f"Showing the first {max_rows} of {len(rows)}.") if len(rows) > max_rows else ""
     return (head + f"<p>{len(rows)} file{'s' if len(rows) != 1 else ''} set aside by the ingest stage.</p>"
             + f'<table id="quarantine"><tr><th>path</th><th>split</th><th>reason</th></tr>{body}</table>' + more)
 
@@ -290,11 +284,12 @@ def _params_section(run_dir: Path, model: dict | None) -> str:
     return head + ("".join(blocks) or _note(f"No params: {INPUTS['params']} and {INPUTS['model']} are missing."))
 
 
-def render(run_dir: Path) -> str:
+def render(run_dir: Path, params: ReportParams | None = None) -> str:
     """The report page for a run folder, as HTML text.
 
     Args:
         run_dir: project folder of a run (holding metrics/, plots/, artifacts/, params.yaml).
+        params: the `report` block (how many overlays and quarantine rows); None: defaults.
 
     Returns:
         The complete, self-contained HTML document.
@@ -303,10 +298,10 @@ def render(run_dir: Path) -> str:
         FileNotFoundError: `run_dir` is not a folder.
         ValueError: `run_dir` holds none of the inputs, or a JSON input is malformed.
     """
-    return _render(Path(run_dir))[0]
+    return _render(Path(run_dir), params or ReportParams())[0]
 
 
-def _render(run_dir: Path) -> tuple[str, bool]:
+def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
     """(page, whether the backbone weights were random); see `render`."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"Run folder {run_dir} does not exist; pass --run with a project folder after `dvc repro`.")
@@ -331,8 +326,8 @@ def _render(run_dir: Path) -> tuple[str, bool]:
         _per_class_section(per_class if isinstance(per_class, dict) else None, model or {}),
         _confusion_section(run_dir, scores),
         _loss_section(run_dir),
-        _overlays_section(run_dir),
-        _quarantine_section(run_dir),
+        _overlays_section(run_dir, params.max_overlays),
+        _quarantine_section(run_dir, params.max_quarantine_rows),
         _params_section(run_dir, model),
     ]
     page = (
@@ -345,12 +340,13 @@ def _render(run_dir: Path) -> tuple[str, bool]:
     return page, is_random
 
 
-def report(run_dir: Path, out_path: Path) -> Path:
+def report(run_dir: Path, out_path: Path, params: ReportParams | None = None) -> Path:
     """Write the self-contained HTML report of a run, atomically.
 
     Args:
         run_dir: project folder of a finished (or partly finished) run.
         out_path: HTML file to write (its folder is created).
+        params: the `report` block; None: defaults.
 
     Returns:
         `out_path`.
@@ -358,29 +354,18 @@ def report(run_dir: Path, out_path: Path) -> Path:
     Raises:
         FileNotFoundError, ValueError: as `render`; nothing is written then.
     """
-    page, _ = _render(Path(run_dir))
-    atomic.write_text(out_path, page)
-    return Path(out_path)
+    return Path(report_stage(run_dir, out_path, params or ReportParams())["out"])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `stego report` arguments to `parser`."""
-    parser.add_argument("--run", type=Path, default=Path("."), metavar="DIR",
-                        help="project folder of a run, after `dvc repro` (default: .)")
-    parser.add_argument("--out", type=Path, default=Path("reports/report.html"), metavar="FILE",
-                        help="HTML file to write (default: reports/report.html)")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run `stego report` from parsed arguments and print where the page went.
-
-    Errors (FileNotFoundError, ValueError) propagate to the CLI's one-sentence handler.
+def report_stage(run_dir: Path, out_path: Path, params: ReportParams) -> dict[str, Any]:
+    """Stage `report`: write the page of the run in `run_dir` to `out_path`.
 
     Returns:
-        0.
+        {"out": the page's path, "random_weights": whether the backbone ran on random weights}.
+
+    Raises:
+        FileNotFoundError, ValueError: as `render`; nothing is written then.
     """
-    page, is_random = _render(Path(args.run))
-    path = Path(args.out)
-    atomic.write_text(path, page)
-    print(f"report written to {path}" + (" (RANDOM backbone weights: the scores mean nothing)" if is_random else ""))
-    return 0
+    page, is_random = _render(Path(run_dir), params)
+    atomic.write_text(out_path, page)
+    return {"out": str(out_path), "random_weights": is_random}

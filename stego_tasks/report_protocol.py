@@ -14,8 +14,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-SHIFT_STATS = "artifacts/model/shift_stats.json"
-SEEDS = "metrics/seeds.json"
+from stego_tasks.paths import PATHS
+
+SHIFT_STATS = f"{PATHS['model']}/shift_stats.json"  # written by the train stage into its model folder
+SEEDS = PATHS["seeds"]
 
 
 def _note(text: str) -> str:

@@ -23,9 +23,7 @@ Outputs: `<out>.json` (one row per K) and `<out>.png` (criterion and mIoU agains
 
 from __future__ import annotations
 
-import argparse
 import io
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -282,57 +280,9 @@ def plot_png(rows: list[dict[str, Any]], n_classes: int) -> bytes:
     return buffer.getvalue()
 
 
-def _out_paths(out: Path) -> tuple[Path, Path]:
+def out_paths(out: Path) -> tuple[Path, Path]:
     """`plots/k_sweep` (or `.json` / `.png`) -> (plots/k_sweep.json, plots/k_sweep.png)."""
     out = Path(out)
     if out.suffix in (".json", ".png"):
         out = out.with_suffix("")
     return Path(f"{out}.json"), Path(f"{out}.png")
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `stego sweep-k` arguments to `parser`."""
-    parser.add_argument("--run", type=Path, default=Path("."), metavar="DIR",
-                        help="project folder of a trained run, holding artifacts/model and artifacts/features.zarr (default: .)")
-    parser.add_argument("--ks", required=True, metavar="K,K,...", help="numbers of clusters to try, e.g. 3,5,8,12")
-    parser.add_argument("--out", type=Path, default=Path("plots/k_sweep"), metavar="PREFIX",
-                        help="writes PREFIX.json and PREFIX.png (default: plots/k_sweep)")
-    parser.add_argument("--seed", type=int, default=None, help="probe seed (default: the run's seed)")
-    parser.add_argument("--steps", type=int, default=None, help="probe steps per K (default: the run's train.steps)")
-    parser.add_argument("--restarts", type=int, default=3,
-                        help="probe fits per K, the best on the training codes kept (default: 3)")
-    parser.add_argument("--init", choices=INITS, default="codes",
-                        help="initial centroids: random training codes (default) or the probe's N(0,1) draw as in training")
-    parser.add_argument("--alpha", type=float, default=2.0, help="cluster-probe temperature (default: 2.0)")
-    parser.add_argument("--no-flip", action="store_true", help="score val codes without flip averaging")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run `stego sweep-k` from parsed arguments and print one line per K.
-
-    Errors (FileNotFoundError, ValueError) propagate to the CLI's one-sentence handler.
-
-    Returns:
-        0.
-    """
-    ks = parse_ks(args.ks)
-    run = Path(args.run)
-    model_dir, store = run / "artifacts" / "model", run / "artifacts" / "features.zarr"
-    if not (model_dir / "model.json").is_file() or not (model_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"{run} holds no trained model (artifacts/model/model.json + model.safetensors); "
-            "pass --run the folder of a run whose `stego train` finished."
-        )
-    if not store.is_dir():
-        raise FileNotFoundError(f"{run} holds no features store (artifacts/features.zarr); run `stego extract` first.")
-    seed = args.seed
-    if seed is None:
-        seed = int(json.loads((model_dir / "model.json").read_text()).get("seed", 0))
-    out_json, out_png = _out_paths(args.out)
-    rows = sweep_k(store, model_dir, ks, out_json, out_png, seed=seed, steps=args.steps, alpha=args.alpha,
-                   flip=not args.no_flip, restarts=args.restarts, init=args.init)
-    for row in rows:
-        scores = "" if row["miou"] is None else f"  mIoU {row['miou']:.1f}  accuracy {row['accuracy']:.1f}"
-        print(f"K={row['k']:<3d} criterion {row['criterion']:.4f} (train {row['train_criterion']:.4f}){scores}")
-    print(f"wrote {out_json} and {out_png}")
-    return 0

@@ -30,11 +30,10 @@ import torch
 import zarr
 
 from stego_tasks import atomic
-from stego_tasks.batching import epoch_batches as _batches
+from stego_tasks.batching import step_plan
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
 from stego_tasks.devices import resolve_device
 from stego_tasks.feature_store import read_split
-from stego_tasks.knn import sample_positives
 from stego_tasks.locking import artifact_lock
 from stego_tasks.loss import correspondence_loss
 from stego_tasks.model import StegoModel, build_model, load_model, save_model
@@ -46,7 +45,13 @@ from stego_tasks.shift_stats import (
     correlation_stats,
     write_histogram_csv,
 )
-from stego_tasks.training_data import TrainingData, data_identity, load_training_data
+from stego_tasks.training_data import (
+    BatchStream,
+    TrainingBatch,
+    TrainingData,
+    data_identity,
+    load_training_data,
+)
 
 log = logging.getLogger("stego")
 
@@ -59,9 +64,8 @@ LOSS_COLUMNS = ("step", "total", "intra", "inter", "neg", "cluster", "linear")
 # --- training --------------------------------------------------------------------------
 
 
-def _step(model, optimizers, data: TrainingData, index: torch.Tensor, params: TrainParams, generator, device, ignore_index):
-    positives = sample_positives(data.knn, index.numpy(), generator, None)
-    batch = data.batch(index, positives, device)
+def _step(model, optimizers, batch: TrainingBatch, params: TrainParams, generator, device, ignore_index):
+    """One optimisation step on a batch read by `training_batches` (its rows and their kNN positives)."""
     feats, feats_pos = batch.feats, batch.feats_pos
     code = model.head(feats)
     code_pos = model.head(feats_pos)
@@ -115,7 +119,23 @@ def _optimizers(model: StegoModel, params: TrainParams) -> list[torch.optim.Opti
 # uninterrupted run of that many; a checkpoint past the new `steps` is refused). Every
 # other key (new ones too) must match, or the resumed model would not be the one
 # model.json describes.
-RESUME_FREE_KEYS = frozenset({"log_every", "checkpoint_every", "device", "steps"})
+RESUME_FREE_KEYS = frozenset({"log_every", "checkpoint_every", "device", "steps", "readers"})
+# Train-block keys that change nothing the stage writes (`readers`: how many threads read
+# batches ahead; every step's batch and positives come from (seed, step) alone), so
+# dvc.yaml does not declare them and changing them re-runs nothing.
+NO_EFFECT_KEYS = frozenset({"readers"})
+
+
+def training_batches(data: TrainingData, params: TrainParams, seed: int, device: torch.device, start: int = 0
+                     ) -> BatchStream:
+    """The batches of steps `start` .. `params.steps - 1`, read ahead by `params.readers` threads.
+
+    Batch rows follow `batching.epoch_batches` and each step's kNN positives come from its
+    own (seed, step) stream (`batching.step_positives`), so the batch of step t is the same
+    for any reader count, for a split held in memory or streamed, and after a resume.
+    """
+    plan = step_plan(data.knn, data.size, params.batch_size, seed, start, params.steps)
+    return BatchStream(data, plan, device, readers=params.readers)
 
 
 def checkpoint_identity(data: TrainingData, n_classes: int, params: TrainParams, seed: int, ignore_index: int) -> dict:
@@ -266,12 +286,11 @@ def fit(
                 f"to start over, or set train.steps above {start} to resume."
             )
         log.info("train: resuming from step %d", start)
-    batches = _batches(data.size, params.batch_size, seed, start)
     selector = BestCheckpoint(scorer) if scorer is not None and params.select == "best" else None
-    with Progress(params.steps, "train", unit="step") as progress:
+    with Progress(params.steps, "train", unit="step") as progress, training_batches(data, params, seed, device, start) as batches:
         progress.update(start)
         for step in range(start, params.steps):
-            values = _step(model, optimizers, data, next(batches), params, generator, device, ignore_index)
+            values = _step(model, optimizers, next(batches), params, generator, device, ignore_index)
             if step % params.log_every == 0 or step == params.steps - 1:
                 rows.append({"step": step, **values})
             progress.update(1, loss=values["total"])

@@ -1,13 +1,13 @@
 """A finished run, loaded for inference: its head and probes, backbone and cluster-to-class map.
 
-`load_run` reads what the pipeline wrote (`artifacts/model/`, `artifacts/assignment.json`,
-`params.yaml`) and rebuilds the backbone the head was trained on, from the weights source the
+`load_run` reads what the pipeline wrote (`artifacts/model/`, `artifacts/assignment.json`, and
+the alpha, flip and CRF settings the cluster and crf stages recorded in their stores; see
+`run_settings`) and rebuilds the backbone the head was trained on, from the weights source the
 run recorded. `stego predict` and notebooks start here.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from dataclasses import dataclass, field
@@ -15,12 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
 
-from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone
-from stego_tasks.config import load_params
+from stego_tasks.backbone import (
+    Backbone,
+    WeightsNotFoundError,
+    create_seeded_backbone,
+    weights_argument,
+)
+from stego_tasks.config import ClusterParams, params_block
 from stego_tasks.crf import CRFParams
 from stego_tasks.devices import resolve_device
 from stego_tasks.model import StegoModel, load_model
+from stego_tasks.paths import PATHS, run_path
 
 log = logging.getLogger("stego")
 
@@ -36,8 +43,9 @@ class Run:
         backbone: the frozen ViT the head was trained on, on `device`.
         resolution: shorter image side fed to the backbone, in pixels.
         device: where the networks run.
-        alpha: cluster-probe softmax temperature (the run's `cluster.alpha`).
-        crf_params: the run's `crf` block.
+        alpha: cluster-probe softmax temperature (the run's `cluster.alpha`, as its
+            cluster stage recorded it).
+        crf_params: the run's CRF parameters, as its crf stage recorded them.
         cluster_to_class: int64 [n_clusters], class per cluster, -1 when unmatched; None
             when the run has no assignment (no labels were evaluated).
         class_names: one name per class (empty without an assignment).
@@ -47,6 +55,8 @@ class Run:
             `stego predict` records it in the folders it writes.
         preprocess: the run's `extract.preprocess`; "reference" resizes new images with
             NEAREST, as its val images were.
+        flip: whether the run's cluster stage flip-averaged (`stego predict` does too,
+            unless told not to).
     """
 
     model: StegoModel
@@ -60,6 +70,7 @@ class Run:
     amp: bool = True
     model_dir: Path | None = None
     preprocess: str = "antialias"
+    flip: bool = True
 
     @property
     def n_clusters(self) -> int:
@@ -68,7 +79,7 @@ class Run:
 
 
 def _model_dir(run_dir: Path) -> Path:
-    for candidate in (run_dir / "artifacts" / "model", run_dir):
+    for candidate in (run_path(run_dir, "model"), run_dir):
         if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
             return candidate
     raise FileNotFoundError(
@@ -80,23 +91,23 @@ def _model_dir(run_dir: Path) -> Path:
 def _weights_for(info: dict, run_dir: Path) -> str:
     """Map the recorded `backbone_weights` to a `create_backbone` weights argument."""
     source = info.get("backbone_weights")
-    if isinstance(source, str) and source.startswith("file:"):
-        recorded = Path(source[len("file:") :])
-        # DVC runs stages in the project folder, so a relative path is relative to it.
-        for path in (recorded,) if recorded.is_absolute() else (run_dir / recorded, recorded):
-            if path.is_file():
-                return str(path)
-        raise FileNotFoundError(
-            f"The run's backbone checkpoint {str(recorded)!r} (model.json backbone_weights) does "
-            "not exist here; pass --weights PATH to the checkpoint the run was trained with."
-        )
-    if source in ("hub-cache", "hub-download"):
-        return "auto"
-    if source == "random":
-        return "random"
-    raise ValueError(
-        f"model.json records backbone_weights {source!r}, not 'file:<path>', 'hub-cache', "
-        "'hub-download' or 'random'; pass --weights PATH to the checkpoint the run used."
+    try:
+        weights = weights_argument(source)
+    except ValueError:
+        raise ValueError(
+            f"model.json records backbone_weights {source!r}, not 'file:<path>', 'hub-cache', "
+            "'hub-download' or 'random'; pass --weights PATH to the checkpoint the run used."
+        ) from None
+    if not source.startswith("file:"):
+        return weights
+    recorded = Path(weights)
+    # DVC runs stages in the project folder, so a relative path is relative to it.
+    for path in (recorded,) if recorded.is_absolute() else (run_dir / recorded, recorded):
+        if path.is_file():
+            return str(path)
+    raise FileNotFoundError(
+        f"The run's backbone checkpoint {str(recorded)!r} (model.json backbone_weights) does "
+        "not exist here; pass --weights PATH to the checkpoint the run was trained with."
     )
 
 
@@ -108,12 +119,9 @@ def _create_backbone(name: str, weights: str, source: str, pos_embed: str = "tim
             "the code and mean nothing.\n%s",
             banner, name, banner,
         )
-        # Seeded exactly as `extract` builds it, so the head sees the features it was trained on.
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            return create_backbone(name, weights="random", pos_embed=pos_embed)
     try:
-        return create_backbone(name, weights=weights, pos_embed=pos_embed)
+        # Seeded exactly as `extract` builds it, so random weights are the net the head was trained on.
+        return create_seeded_backbone(name, weights=weights, pos_embed=pos_embed)
     except WeightsNotFoundError as error:
         raise WeightsNotFoundError(
             f"No weights for the run's backbone {name} (trained with {source} weights) in the "
@@ -150,15 +158,66 @@ def _read_assignment(path: Path, n_clusters: int, info: dict) -> tuple[np.ndarra
     return mapping, tuple(str(name) for name in names)
 
 
-def _run_settings(run_dir: Path) -> tuple[float, CRFParams]:
-    """The run's cluster-probe alpha and CRF block from its params.yaml (defaults if absent)."""
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run's own stages predicted, as they recorded it (not as params.yaml says today).
+
+    Attributes:
+        alpha: cluster-probe temperature, from the cluster stage's predictions store.
+        flip: whether the cluster stage flip-averaged the codes (same store).
+        crf_params: the CRF parameters, from the crf stage's store.
+    """
+
+    alpha: float = 2.0
+    flip: bool = True
+    crf_params: CRFParams = field(default_factory=CRFParams)
+
+
+def _store_attrs(path: Path) -> dict:
+    """The root attributes of a Zarr store; {} when there is none (the stage has not run)."""
+    if not path.is_dir():
+        return {}
     try:
-        params = load_params(run_dir / "params.yaml")
-    except ValueError as error:
-        log.warning("predict: ignoring %s (%s); using the published alpha and CRF settings", run_dir / "params.yaml", error)
-        return 2.0, CRFParams()
-    crf = CRFParams(**{f.name: getattr(params.crf, f.name) for f in dataclasses.fields(CRFParams)})
-    return float(params.cluster.alpha), crf
+        return dict(zarr.open_group(str(path), mode="r").attrs)
+    except Exception as error:  # noqa: BLE001 - a damaged store: fall back, say so
+        log.warning("predict: cannot read %s (%s: %s); using the published settings", path, type(error).__name__, error)
+        return {}
+
+
+def run_settings(project_dir: Path) -> RunSettings:
+    """The alpha, flip and CRF parameters each stage of the run in `project_dir` recorded.
+
+    Each value comes from the store of the stage that used it (the cluster stage's
+    predictions, the crf stage's refined predictions; `stego_tasks/paths.yaml`), so a later
+    edit of params.yaml never changes how an earlier run predicts. A value a run did not
+    record (its stage has not run) is the published default.
+
+    Raises:
+        ValueError: a recorded value of the wrong type or range.
+    """
+    project_dir = Path(project_dir)
+    predictions = _store_attrs(run_path(project_dir, "predictions"))
+    refined = _store_attrs(run_path(project_dir, "crf_out"))
+    defaults = RunSettings()
+    alpha = predictions.get("alpha", defaults.alpha)
+    flip = predictions.get("flip", defaults.flip)
+    source = str(run_path(project_dir, "predictions"))
+    checked = params_block(ClusterParams, {"alpha": alpha, "flip": flip}, "cluster", source)
+    crf = refined.get("crf")
+    crf_params = (
+        params_block(CRFParams, crf, "crf", str(run_path(project_dir, "crf_out")))
+        if isinstance(crf, dict) else defaults.crf_params
+    )
+    return RunSettings(alpha=checked.alpha, flip=checked.flip, crf_params=crf_params)
+
+
+def project_of(run_dir: Path, model_dir: Path) -> Path:
+    """The project folder of a run given as its project folder or as its model folder."""
+    if model_dir != run_dir:
+        return run_dir
+    depth = len(Path(PATHS["model"]).parts)
+    resolved = model_dir.resolve()
+    return resolved.parents[depth - 1] if len(resolved.parents) >= depth else resolved
 
 
 def load_run(
@@ -206,16 +265,18 @@ def load_run(
         )
     if model.cluster_probe.n_clusters > 256:
         raise ValueError(f"The run has {model.cluster_probe.n_clusters} clusters; predict writes at most 256.")
-    mapping, names = _read_assignment(model_dir.parent / "assignment.json", model.cluster_probe.n_clusters, info)
-    alpha, crf_params = _run_settings(run_dir if model_dir != run_dir else run_dir.parent.parent)
+    project = project_of(run_dir, model_dir)
+    mapping, names = _read_assignment(run_path(project, "assignment"), model.cluster_probe.n_clusters, info)
+    settings = run_settings(project)
     torch_device = resolve_device(device)
     return Run(
         model=model.to(torch_device).eval(),
         backbone=backbone.to(torch_device),
         resolution=size,
         device=torch_device,
-        alpha=alpha,
-        crf_params=crf_params,
+        alpha=settings.alpha,
+        crf_params=settings.crf_params,
+        flip=settings.flip,
         cluster_to_class=mapping,
         class_names=names,
         model_dir=model_dir.resolve(),

@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import zlib
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +45,147 @@ _READ_CONCURRENCY = min(8, max(2, os.cpu_count() or 2))
 
 ArrayLike = torch.Tensor | zarr.Array
 
+# The sharding format's "no chunk here" entry (an inner chunk never written: all fill value).
+_NO_CHUNK = 2**64 - 1
 
-def gather_rows(array: zarr.Array, index: np.ndarray) -> np.ndarray:
+
+class ShardRows:
+    """Rows of a sharded Zarr v3 array of one-row inner chunks, read straight from its files.
+
+    Why: zarr 3.1 spends about 1 ms of Python per single-row read (a round trip through its
+    event loop and two file reads, the shard's index and the row), holding the GIL, so a
+    single-row read cost 1.5-3.5 ms at 224 px and reader threads barely scaled (1.1-1.4x
+    for 2 threads; benchmarks/results.md). The layout is the Zarr v3 sharding codec
+    ("sharding_indexed", index at the end: [n, 2] little-endian uint64 offset and length per
+    inner chunk, then a crc32c of them). Here each shard's index is read once and cached
+    (16 bytes per row), and a row is one `pread` of its bytes decoded into the caller's
+    buffer; uncompressed rows are read into it directly. The values are exactly zarr's (a
+    test compares them for every codec `extract.compression` offers).
+
+    `open` returns None for anything else (another store, layout or codec), and the caller
+    reads through zarr.
+    """
+
+    def __init__(self, root: Path, array: zarr.Array, decode: Any) -> None:
+        self._root, self._array, self._decode = root, array, decode
+        self.rows_per_shard = int(array.shards[0])
+        self.fill = array.metadata.fill_value
+        self._index_bytes = 16 * self.rows_per_shard + 4
+        self._indices: dict[int, tuple[str, np.ndarray] | None] = {}
+
+    @classmethod
+    def open(cls, array: zarr.Array) -> ShardRows | None:
+        """A direct reader of `array`, or None when its store, layout or codecs are not the ones handled here."""
+        from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec, ZstdCodec
+        from zarr.codecs.sharding import ShardingCodecIndexLocation
+
+        root = getattr(array.store, "root", None)
+        if root is None or array.shards is None or array.chunks[0] != 1 or tuple(array.chunks[1:]) != tuple(array.shape[1:]):
+            return None
+        if tuple(array.shards[1:]) != tuple(array.shape[1:]) or array.metadata.zarr_format != 3:
+            return None
+        codecs = array.metadata.codecs
+        if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec):
+            return None
+        sharding = codecs[0]
+        index_ok = (
+            sharding.index_location == ShardingCodecIndexLocation.end
+            and len(sharding.index_codecs) == 2
+            and isinstance(sharding.index_codecs[0], BytesCodec)
+            and isinstance(sharding.index_codecs[1], Crc32cCodec)
+        )
+        inner = sharding.codecs
+        dtype = np.dtype(array.dtype)
+        native = dtype.itemsize == 1 or dtype.byteorder in ("=", "<" if np.little_endian else ">")
+        if not (index_ok and inner and isinstance(inner[0], BytesCodec) and native and np.little_endian):
+            return None
+        if len(inner) == 1:
+            decode = None
+        elif len(inner) == 2 and isinstance(inner[1], ZstdCodec):
+            from numcodecs import Zstd
+
+            decode = Zstd().decode
+        elif len(inner) == 2 and isinstance(inner[1], BloscCodec):
+            from numcodecs import Blosc
+
+            decode = Blosc().decode  # a blosc frame describes its own compressor and shuffle
+        else:
+            return None
+        return cls(Path(root), array, decode)
+
+    def _index(self, shard: int) -> tuple[str, np.ndarray] | None:
+        """(file path, [rows_per_shard, 2] offsets and lengths) of a shard, None when it has no file."""
+        if shard in self._indices:
+            return self._indices[shard]
+        key = self._array.metadata.encode_chunk_key((shard, *[0] * (self._array.ndim - 1)))
+        path = str(self._root / self._array.path / key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            entry = None
+        else:
+            try:
+                size = os.fstat(fd).st_size
+                raw = os.pread(fd, self._index_bytes, size - self._index_bytes) if size >= self._index_bytes else b""
+            finally:
+                os.close(fd)
+            entry = (path, self._parse_index(raw, path))
+        self._indices[shard] = entry  # a race only computes the same entry twice
+        return entry
+
+    def _parse_index(self, raw: bytes, path: str) -> np.ndarray:
+        import google_crc32c
+
+        if len(raw) != self._index_bytes:
+            raise ValueError(f"{path} is too short to hold a shard index; run `stego extract` to repair the store.")
+        body, crc = raw[:-4], raw[-4:]
+        if np.uint32(google_crc32c.value(body)).tobytes() != crc:
+            raise ValueError(f"{path}: the shard index does not match its checksum; run `stego extract` to repair the store.")
+        return np.frombuffer(body, dtype="<u8").reshape(self.rows_per_shard, 2)
+
+    def read_into(self, row: int, out: np.ndarray) -> None:
+        """Decode row `row` into `out` (C-contiguous, the array's row shape and dtype)."""
+        shard, local = divmod(int(row), self.rows_per_shard)
+        entry = self._index(shard)
+        if entry is None or int(entry[1][local, 0]) == _NO_CHUNK:
+            out[...] = self.fill
+            return
+        path, index = entry
+        offset, length = int(index[local, 0]), int(index[local, 1])
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if self._decode is None:
+                if length != out.nbytes or os.preadv(fd, [memoryview(out).cast("B")], offset) != length:
+                    raise ValueError(f"{path}: row {row} is truncated; run `stego extract` to repair the store.")
+            else:
+                data = os.pread(fd, length, offset)
+                if len(data) != length:
+                    raise ValueError(f"{path}: row {row} is truncated; run `stego extract` to repair the store.")
+                self._decode(data, out=out)
+        finally:
+            os.close(fd)
+
+    def gather(self, index: np.ndarray) -> np.ndarray:
+        """Rows `index` [B] (any order, duplicates allowed) as a new array [B, ...]."""
+        out = np.empty((len(index), *self._array.shape[1:]), dtype=self._array.dtype)
+        done: dict[int, int] = {}
+        for position, row in enumerate(np.asarray(index, dtype=np.int64).tolist()):
+            if row in done:
+                out[position] = out[done[row]]
+            else:
+                self.read_into(row, out[position])
+                done[row] = position
+        return out
+
+
+def gather_rows(array: zarr.Array, index: np.ndarray, reader: ShardRows | None = None) -> np.ndarray:
     """Read rows `index` of a Zarr array, in that order, reading each needed chunk once.
 
     Args:
         array: Zarr array [M, ...].
         index: row numbers [B] in [0, M), any order, duplicates allowed.
+        reader: the array's `ShardRows` (keeps its shard indices between calls); None opens
+            one for a sharded array of one-row chunks, where the layout allows.
 
     Returns:
         numpy array [B, ...] with `result[i] == array[index[i]]`, the array's dtype.
@@ -64,7 +201,11 @@ def gather_rows(array: zarr.Array, index: np.ndarray) -> np.ndarray:
     # Sorted, unique rows: one orthogonal selection decodes each touched chunk once, where
     # row-by-row reads would decode a chunk once per row in it.
     unique, inverse = np.unique(index, return_inverse=True)
-    if array.shards is not None and array.chunks[0] == 1:
+    if reader is None and array.shards is not None and array.chunks[0] == 1:
+        reader = ShardRows.open(array)
+    if reader is not None:
+        rows = reader.gather(unique)
+    elif array.shards is not None and array.chunks[0] == 1:
         # Sharded with one-row inner chunks: a single-row read decodes only that row
         # (2 ms at 224 px ViT-S/8), while zarr 3.1's orthogonal selection on a shard read
         # the whole shard (measured 280-480 ms for 32 rows against 40-60 ms row by row).
@@ -75,21 +216,34 @@ def gather_rows(array: zarr.Array, index: np.ndarray) -> np.ndarray:
     return rows[inverse.reshape(-1)]
 
 
-def _rows(source: ArrayLike, index: np.ndarray) -> torch.Tensor:
-    """Rows `index` [B] of an in-memory tensor or a Zarr array, as a CPU tensor [B, ...]."""
+def _rows(source: ArrayLike, index: np.ndarray, reader: ShardRows | None = None) -> np.ndarray:
+    """Rows `index` [B] of an in-memory tensor or a Zarr array, as a numpy array [B, ...] (stored dtype).
+
+    numpy, not torch: a reader thread must not start torch's intra-op thread pool of its own.
+    """
     if isinstance(source, torch.Tensor):
-        return source[torch.from_numpy(index)]
-    return torch.from_numpy(gather_rows(source, index))
+        return source.numpy()[index]
+    return gather_rows(source, index, reader)
 
 
-def _to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Copy a CPU tensor to `device`; to a GPU through pinned memory, asynchronously."""
-    if device.type == "cuda":
-        # Only a page-locked source lets the copy run as DMA without a staging copy, and
-        # only then is non_blocking truly asynchronous. The caching host allocator keeps
-        # the pinned block alive until the copy on the current stream has finished.
-        return tensor.pin_memory().to(device, non_blocking=True)
-    return tensor.to(device)
+def _on_device(host: TrainingBatch, device: torch.device) -> TrainingBatch:
+    """A batch from `TrainingData.host_batch` on `device` (float32 features, int64 labels)."""
+    if device.type == "cpu":
+        return host  # widened on the host already
+    # On a GPU: copied as stored (float16, uint8: fewer bytes) and widened there. Only a
+    # page-locked source lets the copy run as DMA without a staging copy, and only then is
+    # non_blocking truly asynchronous; the caching host allocator keeps the pinned block
+    # alive until the copy on the current stream has finished.
+    blocking = device.type != "cuda"
+
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device, non_blocking=not blocking)
+
+    return TrainingBatch(
+        feats=move(host.feats).float(),
+        feats_pos=move(host.feats_pos).float(),
+        labels=None if host.labels is None else move(host.labels).long(),
+    )
 
 
 @dataclass
@@ -122,6 +276,8 @@ class TrainingData:
     knn: np.ndarray
     # What the data is (see `data_identity`); None: computed from the values when needed.
     identity: dict[str, Any] | None = None
+    # Direct readers of the stored arrays (`ShardRows`, None where zarr reads), made on first use.
+    _readers: dict[str, ShardRows | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -138,15 +294,49 @@ class TrainingData:
         """True when features are read from the Zarr store per batch, not held in memory."""
         return not isinstance(self.feats, torch.Tensor)
 
+    def _reader(self, name: str) -> ShardRows | None:
+        if name not in self._readers:
+            source = getattr(self, name)
+            sharded = isinstance(source, zarr.Array) and source.shards is not None and source.chunks[0] == 1
+            self._readers[name] = ShardRows.open(source) if sharded else None  # a race opens it twice, harmlessly
+        return self._readers[name]
+
+    def _stored_rows(self, name: str, index: np.ndarray) -> np.ndarray:
+        return _rows(getattr(self, name), np.asarray(index, dtype=np.int64).reshape(-1), self._reader(name))
+
     def feature_rows(self, index: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Features of rows `index` [B] (any order, duplicates allowed): CPU tensor [B, C, h, w], stored dtype."""
-        return _rows(self.feats, np.asarray(index, dtype=np.int64).reshape(-1))
+        return torch.from_numpy(self._stored_rows("feats", index))
 
     def label_rows(self, index: np.ndarray | torch.Tensor) -> torch.Tensor | None:
         """Labels of rows `index` [B]: CPU tensor [B, R, R] in the stored dtype (uint8), or None."""
         if self.labels is None:
             return None
-        return _rows(self.labels, np.asarray(index, dtype=np.int64).reshape(-1))
+        return torch.from_numpy(self._stored_rows("labels", index))
+
+    def host_batch(self, index: np.ndarray | torch.Tensor, positives: np.ndarray, pinned: bool = False) -> TrainingBatch:
+        """A step's rows read into CPU memory: what a reader thread of `BatchStream` does.
+
+        Args:
+            index: batch rows [B].
+            positives: one kNN partner row per batch row [B].
+            pinned: for a CUDA device: keep the stored dtypes (float16, uint8) in page-locked
+                memory, widened after the copy; else widen here (float32, int64).
+
+        Returns:
+            A `TrainingBatch` of CPU tensors; `_on_device` finishes it.
+        """
+        index = np.asarray(index, dtype=np.int64).reshape(-1)
+        n = index.shape[0]
+        # One read for both halves: a row that is in the batch and a positive is read once.
+        rows = self._stored_rows("feats", np.concatenate([index, np.asarray(positives, dtype=np.int64).reshape(-1)]))
+        labels = None if self.labels is None else self._stored_rows("labels", index)
+        if pinned:
+            both = torch.from_numpy(rows).pin_memory()
+            return TrainingBatch(both[:n], both[n:], None if labels is None else torch.from_numpy(labels).pin_memory())
+        # numpy's casts run in the calling thread (no torch thread pool per reader); exact for float16 -> float32.
+        wide = torch.from_numpy(rows.astype(np.float32))
+        return TrainingBatch(wide[:n], wide[n:], None if labels is None else torch.from_numpy(labels.astype(np.int64)))
 
     def batch(self, index: np.ndarray | torch.Tensor, positives: np.ndarray, device: torch.device) -> TrainingBatch:
         """A step's features, positives' features and labels on `device`.
@@ -159,17 +349,80 @@ class TrainingData:
         Returns:
             `TrainingBatch`: feats and feats_pos float32 [B, C, h, w], labels int64 [B, R, R] or None.
         """
-        index = np.asarray(index, dtype=np.int64).reshape(-1)
-        n = index.shape[0]
-        # One read for both halves: a chunk holding a batch row and a positive is decoded once.
-        rows = _to_device(self.feature_rows(np.concatenate([index, np.asarray(positives, dtype=np.int64)])), device)
-        labels = self.label_rows(index)
-        return TrainingBatch(
-            feats=rows[:n].float(),
-            feats_pos=rows[n:].float(),
-            # Moved as stored (uint8: 8x fewer bytes) and widened on the device.
-            labels=None if labels is None else _to_device(labels, device).long(),
-        )
+        return _on_device(self.host_batch(index, positives, pinned=device.type == "cuda"), device)
+
+
+class BatchStream:
+    """Training batches read ahead by background threads, handed out in step order.
+
+    `plan` yields each step's (batch rows [B], one kNN positive per row [B]) in step order,
+    drawn in the caller's thread from (seed, step) alone (`batching.step_positives`); the
+    `readers` threads only read rows, up to `depth` steps ahead, while the training step
+    runs. So how many threads read, which one reads a step, and whether the split is held
+    in memory or streamed never change what a step gets. `readers` 0 reads each batch in
+    the calling thread when it is asked for.
+
+    Why threads suffice: a row read is a `pread` and a decode (`ShardRows`), and torch's
+    kernels release the GIL, so reading overlaps the step's compute; uncompressed rows
+    read in parallel too (`extract.compression: none`), while numcodecs' zstd and blosc
+    decoders hold the GIL, so several threads decoding them take turns (benchmarks/results.md).
+
+    Use as a context manager (or call `close`): it stops the threads and drops batches read ahead.
+    """
+
+    def __init__(
+        self,
+        data: TrainingData,
+        plan: Iterator[tuple[np.ndarray, np.ndarray]],
+        device: torch.device,
+        readers: int = 2,
+        depth: int | None = None,
+    ) -> None:
+        self._data, self._plan, self._device = data, iter(plan), device
+        self._pinned = device.type == "cuda"
+        self._pool = ThreadPoolExecutor(readers, thread_name_prefix="stego-read") if readers > 0 else None
+        self._depth = max(1, depth if depth is not None else 2 * readers)
+        self._ahead: deque[Future[TrainingBatch]] = deque()
+        self._planned_all = False
+
+    def _fill(self) -> None:
+        while self._pool is not None and not self._planned_all and len(self._ahead) < self._depth:
+            try:
+                index, positives = next(self._plan)
+            except StopIteration:
+                self._planned_all = True
+                return
+            self._ahead.append(self._pool.submit(self._data.host_batch, index, positives, self._pinned))
+
+    def __iter__(self) -> BatchStream:
+        return self
+
+    def __next__(self) -> TrainingBatch:
+        if self._pool is None:
+            index, positives = next(self._plan)
+            return self._data.batch(index, positives, self._device)
+        self._fill()
+        if not self._ahead:
+            raise StopIteration
+        host = self._ahead.popleft().result()
+        self._fill()  # keep the readers busy while this step computes
+        return _on_device(host, self._device)
+
+    def close(self) -> None:
+        """Stop the reader threads; batches read ahead are dropped."""
+        for future in self._ahead:
+            future.cancel()
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+            self._planned_all = True
+
+    def __enter__(self) -> BatchStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _any_valid_label(labels: zarr.Array, ignore_index: int, n_classes: int) -> bool:

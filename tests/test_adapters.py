@@ -18,6 +18,7 @@ import yaml
 from PIL import Image
 from scipy.io import savemat
 
+from flows.tools import adapt_from_args, add_adapt_arguments
 from stego_tasks import adapters
 from stego_tasks.adapters import core
 from stego_tasks.config import params_from_dict
@@ -356,8 +357,8 @@ def test_remap_labels_matches_a_naive_loop():
 def test_cli_prints_params_and_returns_zero(tmp_path, capsys):
     src, dst = _make_city(tmp_path), tmp_path / "corpus"
     parser = argparse.ArgumentParser()
-    adapters.add_arguments(parser)
-    code = adapters.main_from_args(parser.parse_args(["cityscapes27", str(src), str(dst)]))
+    add_adapt_arguments(parser)
+    code = adapt_from_args(parser.parse_args(["cityscapes27", str(src), str(dst)]))
     out = capsys.readouterr().out
     assert code == 0, f"exit code {code}: {out}"
     printed = yaml.safe_load(out[out.index("corpus:"):])

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from stego_tasks.cli import STAGES, TOOLS, main
+from flows.cli import STAGES, TOOLS, command_of, main
 
-COMMANDS = [*STAGES, *TOOLS, "demo-data", "run"]
+COMMANDS = [*map(command_of, STAGES), *TOOLS, "run"]
 
 
 def _stego(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "stego_tasks.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "flows.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=120
     )
 
 
@@ -27,7 +27,7 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> 
     assert exit_info.value.code == 0, f"`stego {command} --help` exited with {exit_info.value.code}"
     text = capsys.readouterr().out
     assert f"usage: stego {command}" in text, f"no usage line for {command}"
-    if command in STAGES:
+    if command in map(command_of, STAGES):
         assert "Read" in text and "write" in text, f"`stego {command} --help` must say what it reads and writes"
 
 
@@ -37,7 +37,7 @@ def test_top_level_help_lists_every_command_without_heavy_imports() -> None:
     for command in COMMANDS:
         assert command in result.stdout, f"{command} missing from `stego --help`"
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys; from stego_tasks.cli import _parser; _parser(); print('torch' in sys.modules)"],
+        [sys.executable, "-c", "import sys; from flows.cli import _parser; _parser(); print('torch' in sys.modules)"],
         capture_output=True, text=True, timeout=120,
     )
     assert probe.stdout.strip() == "False", "building the parser must not import torch (it slows every stage)"

@@ -1,4 +1,9 @@
-"""Contract tests between dvc.yaml and the code: a stage's code deps cover everything it runs.
+"""Contract tests between dvc.yaml and the code, and between the layers.
+
+A stage's code deps cover everything it runs; it reads exactly the params keys it declares
+and is given exactly the paths of its deps and outs; the library (`stego_tasks`) has no
+import cycle and never imports Prefect, DVC, argparse or `flows`; every Prefect entrypoint
+loads and every stage's flow has its stage function's typed parameters.
 
 DVC re-runs a stage only when one of its declared deps changes, so a package module the
 stage imports (directly, inside a function, or through another module) but does not
@@ -9,10 +14,22 @@ the source with `ast`, so nothing is imported to compute it.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
+import dataclasses
+import importlib
+import inspect
+import shlex
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
+
+from flows import stage_functions
+from flows.cli import STAGES, _parser, command_of
+from stego_tasks import extract as extract_module
+from stego_tasks import train as train_module
+from stego_tasks.config import DemoParams, Params, UndeclaredParamError, declared_view, load_params
+from stego_tasks.paths import PARAMS_FILE, PATHS, load_paths
+from stego_tasks.report import INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "stego_tasks"
@@ -32,9 +49,9 @@ def module_path(module: str) -> Path | None:
     return None
 
 
-def imported_modules(path: Path, module: str) -> set[str]:
-    """Every module an `import` / `from ... import` anywhere in the file names, resolved to absolute names."""
-    tree = ast.parse(path.read_text(encoding="utf-8"))
+def imported_modules(path: Path, module: str, tree: ast.Module | None = None) -> set[str]:
+    """Every module an `import` / `from ... import` anywhere in the file (or `tree`) names, resolved to absolute names."""
+    tree = ast.parse(path.read_text(encoding="utf-8")) if tree is None else tree
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     found: set[str] = set()
     # `if TYPE_CHECKING:` imports never run; drop those blocks before walking.
@@ -86,6 +103,8 @@ def _stages() -> dict[str, dict]:
 def test_stage_code_deps_cover_its_import_closure(stage: str) -> None:
     declared = {REPO / dep for dep in _stages()[stage].get("deps", []) if isinstance(dep, str)}
     needed = {p for p in import_closure(ENTRY[stage]) if p.name != "__init__.py" or p.parent.name != PACKAGE}
+    # The stage function decides which params and paths reach the library, so it shapes results too.
+    needed.add(REPO / "flows" / "stage_functions.py")
     missing = sorted(str(p.relative_to(REPO)) for p in needed - declared)
     assert not missing, f"dvc.yaml stage {stage} runs but does not declare: {missing}"
 
@@ -103,3 +122,341 @@ def test_every_stage_command_is_a_stego_command_of_its_own_name() -> None:
     for stage, spec in _stages().items():
         command = spec["cmd"].split()
         assert command[:2] == ["stego", stage.replace("_", "-")], f"stage {stage} runs {spec['cmd']!r}"
+
+
+# --- params: the keys a stage reads are the keys its DVC stage declares ---------------------
+#
+# Each stage function in flows/stage_functions.py runs with its library call replaced by a
+# recorder and with `load_params` returning a proxy that records every `block.key` read. A
+# block handed on whole (to the library, which may read any key of it) counts as all its
+# keys; a `declared_view` of it counts as the keys it copies. Those reads must equal the
+# keys dvc.yaml declares for the stage (a whole block declared = all its keys).
+
+# Keys that say where work runs or how fast, never what a stage computes: deliberately not
+# DVC params, so changing them re-runs nothing. They may be read without being declared.
+NO_EFFECT: dict[str, str] = {
+    "dask": "the dask block picks the cluster the chunks run on; a test proves the stores equal",
+    "crf.workers": "the size of the CRF process pool; each image is refined alone",
+    **{f"extract.{key}": "threads decoding images ahead of the backbone" for key in extract_module.NO_EFFECT_KEYS},
+    **{f"train.{key}": "threads reading batches ahead of each step" for key in train_module.NO_EFFECT_KEYS},
+}
+# The library function each stage function calls (module, attribute).
+LIBRARY_CALLS = {
+    "demo_data": ("stego_tasks.demo_data", "make_demo_corpus"),
+    "ingest": ("stego_tasks.ingest", "ingest"),
+    "validate": ("stego_tasks.validate", "validate"),
+    "extract": ("stego_tasks.extract", "extract"),
+    "knn": ("stego_tasks.knn", "knn_stage"),
+    "train": ("stego_tasks.train", "train"),
+    "cluster": ("stego_tasks.cluster", "cluster"),
+    "crf": ("stego_tasks.crf", "crf_stage"),
+    "evaluate": ("stego_tasks.evaluate", "evaluate"),
+    "report": ("stego_tasks.report", "report_stage"),
+}
+
+
+class _Block:
+    """A params block that records each key read (`block.key`) in `reads`."""
+
+    def __init__(self, name: str, block: object, reads: set[str]) -> None:
+        object.__setattr__(self, "_name", name)
+        object.__setattr__(self, "_block", block)
+        object.__setattr__(self, "_reads", reads)
+
+    @property
+    def __class__(self) -> type:  # noqa: D401 - `declared_view` builds a copy of this class
+        return type(object.__getattribute__(self, "_block"))
+
+    def __getattr__(self, key: str) -> object:
+        self._reads.add(f"{self._name}.{key}")
+        return getattr(self._block, key)
+
+    def whole(self) -> set[str]:
+        return {f"{self._name}.{f.name}" for f in dataclasses.fields(self._block)}
+
+
+class _Params:
+    """`Params` that hands out recording blocks and records top-level keys (`seed`, `preset`)."""
+
+    def __init__(self, params: Params, reads: set[str]) -> None:
+        self._params, self._reads = params, reads
+
+    def __getattr__(self, name: str) -> object:
+        value = getattr(self._params, name)
+        if dataclasses.is_dataclass(value):
+            return _Block(name, value, self._reads)
+        self._reads.add(name)
+        return value
+
+
+@dataclasses.dataclass
+class _Result:
+    """What the replaced library calls return: a dataclass (asdict) with a model's `info`."""
+
+    info: dict = dataclasses.field(default_factory=lambda: {"in_dim": 1})
+
+
+def stage_reads(stage: str, monkeypatch: pytest.MonkeyPatch, params: Params | None = None) -> set[str]:
+    """The dotted params keys `flows.stage_functions.<stage>` reads (blocks handed on whole expanded)."""
+    reads: set[str] = set()
+
+    def library_call(*args: object, **kwargs: object) -> _Result:
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, _Block):
+                reads.update(value.whole())
+        return _Result()
+
+    module, name = LIBRARY_CALLS[stage]
+    monkeypatch.setattr(importlib.import_module(module), name, library_call)
+    monkeypatch.setattr(stage_functions, "load_params", lambda path: _Params(params or load_params(path), reads))
+    monkeypatch.setattr(stage_functions, "check_folder_output", lambda *args, **kwargs: None)
+    getattr(stage_functions, stage)(params_path=str(REPO / "params.yaml"))
+    # A block the `demo` block overrides (config.apply_demo_overrides) also depends on
+    # corpus.demo and its override, read while the file is loaded.
+    for block in (f.name for f in dataclasses.fields(DemoParams)):
+        if any(key.startswith(f"{block}.") for key in reads):
+            reads.update({"corpus.demo", f"demo.{block}"})
+    return reads
+
+
+def declared_keys(stage: str) -> set[str]:
+    """The dotted keys dvc.yaml declares for `stage`, a whole block expanded to all its keys."""
+    blocks = {f.name: f.type for f in dataclasses.fields(Params)}
+    keys: set[str] = set()
+    for entry in _stages()[stage].get("params", []):
+        assert isinstance(entry, str), f"stage {stage}: params from another file ({entry}) are not expected"
+        block = getattr(Params(), entry, None) if "." not in entry else None
+        if dataclasses.is_dataclass(block):
+            keys.update(f"{entry}.{f.name}" for f in dataclasses.fields(block))
+        else:
+            assert entry.split(".")[0] in blocks, f"stage {stage} declares {entry}, not a params key"
+            keys.add(entry)
+    return keys
+
+
+def _no_effect(key: str) -> bool:
+    return any(key == exempt or key.startswith(f"{exempt}.") for exempt in NO_EFFECT)
+
+
+@pytest.mark.parametrize("stage", sorted(LIBRARY_CALLS))
+def test_a_stage_reads_exactly_the_params_keys_it_declares(stage: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads = {key for key in stage_reads(stage, monkeypatch) if not _no_effect(key)}
+    declared = declared_keys(stage)
+    assert not reads - declared, f"stage {stage} reads {sorted(reads - declared)}, which dvc.yaml does not declare"
+    assert not declared - reads, f"dvc.yaml declares {sorted(declared - reads)} for stage {stage}, which it never reads"
+    assert not {key for key in declared if _no_effect(key)}, f"stage {stage} declares a no-effect key"
+
+
+def test_every_stage_function_is_checked() -> None:
+    functions = {name for name, value in vars(stage_functions).items()
+                 if inspect.isfunction(value) and value.__module__ == stage_functions.__name__ and not name.startswith("_")}
+    assert functions == set(LIBRARY_CALLS) == set(_stages()), "a stage function, DVC stage and checked stage per name"
+
+
+def test_the_recorder_sees_key_reads_whole_blocks_and_views(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Negative checks: a read the stage does not declare, and a block handed on whole.
+    reads: set[str] = set()
+    params = _Params(Params(), reads)
+    assert params.knn.k == 7 and params.seed == 0
+    view = declared_view(params.corpus, ("root",))
+    assert reads == {"knn.k", "seed", "corpus.root"}, f"recorded {sorted(reads)}"
+    with pytest.raises(UndeclaredParamError, match="n_classes"):
+        _ = view.n_classes
+    assert declared_keys("knn") == {"knn.k"} != declared_keys("ingest")
+    wrong = stage_reads("validate", monkeypatch)
+    assert wrong - declared_keys("ingest"), "validate's reads must not pass for ingest's declaration"
+
+
+# --- paths: each stage is told exactly the paths DVC tracks for it -------------------------
+#
+# The stage's command line from dvc.yaml (as DVC resolves it) is parsed by the `stego`
+# parser itself, so defaults count too: the paths the stage will read and write must be its
+# DVC outs, plots and metrics plus its data deps.
+
+# Deps a stage does not read but must run after.
+ORDER_ONLY = {("extract", PATHS["validation"]): "extract waits for validate: bad labels fail before any backbone time"}
+# Files `stego report` reads that no pipeline stage writes (a dep on them fails while absent).
+OUTSIDE_PIPELINE = {PATHS["seeds"]: "written by `stego seeds`, which runs the pipeline itself"}
+
+
+def _resolved_stages() -> dict[str, dict[str, object]]:
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        stages = {}
+        for stage in repo.index.stages:
+            data_deps = {str(d.def_path) for d in stage.deps
+                         if not str(d.def_path).endswith(".py") and str(d.def_path) != PARAMS_FILE}
+            params = load_params(REPO / PARAMS_FILE)
+            data_deps.discard(params.corpus.root)  # read through corpus.root, a declared param
+            stages[stage.name] = {"cmd": stage.cmd, "deps": data_deps, "outs": {str(o.def_path) for o in stage.outs}}
+    return stages
+
+
+def _normal(path: object) -> str:
+    return PurePosixPath(str(path)).as_posix()
+
+
+def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[str]:
+    """What is wrong between the paths `cmd` gives stage `stage` and its DVC deps and outs ([] when nothing)."""
+    words = shlex.split(cmd)
+    assert words[:2] == ["stego", command_of(stage)], f"stage {stage} runs {cmd!r}"
+    args = _parser(words[1]).parse_args(words[1:])
+    problems = []
+    if stage == "report":
+        run = Path(args.run)
+        assert run == Path("."), f"the report stage must describe its own run, not {run}"
+        wanted = {_normal(path) for path in INPUTS.values()} - {PARAMS_FILE}
+        covered = {path for path in wanted if any(path == dep or path.startswith(f"{dep}/") for dep in deps)}
+        problems += [f"reads {path} without a dep on it" for path in sorted(wanted - covered - set(OUTSIDE_PIPELINE))]
+        problems += [f"has dep {dep}, which it does not read" for dep in sorted(deps)
+                     if not any(path == dep or path.startswith(f"{dep}/") for path in wanted)]
+        given = {_normal(args.out)}
+    else:
+        given = {_normal(getattr(args, option)) for option in STAGES[stage][1]}
+        if stage == "demo_data":
+            given.add(_normal(args.directory))
+        reads = given - outs
+        problems += [f"is given {path}, neither an out nor a dep" for path in sorted(reads - deps)]
+        problems += [f"has dep {dep}, which it is not given" for dep in sorted(deps - given)
+                     if (stage, dep) not in ORDER_ONLY]
+    problems += [f"writes {path}, not a DVC out" for path in sorted(given - deps - outs)]
+    problems += [f"has out {out}, which it is not told to write" for out in sorted(outs - given)]
+    return problems
+
+
+def test_each_stage_reads_and_writes_exactly_its_dvc_deps_and_outs() -> None:
+    stages = _resolved_stages()
+    assert set(stages) == set(STAGES), "one `stego` stage command per DVC stage"
+    for name, stage in stages.items():
+        problems = path_mismatch(name, stage["cmd"], stage["deps"], stage["outs"])
+        assert not problems, f"stage {name}: " + "; ".join(problems)
+    # Negative checks: an undeclared out, a dep the stage is never given, a report input dropped.
+    knn = stages["knn"]
+    assert path_mismatch("knn", knn["cmd"], knn["deps"], knn["outs"] - {PATHS["knn"]})
+    assert path_mismatch("knn", knn["cmd"], knn["deps"] | {PATHS["model"]}, knn["outs"])
+    report = stages["report"]
+    assert path_mismatch("report", report["cmd"], report["deps"] - {PATHS["confusion"]}, report["outs"])
+
+
+def test_paths_are_spelled_out_only_in_paths_yaml() -> None:
+    dvc_text = (REPO / "dvc.yaml").read_text(encoding="utf-8")
+    spelled = [path for path in PATHS.values() if path in dvc_text]
+    assert not spelled, f"dvc.yaml spells out {spelled}; write ${{paths.<name>}} (stego_tasks/paths.yaml)"
+    assert yaml.safe_load(dvc_text)["vars"] == ["stego_tasks/paths.yaml"], "dvc.yaml reads the paths file"
+    assert load_paths(REPO / "stego_tasks" / "paths.yaml") == PATHS, "the package reads the file DVC reads"
+
+
+# --- layers: no import cycle; the library knows nothing of Prefect, DVC or command lines ----
+
+LIBRARY_MUST_NOT_IMPORT = ("prefect", "prefect_dask", "dvc", "argparse", "flows")
+# (module, imported name): why it is not a layering breach.
+ALLOWED_IMPORTS = {
+    ("stego_tasks.backbone", "argparse"): "argparse.Namespace is the one class DINO's pickled checkpoints "
+                                          "hold beside the tensors; it is allowed when unpickling, no command line",
+}
+
+
+def _package_modules(package: str) -> dict[str, Path]:
+    root = REPO / package
+    modules = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def module_level_imports(path: Path, module: str) -> set[str]:
+    """Modules a file imports when it is imported: top-level statements (and their if/try blocks), no
+    function bodies, no `if TYPE_CHECKING:`; resolved as `imported_modules` does."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    kept: list[ast.stmt] = []
+    pending = list(tree.body)
+    while pending:
+        node = pending.pop()
+        if isinstance(node, ast.If):
+            if not (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"):
+                pending += node.body + node.orelse
+        elif isinstance(node, ast.Try):
+            pending += node.body + node.orelse + node.finalbody + [s for h in node.handlers for s in h.body]
+        elif isinstance(node, ast.Import | ast.ImportFrom):
+            kept.append(node)
+    return imported_modules(path, module, ast.Module(body=kept, type_ignores=[]))
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every import cycle of `graph` (module -> modules it imports), each once, as a path back to its start."""
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                cycles.append(path[path.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    return cycles
+
+
+@pytest.mark.parametrize("package", ["stego_tasks", "flows"])
+def test_no_import_cycle(package: str) -> None:
+    modules = _package_modules(package)
+    graph = {name: {m for m in module_level_imports(path, name) if m in modules and m != name}
+             for name, path in modules.items()}
+    assert not import_cycles(graph), f"{package} has import cycles: {import_cycles(graph)}"
+    # Negative check: the detector finds a two-module cycle.
+    assert import_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b", "a"]]
+
+
+def _forbidden(module: str, path: Path) -> list[str]:
+    imported = imported_modules(path, module)
+    tops = {name.split(".")[0] for name in imported}
+    return sorted(top for top in tops if top in LIBRARY_MUST_NOT_IMPORT and (module, top) not in ALLOWED_IMPORTS)
+
+
+def test_the_library_never_imports_prefect_dvc_argparse_or_flows(tmp_path: Path) -> None:
+    found = {module: names for module, path in _package_modules(PACKAGE).items() if (names := _forbidden(module, path))}
+    assert not found, f"library modules import the layers above them: {found}"
+    # Negative check: an import inside a function body counts.
+    fake = tmp_path / "fake.py"
+    fake.write_text("def f():\n    from prefect import flow\n    import argparse\n")
+    assert _forbidden("stego_tasks.fake", fake) == ["argparse", "prefect"]
+
+
+# --- flows: deployments load, and each stage's flow has its stage function's parameters ----
+
+
+def test_every_prefect_yaml_entrypoint_imports() -> None:
+    from prefect import Flow
+
+    deployments = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert deployments, "prefect.yaml declares no deployment"
+    for deployment in deployments:
+        file, _, name = deployment["entrypoint"].partition(":")
+        module = ".".join(Path(file).with_suffix("").parts)
+        flow = getattr(importlib.import_module(module), name, None)
+        assert isinstance(flow, Flow), f"deployment {deployment['name']}: {deployment['entrypoint']} is not a flow"
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("flows.no_such_stage")
+
+
+@pytest.mark.parametrize("stage", sorted(LIBRARY_CALLS))
+def test_each_stage_flow_takes_its_stage_functions_typed_parameters(stage: str) -> None:
+    from prefect import Flow
+
+    flow = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
+    assert isinstance(flow, Flow) and flow.name == stage, f"flows/{stage}.py: {stage}_flow"
+    want = {name: p for name, p in inspect.signature(getattr(stage_functions, stage)).parameters.items() if name != "runner"}
+    got = inspect.signature(flow.fn).parameters
+    assert list(got) == list(want), f"flow {stage} takes {list(got)}, its stage function {list(want)}"
+    for name, parameter in want.items():
+        assert (got[name].annotation, got[name].default) == (parameter.annotation, parameter.default), f"{stage}: {name}"
+    schema = flow.parameters.model_dump()["properties"]
+    untyped = [name for name, spec in schema.items() if not ({"type", "anyOf"} & set(spec))]
+    assert not untyped, f"flow {stage}: Prefect sees no type for {untyped}"

@@ -371,6 +371,60 @@ def test_random_fallback_only_on_the_demo_corpus(base, scheduler, tmp_path, monk
     assert zarr.open_group(str(copy.store), mode="r").attrs["weights_source"] == "random", "store does not say random"
 
 
+# --- parallel decoding and the features' codec (issue 13) -----------------------------------
+
+
+def _assert_store_equals(got: Path, want: Path, what: str) -> None:
+    """Labels, images and ids byte for byte; features to float16 rounding (`_assert_same`)."""
+    a, b = _arrays(got), _arrays(want)
+    assert set(a) == set(b), f"{what}: arrays {sorted(a)} vs {sorted(b)}"
+    for name in b:
+        if np.issubdtype(b[name].dtype, np.floating):
+            _assert_same(a[name], b[name], f"{what}: {name}")
+        else:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), f"{what}: {name} is not byte-equal"
+
+
+def test_any_number_of_decoders_gives_the_single_decoder_store(base, tmp_path):
+    # The module's store was written with the default (2 decoders); 1 and 5 must give it too.
+    # batch_size 2: 3 + 2 chunks, so several chunks queue ahead and finish out of order.
+    stores = {}
+    for workers in (1, 5):
+        params = ExtractParams(resolution=32, val_resolution=48, batch_size=2, device="cpu", decode_workers=workers)
+        stores[workers] = tmp_path / f"decoders-{workers}.zarr"
+        summary = extract(base.manifest, stores[workers], _corpus(base.root), BACKBONE, params, DASK)
+        assert summary.chunks_computed == {"train": 3, "val": 2}, f"{workers} decoders: {summary}"
+    _assert_store_equals(stores[5], stores[1], "5 decoders vs 1")
+    a, b = _arrays(stores[1]), _arrays(base.store)
+    for name in ("train/labels", "val/labels", "val/images", "train/image_ids", "train/crops"):
+        assert np.array_equal(a[name], b[name]), f"{name}: 1 decoder (chunks of 2) vs 2 decoders (chunks of 4)"
+
+
+def test_decode_workers_is_not_part_of_the_fingerprint(base, tmp_path):
+    copy = _copy(base, tmp_path)
+    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu", decode_workers=7)
+    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, DASK)
+    assert summary.chunks_computed == {"train": 0, "val": 0}, f"a decoder count re-extracted chunks: {summary}"
+
+
+@pytest.mark.parametrize("compression", ["none", "blosc-lz4", "blosc-zstd"])
+def test_a_changed_compression_rebuilds_with_that_codec_and_the_same_values(base, tmp_path, compression):
+    copy = _copy(base, tmp_path)
+    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu", compression=compression)
+    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, DASK)
+    assert summary.chunks_computed == summary.chunks_total, f"{compression}: the store must be rebuilt: {summary}"
+    root = zarr.open_group(str(copy.store), mode="r")
+    for path in ("train/feats", "val/feats", "val/feats_flip"):
+        codecs = [type(c).__name__ for c in root[path].compressors]
+        assert codecs == ([] if compression == "none" else ["BloscCodec"]), f"{compression}: {path} codecs {codecs}"
+        assert root[path.split("/")[0]].attrs["fingerprint"]["compression"] == compression, "fingerprint"
+    assert [type(c).__name__ for c in root["train/labels"].compressors] == ["ZstdCodec"], "labels keep zstd"
+    _assert_store_equals(copy.store, base.store, f"{compression} vs zstd")
+    read_split(copy.store, "train")  # the digests were recorded for the new codec's bytes
+    again = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, DASK)
+    assert again.chunks_computed == {"train": 0, "val": 0}, f"{compression}: a rerun re-extracted {again}"
+
+
 # --- scale-out on a real Dask cluster (issue 6) ----------------------------------------------
 
 

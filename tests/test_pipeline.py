@@ -87,13 +87,14 @@ def test_crf_param_reruns_crf_and_evaluate_only(project_copy: Path, project_env:
 
 def test_train_param_reruns_from_train_on(project_copy: Path, project_env: dict[str, str]) -> None:
     """A train param re-runs train, cluster, crf, evaluate (and what follows); never the stages before train."""
-    set_params(project_copy, {("train", "steps"): 20})
+    # The tiny project's corpus is the demo, whose train sizes live in the demo block.
+    set_params(project_copy, {("demo", "train", "steps"): 20})
     result = dvc_repro(project_copy, project_env)
     ran = stages_ran(result.stdout)
     expected = downstream(stage_graph(project_copy), "train")
     assert {"train", "cluster", "crf", "evaluate"} <= expected, f"dvc.yaml's stages after train: {sorted(expected)}"
-    assert ran[:1] == ["train"] and sorted(ran) == sorted(expected), f"train.steps change ran {ran}, expected {sorted(expected)}"
+    assert ran[:1] == ["train"] and sorted(ran) == sorted(expected), f"demo.train.steps change ran {ran}, expected {sorted(expected)}"
     upstream = {"demo_data", "ingest", "validate", "extract", "knn"} & set(ran)
     assert not upstream, f"a train param re-ran stages before train: {sorted(upstream)}"
     lock = (project_copy / "dvc.lock").read_text()
-    assert re.search(r"^\s+steps: 20$", lock, flags=re.MULTILINE), "dvc.lock does not record train.steps 20"
+    assert re.search(r"^\s+steps: 20$", lock, flags=re.MULTILINE), "dvc.lock does not record demo.train.steps 20"

@@ -19,22 +19,22 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+import zarr
 from PIL import Image
 from safetensors.torch import save_file
 
+from flows.tools import add_predict_arguments, predict_from_args
 from stego_tasks.config import TrainParams, params_to_dict
-from stego_tasks.crf import dense_crf
+from stego_tasks.crf import CRFParams, dense_crf
 from stego_tasks.predict import (
-    add_arguments,
     collect_images,
-    main_from_args,
     nearest_resize,
     output_keys,
     predict_paths,
     segment_image,
 )
 from stego_tasks.train import build_model, save_model
-from stego_tasks.trained_run import UNMATCHED, Run, load_run
+from stego_tasks.trained_run import UNMATCHED, Run, RunSettings, load_run, run_settings
 from stego_tasks.visualize import palette
 
 BACKBONE = "vit_tiny_patch16_224"
@@ -73,7 +73,12 @@ def _write_run(root: Path, weights_source: str, with_assignment: bool = True) ->
     if with_assignment:
         assignment = {"cluster_to_class": CLUSTER_TO_CLASS, "class_names": CLASS_NAMES}
         (root / "artifacts" / "assignment.json").write_text(json.dumps(assignment))
-    (root / "params.yaml").write_text("cluster:\n  alpha: 3.0\ncrf:\n  iterations: 5\n")
+    # What the run's cluster and crf stages recorded in their stores; params.yaml says otherwise
+    # (edited after the run), and must not change how the run predicts.
+    zarr.open_group(str(root / "artifacts" / "predictions.zarr"), mode="w").attrs.update({"alpha": 3.0, "flip": True})
+    crf = {**dataclasses.asdict(CRFParams()), "iterations": 5}
+    zarr.open_group(str(root / "artifacts" / "crf.zarr"), mode="w").attrs.update({"crf": crf})
+    (root / "params.yaml").write_text("cluster:\n  alpha: 9.0\n  flip: false\ncrf:\n  iterations: 1\n")
     return root
 
 
@@ -114,7 +119,17 @@ def test_load_run_reads_model_checkpoint_assignment_and_params(run: Run, run_dir
     assert run.resolution == RESOLUTION and run.n_clusters == 4, f"{run.resolution}, {run.n_clusters}"
     assert run.cluster_to_class.tolist() == CLUSTER_TO_CLASS, f"assignment {run.cluster_to_class}"
     assert run.class_names == tuple(CLASS_NAMES), f"class names {run.class_names}"
-    assert run.alpha == 3.0 and run.crf_params.iterations == 5, f"params.yaml not read: {run.alpha}, {run.crf_params}"
+    assert run.alpha == 3.0 and run.crf_params.iterations == 5 and run.flip, (
+        f"the settings the run's stages recorded were not used: {run.alpha}, {run.flip}, {run.crf_params}"
+    )
+
+
+def test_run_settings_are_the_recorded_ones_or_the_published_defaults(tmp_path: Path, run_dir: Path):
+    assert run_settings(run_dir) == RunSettings(3.0, True, CRFParams(iterations=5)), "recorded by the stages"
+    assert run_settings(tmp_path) == RunSettings(), "a run whose cluster and crf stages have not run"
+    zarr.open_group(str(tmp_path / "artifacts" / "predictions.zarr"), mode="w").attrs.update({"alpha": -1.0})
+    with pytest.raises(ValueError, match="alpha must be a positive number"):
+        run_settings(tmp_path)
 
 
 @pytest.mark.parametrize("height,width", [(37, 53), (100, 30), (32, 32), (17, 200), (300, 401)])
@@ -285,13 +300,13 @@ def test_random_weights_warn_and_match_extraction(tmp_path: Path, caplog: pytest
 
 def test_main_from_args(run_dir: Path, images_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_predict_arguments(parser)
     args = parser.parse_args([str(images_dir), "--run", str(run_dir), "--out", str(tmp_path / "o"), "--no-crf", "--device", "cpu"])
-    assert main_from_args(args) == 0, "exit status with images written"
+    assert predict_from_args(args) == 0, "exit status with images written"
     line = capsys.readouterr().out
     assert line.startswith(f"wrote 2 images to {tmp_path / 'o'}; 2 failed: "), f"printed {line!r}"
     assert "broken.png" in line and "empty.jpg" in line, f"failed files not named: {line!r}"
     args = parser.parse_args([str(images_dir / "broken.png"), "--run", str(run_dir), "--out", str(tmp_path / "p"), "--no-flip"])
-    assert main_from_args(args) == 2, "exit status with nothing written"
+    assert predict_from_args(args) == 2, "exit status with nothing written"
     assert capsys.readouterr().out.startswith("wrote 0 images"), "summary line for a failed run"
     assert not (tmp_path / "p" / "legend.json").exists(), "legend written although no image was"

@@ -11,7 +11,7 @@ from conftest import ISOLATION, REPO
 
 SCRIPT = """
 import json, os, sys, urllib.request
-from stego_tasks.prefect_server import shared_prefect_server
+from flows.prefect_server import shared_prefect_server
 with shared_prefect_server() as url:
     with urllib.request.urlopen(url + "/health", timeout=5) as response:
         healthy = response.status == 200
@@ -49,14 +49,14 @@ def test_starts_one_server_exports_its_url_and_stops_it(tmp_path) -> None:
 
 def test_an_existing_api_url_is_used_as_it_is() -> None:
     env = {**os.environ, **ISOLATION, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
-    script = "from stego_tasks.prefect_server import shared_prefect_server\nwith shared_prefect_server() as url: print(url)"
+    script = "from flows.prefect_server import shared_prefect_server\nwith shared_prefect_server() as url: print(url)"
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "http://127.0.0.1:9/api", f"got {result.stdout!r} {result.stderr[-500:]!r}"
 
 
 FLOW_SCRIPT = """
 import logging
-from stego_tasks.prefect_server import shared_prefect_server
+from flows.prefect_server import shared_prefect_server
 with shared_prefect_server():
     from prefect import flow, get_run_logger
 

@@ -5,7 +5,7 @@ completely; `stego demo-data` writes only into an empty folder or an earlier dem
 a broken weights or model file is one sentence naming it, not a traceback.
 
 Every case is built here from tiny files in tmp_path; the commands run in-process through
-`stego_tasks.cli.main`, so each test checks the exit status and the exact stderr line.
+`flows.cli.main`, so each test checks the exit status and the exact stderr line.
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from flows.cli import main
 from stego_tasks import atomic
 from stego_tasks.backbone import create_backbone, read_checkpoint
-from stego_tasks.cli import main
 from stego_tasks.config import TrainParams, params_to_dict
 from stego_tasks.demo_data import make_demo_corpus
 from stego_tasks.predict import predict_paths
@@ -60,7 +60,7 @@ def test_report_out_naming_a_folder_is_refused_and_the_folder_kept(tmp_path, mon
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "params.yaml").write_text("seed: 0\n")
     before = _user_folder(tmp_path / "reports")
-    status, err = _cli(capsys, "report", "--run", "run", "--out", "reports")
+    status, err = _cli(capsys, "report", "--no-prefect", "--run", "run", "--out", "reports")
     assert status == 2, f"exit status {status}, stderr {err}"
     assert err == [
         "stego report: error: reports is an existing folder that stego did not write; refusing to replace it "
@@ -68,7 +68,7 @@ def test_report_out_naming_a_folder_is_refused_and_the_folder_kept(tmp_path, mon
     ], f"stderr {err}"
     assert _snapshot(tmp_path / "reports") == before, "the refused report changed the folder"
     # A file inside it is what the user meant, and works.
-    assert _cli(capsys, "report", "--run", "run", "--out", "reports/report.html")[0] == 0, "report into a file"
+    assert _cli(capsys, "report", "--no-prefect", "--run", "run", "--out", "reports/report.html")[0] == 0, "report into a file"
     assert _snapshot(tmp_path / "reports").keys() == {*before, "report.html"}, "the user's files must stay"
 
 
@@ -262,7 +262,7 @@ def test_second_predict_replaces_the_first_completely_and_keeps_other_files(run,
 def test_demo_data_refuses_a_folder_holding_other_files(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     before = _user_folder(tmp_path / "mine")
-    status, err = _cli(capsys, "demo-data", "mine", "--n-train", "3", "--n-val", "3", "--size", "32")
+    status, err = _cli(capsys, "demo-data", "--no-prefect", "mine", "--n-train", "3", "--n-val", "3", "--size", "32")
     assert status == 2, f"exit status {status}, stderr {err}"
     assert err == [
         "stego demo-data: error: mine holds mine/notes.txt, which is not part of a demo corpus; refusing to write "

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import SUBPROCESS_ENV, VENV_BIN
 
-from stego_tasks.cli import main
+from flows.cli import main
 from stego_tasks.config import load_params, params_from_dict
 
 STEGO = str(VENV_BIN / "stego")

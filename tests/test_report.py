@@ -6,7 +6,6 @@ Chromium (skipped when it is not installed).
 
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -20,8 +19,10 @@ import pytest
 from browser import SKIP_REASON, chromium_available, run_chromium
 from PIL import Image
 
-from stego_tasks import report as report_module
-from stego_tasks.report import add_arguments, format_number, main_from_args, render, report
+from flows import stage_functions
+from flows.cli import _parser, main
+from stego_tasks.config import ReportParams
+from stego_tasks.report import format_number, render, report
 
 DASH = "\u2013"
 CLASSES = ["sky", "grass", 'road <b>&"wet"</b>']
@@ -268,22 +269,27 @@ def test_malformed_json_is_one_sentence(run_dir: Path) -> None:
 
 
 def test_cli_arguments(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    defaults = parser.parse_args([])
+    defaults = _parser("report").parse_args(["report"])
     assert (defaults.run, defaults.out) == (Path("."), Path("reports/report.html")), "documented defaults"
     out = tmp_path / "reports" / "report.html"
-    assert main_from_args(parser.parse_args(["--run", str(run_dir), "--out", str(out)])) == 0, "exit status 0"
+    assert main(["report", "--no-prefect", "--run", str(run_dir), "--out", str(out)]) == 0, "exit status 0"
     assert out.read_text(encoding="utf-8") == render(run_dir), "the CLI writes the rendered page"
     printed = capsys.readouterr().out
     assert str(out) in printed and "RANDOM" in printed, f"the summary names the page and random weights: {printed!r}"
 
 
-def test_overlays_capped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report_module, "MAX_OVERLAYS", 2)
-    page = Page(render(make_run(tmp_path / "run")))
+def test_overlays_and_quarantine_rows_capped_by_the_report_block(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", quarantine=[("images/train/x.jpg", "train", "empty file")] * 3)
+    (run / "params.yaml").write_text("report:\n  max_overlays: 2\n  max_quarantine_rows: 1\n")
+    page = Page(render(run, ReportParams(max_overlays=2, max_quarantine_rows=1)))
     assert len(page.images) == 2 + 2, "2 overlays + confusion + loss chart"
-    assert "Showing the first 2 of 3." in "".join(page.text), "the page says overlays were left out"
+    text = "".join(page.text)
+    assert "Showing the first 2 of 3." in text, "the page says overlays were left out"
+    assert "Showing the first 1 of 3." in text, "the page says quarantine rows were left out"
+    # The stage reads the block from the params file it is given.
+    out = tmp_path / "page.html"
+    stage_functions.report(str(run / "params.yaml"), str(run), str(out))
+    assert out.read_text(encoding="utf-8") == render(run, ReportParams(max_overlays=2, max_quarantine_rows=1))
 
 
 @pytest.mark.skipif(not chromium_available(), reason=SKIP_REASON)

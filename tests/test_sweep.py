@@ -18,15 +18,14 @@ import torch
 import zarr
 from PIL import Image
 
+from flows.tools import add_sweep_arguments, sweep_from_args
 from stego_tasks.cluster import predict_code
 from stego_tasks.config import TrainParams, params_to_dict
 from stego_tasks.metrics import unsupervised_scores
 from stego_tasks.probe_fit import best_cluster_probe, fit_cluster_probe, probe_objective
 from stego_tasks.sweep import (
     ROW_KEYS,
-    add_arguments,
     evaluate_probes,
-    main_from_args,
     parse_ks,
     sweep_k,
     training_codes,
@@ -221,14 +220,14 @@ def test_val_without_labels_gives_criterion_only(run_dir):
 
 def _args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    add_arguments(parser)
+    add_sweep_arguments(parser)
     return parser.parse_args(argv)
 
 
 def test_command_writes_prefix_json_and_png_with_the_runs_defaults(run_dir, tmp_path, capsys):
     out = tmp_path / "plots" / "k_sweep"
     argv = ["--run", str(run_dir), "--ks", "2, 3", "--out", str(out), "--restarts", str(RESTARTS)]
-    assert main_from_args(_args(argv)) == 0, "exit status"
+    assert sweep_from_args(_args(argv)) == 0, "exit status"
     written = json.loads((tmp_path / "plots" / "k_sweep.json").read_text())
     assert (tmp_path / "plots" / "k_sweep.png").is_file(), "PNG not written"
     # Defaults: the run's seed and train.steps.
@@ -257,6 +256,6 @@ def test_sweep_k_refuses_an_empty_k_list(run_dir, tmp_path):
 
 def test_a_run_without_a_model_is_refused_in_one_sentence(tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no trained model") as error:
-        main_from_args(_args(["--run", str(tmp_path), "--ks", "3,5"]))
+        sweep_from_args(_args(["--run", str(tmp_path), "--ks", "3,5"]))
     assert "\n" not in str(error.value), f"error spans lines: {error.value}"
     assert parse_ks("3,5,8,12") == [3, 5, 8, 12], "a valid list"

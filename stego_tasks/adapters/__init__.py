@@ -17,11 +17,8 @@ corpus filled in, so every pipeline stage runs on the benchmark with the paper's
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
-
-import yaml
 
 from stego_tasks import atomic
 from stego_tasks.adapters.cityscapes import CITYSCAPES27
@@ -40,15 +37,17 @@ from stego_tasks.presets import params_text
 
 __all__ = [
     "ADAPTERS",
+    "CORPUS_FILE",
+    "LAYOUT_HELP",
+    "PARAMS_FILE",
+    "PRESETS_FOR",
     "AdaptSummary",
     "LabelParams",
     "DatasetAdapter",
     "Entry",
     "adapt",
-    "add_arguments",
     "build_lut",
     "get_adapter",
-    "main_from_args",
     "preset_for",
     "remap_labels",
     "write_params",
@@ -157,52 +156,3 @@ def write_params(name: str, dst: str | Path, backbone: str | None = None, out: s
         os.replace(target, target.with_name(target.name + ".bak"))
     atomic.write_text(target, text)
     return target
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the `stego adapt NAME SRC DST` arguments (and the layouts as description) to `parser`."""
-    parser.description = parser.description or LAYOUT_HELP
-    parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("name", choices=sorted(ADAPTERS), metavar="NAME", help=f"dataset: {', '.join(sorted(ADAPTERS))}")
-    parser.add_argument("src", type=Path, metavar="SRC", help="the dataset root in its usual layout")
-    parser.add_argument("dst", type=Path, metavar="DST", help="output corpus root (new, empty, or an earlier output)")
-    parser.add_argument("--unlabelled-train", action="store_true",
-                        help="Potsdam: add the ids of unlabelled_train.txt to the training split")
-    parser.add_argument("--backbone", choices=["vits8", "vitb8"], default=None,
-                        help="which published setting: cocostuff27 has vits8 (default) and vitb8; cityscapes27 vitb8; potsdam vits8")
-    parser.add_argument("--params", type=Path, default=None, metavar="FILE",
-                        help="also write the complete params file here (e.g. params.yaml; an existing one is kept as FILE.bak)")
-
-
-def main_from_args(args: argparse.Namespace) -> int:
-    """Run `stego adapt` from parsed arguments; print a summary and the corpus params.
-
-    Errors about the layout or destination (ValueError, FileNotFoundError) propagate, for
-    the CLI's one-sentence error handler.
-
-    Args:
-        args: namespace from a parser set up by `add_arguments`.
-
-    Returns:
-        0 when every listed image was written, 2 when some were skipped as unreadable.
-    """
-    preset_for(args.name, args.backbone)  # refuse an unpublished pair before any file is written
-    summary = adapt(args.name, args.src, args.dst, unlabelled_train=args.unlabelled_train)
-    written = [write_params(args.name, args.dst, args.backbone)] if args.backbone else [Path(args.dst) / PARAMS_FILE]
-    if args.params is not None:
-        written.append(write_params(args.name, args.dst, args.backbone, args.params))
-    images = ", ".join(f"{n} {s}" for s, n in summary.n_images.items())
-    labels = ", ".join(f"{n} {s}" for s, n in summary.n_labels.items())
-    print(
-        f"{summary.name}: {args.dst} holds images ({images}) and labels ({labels}); this run linked "
-        f"{summary.n_linked}, copied {summary.n_copied}, converted {summary.n_converted}, "
-        f"kept {summary.n_skipped} up-to-date files and removed {summary.n_removed} stale ones."
-    )
-    for path, reason in summary.failed[:10]:
-        print(f"  skipped {path}: {reason}")
-    if len(summary.failed) > 10:
-        print(f"  ... and {len(summary.failed) - 10} more skipped")
-    block = yaml.safe_dump({"corpus": summary.params.as_block(args.dst)}, sort_keys=False, width=1000)
-    print(f"Corpus params (also in {Path(args.dst) / CORPUS_FILE}):\n{block}", end="")
-    print(f"Complete params with preset {preset_for(args.name, args.backbone)}: {', '.join(map(str, written))}")
-    return 2 if summary.failed else 0

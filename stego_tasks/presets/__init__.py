@@ -16,12 +16,17 @@ from typing import Any
 
 import yaml
 
+from stego_tasks.config import DemoDataParams, IngestParams, ReportParams, params_to_dict
+
 DEFAULT_PRESET = "custom"
 DEMO_BLOCK = """demo:
   # Overrides for the bundled demo corpus only (they apply while corpus.demo is true).
   extract: {}
   train: {}
 """
+# Blocks of stages outside the published protocol (no reference value to comment); dvc.yaml
+# declares their keys as params, so a complete params file holds them, at their defaults.
+PIPELINE_BLOCKS: dict[str, type] = {"demo_data": DemoDataParams, "ingest": IngestParams, "report": ReportParams}
 
 
 def list_presets() -> list[str]:
@@ -74,4 +79,8 @@ def params_text(name: str, corpus: dict[str, Any], header: str = "") -> str:
     if not re.search(r"^demo:", text, re.MULTILINE):
         # dvc.yaml declares demo.extract / demo.train as params, so the keys must exist.
         text = text.rstrip("\n") + "\n\n" + DEMO_BLOCK
+    for block, cls in PIPELINE_BLOCKS.items():
+        if not re.search(rf"^{block}:", text, re.MULTILINE):
+            values = yaml.safe_dump({block: params_to_dict(cls())}, sort_keys=False).rstrip("\n")
+            text = text.rstrip("\n") + "\n\n" + values + "\n"
     return lines + text

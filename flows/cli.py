@@ -1,8 +1,14 @@
 """The `stego` command: one subcommand per pipeline stage, each running that stage's Prefect flow.
 
-Paths default to the layout in `dvc.yaml`, so `stego extract` alone does what the DVC
-stage does. Errors a user can fix are printed as one sentence (set STEGO_DEBUG=1 for the
-traceback) and exit with status 2; nothing already written is removed.
+`stego <stage>` -> `flows/<stage>.py` (the flow; `--no-prefect` skips it) ->
+`flows/stage_functions.py` (params file and paths in) -> `stego_tasks/<stage>.py` (the
+library, which knows nothing of command lines, Prefect or DVC). The tools outside the
+pipeline (`predict`, `adapt`, `sweep-k`, `seeds`) are in `flows/tools.py`.
+
+Paths default to the layout in `stego_tasks/paths.yaml`, the file `dvc.yaml` reads too, so
+`stego extract` alone does what the DVC stage does. Errors a user can fix are printed as
+one sentence (set STEGO_DEBUG=1 for the traceback) and exit with status 2; nothing already
+written is removed.
 """
 
 from __future__ import annotations
@@ -15,28 +21,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ARTIFACTS = Path("artifacts")
-DEFAULTS: dict[str, str] = {
-    "params": "params.yaml",
-    "manifest": str(ARTIFACTS / "manifest.parquet"),
-    "quarantine": str(ARTIFACTS / "quarantine.csv"),
-    "validation": str(ARTIFACTS / "validation.json"),
-    "features": str(ARTIFACTS / "features.zarr"),
-    "knn": str(ARTIFACTS / "knn.zarr"),
-    "model": str(ARTIFACTS / "model"),
-    "loss_log": "plots/train_loss.csv",
-    "shift_stats": "plots/shift_stats.csv",
-    "predictions": str(ARTIFACTS / "predictions.zarr"),
-    "crf_out": str(ARTIFACTS / "crf.zarr"),
-    "scores": "metrics/scores.json",
-    "per_class": "metrics/per_class_iou.json",
-    "confusion": "plots/confusion.png",
-    "overlays": "plots/overlays",
-    "assignment": str(ARTIFACTS / "assignment.json"),
-}
+from flows.tools import TOOLS
+from stego_tasks.paths import PARAMS_FILE, PATHS
+
+DEFAULTS: dict[str, str] = {"params": PARAMS_FILE, **PATHS}
 
 # Each stage: (help text saying what it reads and writes, [path options it takes]).
 STAGES: dict[str, tuple[str, list[str]]] = {
+    "demo_data": ("Read the demo_data params block (sizes, seed); write the labelled synthetic demo corpus "
+                  "(images/{train,val}, labels/{train,val}) to DIR.", []),
     "ingest": ("Scan corpus.root; write the manifest (Parquet) and the quarantine list (CSV).", ["manifest", "quarantine"]),
     "validate": ("Check the manifest and label masks with Great Expectations; write a result JSON.", ["manifest", "validation"]),
     "extract": ("Run the frozen backbone over the manifest's images; write features to a Zarr store.", ["manifest", "features"]),
@@ -45,7 +38,19 @@ STAGES: dict[str, tuple[str, list[str]]] = {
     "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
     "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
     "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment"]),
+    "report": ("Read a run's metrics, plots, quarantine list and model; write one self-contained HTML page "
+               "(metrics, IoU bars, confusion, losses, overlays, quarantine).", []),
 }
+
+
+def command_of(stage: str) -> str:
+    """The `stego` subcommand of a stage: its name with dashes (`demo_data` -> `demo-data`)."""
+    return stage.replace("_", "-")
+
+
+def stage_of(command: str) -> str:
+    """The stage a `stego` subcommand runs (`demo-data` -> `demo_data`)."""
+    return command.replace("-", "_")
 
 
 # Errors a user can fix (a bad path, params value, file): one sentence, exit status 2.
@@ -87,59 +92,38 @@ def _quiet_user_errors_on_console() -> None:
             handler.addFilter(console_filter)
 
 
-# Commands outside the pipeline: (help, module providing add_arguments / main_from_args).
-TOOLS: dict[str, tuple[str, str]] = {
-    "predict": (
-        "Segment new images with a trained run: reads IMAGES_OR_DIR and the run's artifacts/model, params.yaml and "
-        "artifacts/assignment.json; writes <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png "
-        "and legend.json to --out.",
-        "stego_tasks.predict",
-    ),
-    "adapt": (
-        "Turn a CocoStuff-27 / Cityscapes-27 / Potsdam(-3) download into a corpus folder (images, labels, corpus.yaml).",
-        "stego_tasks.adapters",
-    ),
-    "sweep-k": (
-        "Refit the cluster probe for several K on a trained run's stored codes (reads artifacts/model and "
-        "artifacts/features.zarr); writes PREFIX.json and PREFIX.png (unsupervised criterion and mIoU vs K).",
-        "stego_tasks.sweep",
-    ),
-    "seeds": (
-        "Run the pipeline for N seeds as DVC experiments (dvc exp run -S seed=...) and write mean ± sd of "
-        "every method's accuracy and mIoU to metrics/seeds.json (also shown in the report).",
-        "flows.seeds",
-    ),
-    "report": (
-        "Write one self-contained HTML page for a run (metrics, IoU bars, confusion, losses, overlays, quarantine).",
-        "stego_tasks.report",
-    ),
-}
-
-
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stego", description="Unsupervised semantic segmentation with STEGO.")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo-data", help="Write the deterministic synthetic demo corpus to DIR.",
-                               description="Write the labelled synthetic demo corpus (images/{train,val}, labels/{train,val}) to DIR.")
-    demo.add_argument("directory", type=Path)
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--n-train", type=int, default=48, help="training images (default: 48)")
-    demo.add_argument("--n-val", type=int, default=16, help="validation images (default: 16)")
-    demo.add_argument("--size", type=int, default=128, help="image side in pixels (default: 128)")
     for stage, (text, options) in STAGES.items():
-        sub = commands.add_parser(stage, help=text, description=f"{text} Reads params.yaml blocks as declared in dvc.yaml.")
-        sub.add_argument("--params", default=DEFAULTS["params"], help="params file (default: params.yaml)")
+        sub = commands.add_parser(command_of(stage), help=text,
+                                  description=f"{text} Reads params.yaml blocks as declared in dvc.yaml.")
+        if stage == "demo_data":
+            sub.add_argument("directory", type=Path, nargs="?", default=Path(DEFAULTS["demo_corpus"]),
+                             help=f"(default: {DEFAULTS['demo_corpus']})")
+            for option, meaning in (("seed", "seed of every draw"), ("n_train", "training images"),
+                                    ("n_val", "validation images"), ("size", "image side in pixels")):
+                sub.add_argument(f"--{option.replace('_', '-')}", dest=option, type=int, default=None,
+                                 help=f"{meaning} (default: demo_data.{option} of the params file)")
+        if stage == "report":
+            sub.add_argument("--run", type=Path, default=Path("."), metavar="DIR",
+                             help="project folder of a run, after `dvc repro` (default: .)")
+            sub.add_argument("--out", type=Path, default=Path(DEFAULTS["report"]), metavar="FILE",
+                             help=f"HTML file to write (default: {DEFAULTS['report']})")
+            sub.add_argument("--params", default=None, help="params file (default: params.yaml of --run)")
+        else:
+            sub.add_argument("--params", default=DEFAULTS["params"], help="params file (default: params.yaml)")
         for option in options:
             sub.add_argument(f"--{option.replace('_', '-')}", dest=option, default=DEFAULTS[option],
                              help=f"(default: {DEFAULTS[option]})")
         sub.add_argument("--no-prefect", action="store_true", help="call the library directly, without a Prefect flow run")
         if stage == "train":
             sub.add_argument("--resume", action="store_true", help="continue from the model folder's checkpoint.pt")
-    for name, (text, module) in TOOLS.items():
+    for name, (text, add_arguments, _) in TOOLS.items():
         sub = commands.add_parser(name, help=text, description=text)
-        # Their modules import torch and friends; load them only for the command being run.
+        # Their library modules import torch and friends; set up only the command being run.
         if name == command:
-            importlib.import_module(module).add_arguments(sub)
+            add_arguments(sub)
     run = commands.add_parser("run", help="Run the whole pipeline through DVC (the Prefect flow `stego`).",
                               description="Reproduce every stale DVC stage inside the Prefect flow `stego`, and record the run. "
                               "Without PREFECT_API_URL, one local Prefect server serves the flow and every stage for the run.")
@@ -147,22 +131,40 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _run_stage(stage: str, args: argparse.Namespace) -> Any:
-    paths = {option: getattr(args, option) for option in STAGES[stage][1]}
-    kwargs: dict[str, Any] = {"params_path": args.params, **paths}
+def _stage_kwargs(stage: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of `flows.stage_functions.<stage>` (and its flow) from parsed options."""
+    kwargs: dict[str, Any] = {"params_path": args.params, **{option: getattr(args, option) for option in STAGES[stage][1]}}
+    if stage == "demo_data":
+        kwargs.update(demo_corpus=str(args.directory), seed=args.seed, n_train=args.n_train, n_val=args.n_val, size=args.size)
+    if stage == "report":
+        kwargs.update(run=str(args.run), out=str(args.out))
+        if args.params is None:
+            kwargs["params_path"] = str(Path(args.run) / PARAMS_FILE)
     if stage == "train":
         kwargs["resume"] = args.resume
+    return kwargs
+
+
+def _run_stage(stage: str, args: argparse.Namespace) -> Any:
+    kwargs = _stage_kwargs(stage, args)
     if args.no_prefect:
         from flows import stage_functions
 
-        return getattr(stage_functions, stage)(**kwargs)
-    from stego_tasks.config import load_params
+        result = getattr(stage_functions, stage)(**kwargs)
+    else:
+        from stego_tasks.config import load_params
 
-    load_params(args.params)  # a bad params file is refused before a flow run starts
-    module = importlib.import_module(f"flows.{stage}")
-    if not os.environ.get("STEGO_DEBUG"):
-        _quiet_user_errors_on_console()
-    return getattr(module, f"{stage}_flow")(**kwargs)
+        load_params(kwargs["params_path"])  # a bad params file is refused before a flow run starts
+        module = importlib.import_module(f"flows.{stage}")
+        if not os.environ.get("STEGO_DEBUG"):
+            _quiet_user_errors_on_console()
+        result = getattr(module, f"{stage}_flow")(**kwargs)
+    if stage == "demo_data":
+        print(f"demo corpus written to {args.directory}: {result}")
+    if stage == "report":
+        random = " (RANDOM backbone weights: the scores mean nothing)" if result["random_weights"] else ""
+        print(f"report written to {result['out']}{random}")
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,22 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     logging.getLogger("stego").setLevel(logging.INFO)
-    if args.command == "demo-data" or args.command in TOOLS or getattr(args, "no_prefect", False):
+    if args.command in TOOLS or getattr(args, "no_prefect", False):
         # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
 
     try:
-        if args.command == "demo-data":
-            from stego_tasks.demo_data import make_demo_corpus
-
-            summary = make_demo_corpus(
-                args.directory, n_train=args.n_train, n_val=args.n_val, size=args.size, seed=args.seed
-            )
-            print(f"demo corpus written to {args.directory}: {summary}")
-        elif args.command in TOOLS:
-            return importlib.import_module(TOOLS[args.command][1]).main_from_args(args)
+        if args.command in TOOLS:
+            return TOOLS[args.command][2](args)
         elif args.command == "run":
-            from stego_tasks.prefect_server import shared_prefect_server
+            from flows.prefect_server import shared_prefect_server
 
             # One server for the flow and every stage DVC starts, instead of one per stage.
             with shared_prefect_server():
@@ -202,9 +197,9 @@ def main(argv: list[str] | None = None) -> int:
                 stego_flow(record=not args.no_record)
             from stego_tasks.run_summary import summary_from_files
 
-            print(summary_from_files(DEFAULTS["scores"], "reports/report.html"))
+            print(summary_from_files(DEFAULTS["scores"], DEFAULTS["report"]))
         else:
-            _run_stage(args.command, args)
+            _run_stage(stage_of(args.command), args)
     except KeyboardInterrupt:
         print(f"stego {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130

@@ -1,0 +1,45 @@
+"""Smoke runs of benchmark scripts (never timed: performance claims live in benchmarks/).
+
+`bench_gpu.py --quick` runs the GPU benchmarks' code on the CPU at tiny sizes and must write
+its section, with its tables' columns, into the file `--out` names, replacing an earlier
+section there and keeping the rest of the file; benchmarks/results.md is never touched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "benchmarks" / "bench_gpu.py"
+
+
+def test_bench_gpu_quick_runs(tmp_path: Path) -> None:
+    out = tmp_path / "results.md"
+    out.write_text("# Results\n\nkept above\n\n<!-- bench_gpu:begin -->\nold GPU section\n<!-- bench_gpu:end -->\n\nkept below\n")
+    committed = (REPO / "benchmarks" / "results.md").read_bytes()
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, f"bench_gpu.py --quick exited {result.returncode}:\n{result.stderr[-4000:]}"
+    text = out.read_text()
+    assert text.startswith("# Results\n\nkept above\n") and text.rstrip().endswith("kept below"), "the rest of the file changed"
+    assert "old GPU section" not in text and text.count("<!-- bench_gpu:begin -->") == 1, "the old section was not replaced"
+    assert "CPU fallback, no CUDA device" in text, "the section must name the device it ran on"
+    for header in (
+        "| extract | images/s | ratio vs bare forward | goal |",
+        "| train | steps/s | ratio vs backbone in the loop | vs in memory | goal |",
+        "| reader threads | rows/s | vs 1 reader |",
+    ):
+        assert header in text, f"missing table {header}"
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    for label in ("bare timm forward", "`extract` stage, steady state", "backbone in the loop (reference)",
+                  "stored features, in memory", "stored features, streamed", "| 2 |"):
+        row = next((r for r in rows if label in r), None)
+        assert row is not None, f"no row for {label!r}"
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert all(c.replace(".", "", 1).replace("e-", "", 1).replace("e+", "", 1).isdigit() for c in cells[1:3]), \
+            f"row {label!r} lacks numbers: {row}"
+    assert (REPO / "benchmarks" / "results.md").read_bytes() == committed, "the committed results.md was modified"

@@ -1,0 +1,30 @@
+"""End-to-end on the tiny DVC project: the keys that only say how many threads read or decode
+(`train.readers`, `extract.decode_workers`) make no stage stale, while a key beside them in
+the same block (`extract.compression`) still does.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import dvc_repro, set_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_reader_and_decoder_counts_make_no_stage_stale(project_copy: Path, project_env: dict[str, str]) -> None:
+    set_params(project_copy, {("train", "readers"): 5, ("extract", "decode_workers"): 3})
+    result = dvc_repro(project_copy, project_env)
+    ran = re.findall(r"^Running stage '([^']+)':", result.stdout, flags=re.MULTILINE)
+    assert ran == [], f"changing train.readers / extract.decode_workers ran {ran}:\n{result.stdout}"
+
+
+def test_a_compression_change_is_stale_for_extract(project_copy: Path, project_env: dict[str, str]) -> None:
+    from dvc.repo import Repo
+
+    set_params(project_copy, {("extract", "compression"): "none"})
+    with Repo(str(project_copy)) as repo:
+        stale = set(repo.status())
+    assert "extract" in stale, f"extract.compression must make extract stale; dvc status: {sorted(stale)}"

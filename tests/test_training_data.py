@@ -1,0 +1,168 @@
+"""Tests for stego_tasks.training_data's readers: direct shard reads, batches read ahead by
+threads, and the per-step positives that make them independent of how the data is read.
+
+Stores are written in the layout `extract` writes (`feature_store.array_layout`: the train
+features and labels as 4-row shards of one-row chunks) with each codec `extract.compression`
+offers, on 10 crops of [8, 4, 4] features.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from stego_tasks.batching import step_positives
+from stego_tasks.config import TrainParams
+from stego_tasks.feature_store import array_layout
+from stego_tasks.knn import knn_graph, knn_stage, pool_features
+from stego_tasks.train import fit, training_batches
+from stego_tasks.training_data import ShardRows, TrainingData, gather_rows, load_training_data
+
+N_CLASSES, IGNORE, ROWS_PER_CHUNK = 3, 255, 4
+COMPRESSIONS = ("zstd", "none", "blosc-lz4", "blosc-zstd")
+PARAMS = TrainParams(
+    n_codes=6, steps=7, batch_size=4, feature_samples=3, neg_samples=2, device="cpu", log_every=1, checkpoint_every=0
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _values(rows: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feats = rng.normal(size=(rows, 8, 4, 4)).astype(np.float16)
+    labels = rng.integers(0, N_CLASSES, (rows, 8, 8)).astype(np.uint8)
+    labels[:, 0, :] = IGNORE
+    return feats, labels
+
+
+def _store(path: Path, compression: str = "zstd", rows: int = 10) -> tuple[Path, Path]:
+    """A features store of `_values()` in extract's train layout with `compression`, and its kNN store."""
+    feats, labels = _values(rows)
+    feats[3] = 0  # an all-zero row: zarr writes no chunk for it, so it reads back as the fill value
+    group = zarr.open_group(str(path / "features.zarr"), mode="w", zarr_format=3).create_group("train")
+    for name, values in (("feats", feats), ("labels", labels)):
+        layout = array_layout("train", name, ROWS_PER_CHUNK, values.shape[1:], compression)
+        group.create_array(name, shape=values.shape, dtype=values.dtype, fill_value=0, **layout)[:] = values
+    group.create_array("pooled", data=pool_features(feats))
+    group.create_array("done", data=np.ones(-(-rows // ROWS_PER_CHUNK), dtype=bool))
+    knn_stage(path / "features.zarr", path / "knn.zarr", 3)
+    return path / "features.zarr", path / "knn.zarr"
+
+
+@pytest.mark.parametrize("compression", COMPRESSIONS)
+def test_shard_rows_read_exactly_what_zarr_reads(tmp_path, compression):
+    store, _ = _store(tmp_path, compression)
+    group = zarr.open_group(str(store), mode="r")["train"]
+    # Unsorted, repeated, the never-written row 3 and the last, partial shard (rows 8, 9).
+    index = np.array([9, 0, 3, 5, 5, 8, 1, 3, 7])
+    for name in ("feats", "labels"):
+        reader = ShardRows.open(group[name])
+        assert reader is not None, f"{compression}: {name} is extract's layout, the direct reader must handle it"
+        expected = np.stack([group[name][int(i)] for i in index])
+        got = reader.gather(index)
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), f"{compression}: {name} rows differ from zarr's"
+        assert np.array_equal(gather_rows(group[name], index), expected), f"{compression}: gather_rows of {name}"
+    assert not gather_rows(group["feats"], np.array([3])).any(), "a never-written row must read as the fill value 0"
+
+
+def test_shard_rows_leave_other_layouts_to_zarr(tmp_path):
+    feats, _ = _values()
+    plain = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=3).create_array("feats", data=feats, chunks=(4, 8, 4, 4))
+    assert ShardRows.open(plain) is None, "an unsharded array is read through zarr"
+    memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3).create_array(
+        "feats", shape=feats.shape, dtype=feats.dtype, chunks=(1, 8, 4, 4), shards=(4, 8, 4, 4))
+    memory[:] = feats
+    assert ShardRows.open(memory) is None, "a store without files is read through zarr"
+    assert np.array_equal(gather_rows(memory, np.array([7, 2, 2])), feats[[7, 2, 2]]), "zarr's path still answers"
+
+
+def test_a_damaged_shard_index_is_named(tmp_path):
+    store, _ = _store(tmp_path)
+    shard = store / "train" / "feats" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-3] ^= 0xFF  # the index's checksum
+    shard.write_bytes(bytes(data))
+    reader = ShardRows.open(zarr.open_group(str(store), mode="r")["train"]["feats"])
+    with pytest.raises(ValueError, match=r"c/1/0/0/0: the shard index does not match its checksum; run `stego extract`"):
+        reader.gather(np.array([5]))
+
+
+def _all_batches(data: TrainingData, readers: int) -> list[tuple[torch.Tensor, ...]]:
+    params = TrainParams(**{**PARAMS.__dict__, "readers": readers})
+    with training_batches(data, params, seed=4, device=torch.device("cpu")) as batches:
+        return [(b.feats, b.feats_pos, b.labels) for b in batches]
+
+
+def test_every_step_gets_the_same_batch_for_any_reader_count_held_or_streamed(tmp_path):
+    store, knn = _store(tmp_path)
+    reference = _all_batches(load_training_data(store, knn, IGNORE, N_CLASSES), readers=0)
+    assert len(reference) == PARAMS.steps, f"{len(reference)} batches for {PARAMS.steps} steps"
+    for budget in (1 << 30, 0):
+        data = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=budget)
+        assert data.streamed == (budget == 0)
+        for readers in (0, 1, 3):
+            got = _all_batches(data, readers)
+            for step, (a, b) in enumerate(zip(got, reference, strict=True)):
+                for name, x, y in zip(("feats", "feats_pos", "labels"), a, b, strict=True):
+                    assert x.dtype == y.dtype and torch.equal(x, y), f"budget {budget}, {readers} readers: step {step} {name}"
+
+
+def test_fit_is_the_same_for_any_reader_count(tmp_path):
+    store, knn = _store(tmp_path)
+    data = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=0)
+    runs = [fit(data, N_CLASSES, TrainParams(**{**PARAMS.__dict__, "readers": r}), seed=1, ignore_index=IGNORE) for r in (0, 4)]
+    (a, rows_a), (b, rows_b) = runs
+    assert rows_a == rows_b, "the loss log depends on the reader count"
+    for key in a.modules():
+        for name, tensor in a.modules()[key].state_dict().items():
+            assert torch.equal(tensor, b.modules()[key].state_dict()[name]), f"{key}.{name} depends on the reader count"
+
+
+@pytest.mark.parametrize("compression", [c for c in COMPRESSIONS if c != "zstd"])
+def test_a_lossless_codec_gives_the_same_losses_and_model_as_the_zstd_store(tmp_path, compression):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    base = load_training_data(*_store(tmp_path / "a", "zstd"), IGNORE, N_CLASSES, in_memory_bytes=0)
+    other = load_training_data(*_store(tmp_path / "b", compression), IGNORE, N_CLASSES, in_memory_bytes=0)
+    (model_a, rows_a), (model_b, rows_b) = (fit(d, N_CLASSES, PARAMS, seed=0, ignore_index=IGNORE) for d in (base, other))
+    assert rows_a == rows_b, f"{compression}: loss values differ from the zstd store's"
+    state_a, state_b = model_a.head.state_dict(), model_b.head.state_dict()
+    assert all(torch.equal(state_a[k], state_b[k]) for k in state_a), f"{compression}: the head differs"
+
+
+def test_positives_are_neighbours_drawn_from_seed_and_step_alone():
+    feats, _ = _values(rows=30)
+    knn = knn_graph(pool_features(feats), 5)
+    index = np.array([4, 0, 29, 4, 11])
+    first = step_positives(knn, index, seed=3, step=17)
+    assert first.dtype == np.int64 and first.shape == (5,)
+    assert all(p in knn[i] for i, p in zip(index, first, strict=True)), "a positive is not among its row's neighbours"
+    assert np.array_equal(step_positives(knn, index, seed=3, step=17), first), "not reproducible"
+    draws = {tuple(step_positives(knn, index, seed=3, step=s)) for s in range(20)}
+    assert len(draws) > 10, "steps draw the same positives"
+    assert not np.array_equal(step_positives(knn, index, seed=4, step=17), first) or \
+        not np.array_equal(step_positives(knn, index, seed=5, step=17), first), "the seed changes nothing"
+    columns = [np.flatnonzero(knn[0] == step_positives(knn, np.array([0]), 0, s)[0])[0] for s in range(400)]
+    assert set(columns) == set(range(5)), "every one of the k neighbours must be drawn"
+
+
+def test_a_failing_read_stops_training_with_its_error_and_leaves_no_reader_thread(tmp_path, monkeypatch):
+    store, knn = _store(tmp_path)
+    data = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=0)
+    real, calls = data.host_batch, []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise OSError("disk gone")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data, "host_batch", failing)
+    with pytest.raises(OSError, match="disk gone"):
+        fit(data, N_CLASSES, TrainParams(**{**PARAMS.__dict__, "readers": 2}), seed=0, ignore_index=IGNORE)
+    assert not [t for t in threading.enumerate() if t.name.startswith("stego-read")], "reader threads outlived the run"
