@@ -32,3 +32,25 @@ def test_one_seed_has_no_sd_and_the_table_says_so() -> None:
     text = format_table(aggregate(RUNS[:1]))
     assert "50.0" in text and "±" not in text.splitlines()[2]
     assert "cluster" in format_table(aggregate(RUNS)) and "54.0 ± 4.0" in format_table(aggregate(RUNS))
+
+
+def test_stego_seeds_runs_each_seed_as_a_dvc_experiment(project_copy, project_env) -> None:
+    """Two seeds on the tiny project: two named experiments, and a table of exactly their scores."""
+    import json
+    import subprocess
+
+    from conftest import VENV_BIN
+
+    result = subprocess.run(
+        [str(VENV_BIN / "stego"), "seeds", "2", "--first", "3"], cwd=project_copy, env=project_env,
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    summary = json.loads((project_copy / "metrics" / "seeds.json").read_text())
+    assert summary["seeds"] == [3, 4]
+    per_seed = {run["seed"]: run["cluster"]["miou"] for run in summary["runs"]}
+    assert summary["methods"]["cluster"]["miou"]["mean"] == pytest.approx(np.mean(list(per_seed.values())), abs=1e-3)
+    shown = subprocess.run([str(VENV_BIN / "dvc"), "exp", "list", "--name-only"], cwd=project_copy, env=project_env,
+                           capture_output=True, text=True, check=True).stdout.split()
+    assert {"seed-3", "seed-4"} <= set(shown), f"experiments {shown}"
+    assert "± " in result.stdout or "seeds: 3, 4" in result.stdout
