@@ -152,7 +152,7 @@ class TrainParams:
     checkpoint_every: int = 500
     select: str = "last"
     select_every: int = 100
-    probe_init: str = "codes"
+    probe_init: str = "random"
     probe_restarts: int = 5
     # Threads reading batches ahead of the step (0: read in the loop's thread). Changes no
     # result (each step's batch depends on (seed, step) alone): not a DVC param, and free

@@ -1,5 +1,6 @@
 """End-to-end on the tiny DVC project: the keys that only say how many threads read or decode
-(`train.readers`, `extract.decode_workers`) make no stage stale, while a key beside them in
+(`train.readers`, `extract.decode_workers`) make no stage stale (but `report`, which reads
+params.yaml whole), while a key beside them in
 the same block (`extract.compression`) still does.
 """
 
@@ -18,7 +19,8 @@ def test_reader_and_decoder_counts_make_no_stage_stale(project_copy: Path, proje
     set_params(project_copy, {("train", "readers"): 5, ("extract", "decode_workers"): 3})
     result = dvc_repro(project_copy, project_env)
     ran = re.findall(r"^Running stage '([^']+)':", result.stdout, flags=re.MULTILINE)
-    assert ran == [], f"changing train.readers / extract.decode_workers ran {ran}:\n{result.stdout}"
+    # `report` depends on params.yaml as a whole file (the page shows it), so it alone re-runs.
+    assert set(ran) <= {"report"}, f"changing train.readers / extract.decode_workers ran {ran}:\n{result.stdout}"
 
 
 def test_a_compression_change_is_stale_for_extract(project_copy: Path, project_env: dict[str, str]) -> None:
@@ -26,5 +28,5 @@ def test_a_compression_change_is_stale_for_extract(project_copy: Path, project_e
 
     set_params(project_copy, {("extract", "compression"): "none"})
     with Repo(str(project_copy)) as repo:
-        stale = set(repo.status())
+        stale = {name.rsplit(":", 1)[-1] for name in repo.status()}
     assert "extract" in stale, f"extract.compression must make extract stale; dvc status: {sorted(stale)}"

@@ -359,3 +359,21 @@ def test_a_cuda_batch_equals_the_cpu_batch(tmp_path):
         a, b = getattr(cpu, name), getattr(gpu, name)
         assert b.device.type == "cuda" and b.dtype == a.dtype, f"{name} on {b.device}, {b.dtype}"
         assert torch.equal(a, b.cpu()), f"{name} differs after the pinned copy"
+
+
+def test_train_stage_refits_the_cluster_probe_on_the_codes_when_asked(tmp_path):
+    data = _data()
+    store, knn, model_dir = tmp_path / "features.zarr", tmp_path / "knn.zarr", tmp_path / "model"
+    _write_store(store, data)
+    knn_stage(store, knn, 3)
+    corpus = CorpusParams(root="unused", n_classes=N_CLASSES, ignore_index=IGNORE, class_names=("a", "b", "c"))
+    params = dataclasses.replace(PARAMS, probe_init="codes", probe_restarts=2)
+    trained = train(store, knn, model_dir, tmp_path / "loss.csv", corpus, params, seed=5)
+    plain, _ = fit(load_training_data(store, knn, IGNORE, N_CLASSES), N_CLASSES, params, seed=5, ignore_index=IGNORE)
+    for name in ("head", "linear_probe"):  # the refit touches the cluster probe only
+        for key, value in plain.modules()[name].state_dict().items():
+            assert torch.equal(value, trained.modules()[name].state_dict()[key]), f"{name}.{key} changed"
+    assert not torch.equal(plain.cluster_probe.clusters, trained.cluster_probe.clusters), "the probe was not refitted"
+    on_disk = load_model(model_dir)
+    assert torch.equal(on_disk.cluster_probe.clusters, trained.cluster_probe.clusters), "the refitted probe was not saved"
+    assert on_disk.info["probe_init"] == "codes"
