@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 def stage_environment() -> None:
     """Set what `stego` sets before torch loads, so the library runs as the stages run it.
 
-    `stego_tasks.cli.main` defaults OMP_WAIT_POLICY to PASSIVE (idle OpenMP threads sleep
+    `flows.cli.main` defaults OMP_WAIT_POLICY to PASSIVE (idle OpenMP threads sleep
     instead of spinning); an explicit value in the environment wins, e.g. ACTIVE to measure
     the spinning default. Call before anything imports torch, faiss or numpy's BLAS.
     """

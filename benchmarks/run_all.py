@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("crf", "knn", "extract", "train", "dvc", "integrity")
+BENCHMARKS = ("crf", "knn", "extract", "train", "dvc", "integrity", "reader", "decode")
 QUICK = {
     "crf": ["--images", "32", "--repeats", "2"],
     "knn": ["--sizes", "10000", "--repeats", "2"],
@@ -26,6 +26,8 @@ QUICK = {
     "train": ["--resolution", "112", "--repeats", "2", "--steps", "5", "--rss-crops", "128"],
     "dvc": ["--repeats", "2", "--change-repeats", "1"],
     "integrity": ["--crops", "80", "--repeats", "2"],
+    "reader": ["--resolution", "112", "--crops", "200", "--feature-crops", "10", "--repeats", "2", "--loss-steps", "5"],
+    "decode": ["--images", "8", "--repeats", "2"],
 }
 
 

@@ -198,14 +198,14 @@ def gather_rows(array: zarr.Array, index: np.ndarray, reader: ShardRows | None =
         return np.empty((0, *array.shape[1:]), dtype=array.dtype)
     if index.min() < 0 or index.max() >= array.shape[0]:
         raise IndexError(f"rows [{index.min()}, {index.max()}] requested from an array of {array.shape[0]} rows")
-    # Sorted, unique rows: one orthogonal selection decodes each touched chunk once, where
-    # row-by-row reads would decode a chunk once per row in it.
-    unique, inverse = np.unique(index, return_inverse=True)
     if reader is None and array.shards is not None and array.chunks[0] == 1:
         reader = ShardRows.open(array)
     if reader is not None:
-        rows = reader.gather(unique)
-    elif array.shards is not None and array.chunks[0] == 1:
+        return reader.gather(index)  # in order, each distinct row read once, no second copy
+    # Sorted, unique rows: one orthogonal selection decodes each touched chunk once, where
+    # row-by-row reads would decode a chunk once per row in it.
+    unique, inverse = np.unique(index, return_inverse=True)
+    if array.shards is not None and array.chunks[0] == 1:
         # Sharded with one-row inner chunks: a single-row read decodes only that row
         # (2 ms at 224 px ViT-S/8), while zarr 3.1's orthogonal selection on a shard read
         # the whole shard (measured 280-480 ms for 32 rows against 40-60 ms row by row).
@@ -362,10 +362,10 @@ class BatchStream:
     in memory or streamed never change what a step gets. `readers` 0 reads each batch in
     the calling thread when it is asked for.
 
-    Why threads suffice: a row read is a `pread` and a decode (`ShardRows`), and torch's
-    kernels release the GIL, so reading overlaps the step's compute; uncompressed rows
-    read in parallel too (`extract.compression: none`), while numcodecs' zstd and blosc
-    decoders hold the GIL, so several threads decoding them take turns (benchmarks/results.md).
+    Why threads: a row read is a `pread` and a decode (`ShardRows`), and torch's kernels
+    release the GIL, so reading overlaps the step's compute; decoding rows on threads
+    measured the same as on processes (benchmarks/results.md), so processes would add
+    copies and start-up for nothing.
 
     Use as a context manager (or call `close`): it stops the threads and drops batches read ahead.
     """
