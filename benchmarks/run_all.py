@@ -2,7 +2,7 @@
 
 Each script's JSON lines go to stdout as they come (prefixed by nothing, so
 `run_all.py > results.jsonl` keeps them machine-readable apart from the tables); progress
-goes to stderr. The whole set takes about 6 minutes on 2 idle CPUs (10-21 under load).
+goes to stderr. The whole set takes about 10 minutes on 2 idle CPUs (more under load).
 
 Run:  .venv/bin/python benchmarks/run_all.py
       .venv/bin/python benchmarks/run_all.py --only crf knn

@@ -28,10 +28,11 @@ log = logging.getLogger("stego")
 # Splits whose features and labels take at most this many bytes are read into memory once;
 # larger ones are streamed from Zarr step by step. Why both: a step reads 16 random rows and
 # their 16 kNN positives. `extract` stores the train split as one-row inner chunks in one
-# shard per extraction chunk (`feature_store.array_layout`), so a row decodes alone, but the
-# reads still cost: measured at 224 px on 2 CPUs (benchmarks/results.md), 3.20 steps/s in
-# memory against 2.86 streamed (26.4x and 23.6x the backbone-in-the-loop step); with the
-# earlier whole-chunk layout streaming managed 1.67 steps/s. A chunk cache would not help:
+# shard per extraction chunk (`feature_store.array_layout`), so a row decodes alone
+# (`ShardRows`: about 0.9 ms per zstd row at 224 px), and `BatchStream` reads the next steps'
+# rows while a step runs: streamed steps measured 0.965x the in-memory step on 2 CPUs
+# (0.93x without the read-ahead; benchmarks/results.md). What is left is the decode's CPU
+# time itself, which only idle cores can hide. A chunk cache would not help:
 # random rows hit a cache of K chunks with probability K / chunks, and a cache big enough
 # to matter is the in-memory split again. Holding the split costs RAM growing with the
 # corpus (0.62 MiB per 224 px crop, about 150 GiB for a COCO-Stuff-sized split), so above
@@ -52,10 +53,10 @@ _NO_CHUNK = 2**64 - 1
 class ShardRows:
     """Rows of a sharded Zarr v3 array of one-row inner chunks, read straight from its files.
 
-    Why: zarr 3.1 spends about 1 ms of Python per single-row read (a round trip through its
-    event loop and two file reads, the shard's index and the row), holding the GIL, so a
-    single-row read cost 1.5-3.5 ms at 224 px and reader threads barely scaled (1.1-1.4x
-    for 2 threads; benchmarks/results.md). The layout is the Zarr v3 sharding codec
+    Why: zarr 3.1 spends about 1-2 ms of Python per single-row read (a round trip through
+    its event loop, which runs every read of the process on one thread, and two file reads:
+    the shard's index and the row), so a 224 px row cost 3 ms through zarr against 0.9 ms
+    here with zstd and 0.13 ms uncompressed (benchmarks/results.md). The layout is the Zarr v3 sharding codec
     ("sharding_indexed", index at the end: [n, 2] little-endian uint64 offset and length per
     inner chunk, then a crc32c of them). Here each shard's index is read once and cached
     (16 bytes per row), and a row is one `pread` of its bytes decoded into the caller's
