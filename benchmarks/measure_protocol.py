@@ -76,7 +76,7 @@ def _live(probe, head, scorer: ValScorer) -> int:
     head.eval()
     used = set()
     for start in range(0, scorer.feats.shape[0], scorer.batch):
-        used |= set(probe.predict(head(scorer.feats[start : start + scorer.batch])).unique().tolist())
+        used |= set(probe.predict(head(scorer.feature_batch(start))).unique().tolist())
     return len(used)
 
 

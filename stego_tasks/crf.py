@@ -21,11 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -33,6 +32,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 
 from stego_tasks.config import CRFParams
+from stego_tasks.crf_executors import spawn_pool, stage_executor
 
 PUBLISHED_CRF = CRFParams()
 
@@ -152,27 +152,6 @@ def default_chunksize(n_images: int, workers: int) -> int:
         ceil(n_images / (4 * workers)), at least 1.
     """
     return max(1, math.ceil(n_images / (4 * max(1, workers))))
-
-
-@contextmanager
-def spawn_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
-    """A process pool whose workers start with "spawn", shut down on exit.
-
-    "spawn" rather than fork: forking a process whose torch/OpenMP threads hold locks is
-    what made the reference's pool hang. On exit, tasks not yet started are cancelled, so
-    an error surfaces after the running chunks end rather than after all of them.
-
-    Args:
-        workers: Worker processes, >= 1.
-
-    Yields:
-        The pool, to pass to :func:`dense_crf_batch` (``executor=``) or to submit to.
-    """
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
-    try:
-        yield pool
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def dense_crf_batch(
@@ -336,7 +315,6 @@ def crf_stage(
     import zarr
 
     from stego_tasks import atomic
-    from stego_tasks.crf_executors import stage_executor
     from stego_tasks.feature_store import open_store, read_split, record_store_digests
     from stego_tasks.progress import Progress
 

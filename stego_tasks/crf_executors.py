@@ -5,15 +5,35 @@ All three are `concurrent.futures.Executor`s, so `crf.crf_stage` submits to them
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from stego_tasks.crf import spawn_pool
-
 if TYPE_CHECKING:
     from stego_tasks.config import DaskParams
+
+
+@contextmanager
+def spawn_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
+    """A process pool whose workers start with "spawn", shut down on exit.
+
+    "spawn" rather than fork: forking a process whose torch/OpenMP threads hold locks is
+    what made the reference's pool hang. On exit, tasks not yet started are cancelled, so
+    an error surfaces after the running chunks end rather than after all of them.
+
+    Args:
+        workers: Worker processes, >= 1.
+
+    Yields:
+        The pool, to pass to `crf.dense_crf_batch` (``executor=``) or to submit to.
+    """
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 class DaskExecutor(Executor):

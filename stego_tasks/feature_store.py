@@ -35,19 +35,39 @@ features store after decoding each done chunk once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from stego_tasks.config import ExtractParams
+
+# Integrity is its own module (`store_integrity`); its public names are also reached from here,
+# where every reader of the features store already imports.
+from stego_tasks.store_integrity import (  # noqa: F401
+    BOOKKEEPING,
+    DIGESTS,
+    EXTRACT_FIX,
+    NO_RECORD,
+    StoreDamagedError,
+    chunk_key,
+    chunk_problems,
+    content_identity,
+    delete_objects,
+    digests_of,
+    ensure_digests,
+    open_store,
+    opens,
+    record_chunk,
+    record_store_digests,
+    stage_fix,
+    verify_rows,
+    verify_split,
+)
 
 if TYPE_CHECKING:  # an annotation only: reading a store must not load timm
     from stego_tasks.backbone import Backbone
@@ -151,14 +171,14 @@ def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows
     if split in root:
         group = root[split]
         # A split killed while being created has no `done` yet (or no fingerprint): rebuild it.
-        if dict(group.attrs).get("fingerprint") == fingerprint and _opens(group, "done"):
+        if dict(group.attrs).get("fingerprint") == fingerprint and opens(group, "done"):
             for name, (tail, dtype) in specs.items():
-                if not _opens(group, name):
+                if not opens(group, name):
                     # Its metadata is gone or unreadable: lay the array out again; its chunks
                     # then differ from their digests and are computed again.
                     log.warning("extract %s: the metadata of %s/%s is missing or damaged; recreating it", split, split, name)
                     _create_data_array(group, split, name, tail, dtype, n_rows, rows_per_chunk, compression)
-            _ensure_digests(group, rows_per_chunk)
+            ensure_digests(group, rows_per_chunk)
             resize_split(group, n_rows)
             return group
         log.info("extract %s: backbone or preprocessing changed; rebuilding the split", split)
@@ -168,7 +188,7 @@ def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows
         _create_data_array(group, split, name, tail, dtype, n_rows, rows_per_chunk, compression)
     n_chunks = -(-n_rows // rows_per_chunk)
     group.create_array("done", shape=(n_chunks,), chunks=(max(n_chunks, 1),), dtype="bool", fill_value=False)
-    _ensure_digests(group, rows_per_chunk)
+    ensure_digests(group, rows_per_chunk)
     group.attrs["fingerprint"] = fingerprint  # last: only a complete layout is ever reused
     return group
 
@@ -196,15 +216,6 @@ def _create_data_array(
 ) -> None:
     layout = array_layout(split, name, rows_per_chunk, tail, compression)
     group.create_array(name, shape=(n_rows, *tail), dtype=dtype, fill_value=0, overwrite=True, **layout)
-
-
-def _opens(group: zarr.Group, name: str) -> bool:
-    """Whether `group[name]` exists and its metadata can be read."""
-    try:
-        group[name]
-    except Exception:  # noqa: BLE001 - missing (KeyError) or damaged metadata (JSON, validation errors)
-        return False
-    return True
 
 
 def resize_split(group: zarr.Group, n_rows: int) -> None:
@@ -238,7 +249,7 @@ def pending_chunks(group: zarr.Group, row_ids: np.ndarray, rows_per_chunk: int) 
     chunk without a record (a store written before records existed) gets one if each of
     its arrays decodes; an unreadable `done` array is rebuilt from the digests.
     """
-    _ensure_digests(group, rows_per_chunk)
+    ensure_digests(group, rows_per_chunk)
     n_chunks = group["done"].shape[0]
     try:
         done = np.asarray(group["done"][:], dtype=bool)
@@ -283,8 +294,8 @@ def _decodes(group: zarr.Group, index: int, rows_per_chunk: int) -> bool:
     legitimately absent (an all-zero chunk of `crops` is never written).
     """
     names = group[DIGESTS].attrs["arrays"]
-    keys = [_chunk_key(group[name], index) for name in ("feats", "pooled") if name in names]
-    if any(digest is None for digest in _digests_of(group.store, keys)):
+    keys = [chunk_key(group[name], index) for name in ("feats", "pooled") if name in names]
+    if any(digest is None for digest in digests_of(group.store, keys)):
         return False
     rows = slice(index * rows_per_chunk, (index + 1) * rows_per_chunk)
     try:
@@ -301,7 +312,7 @@ def write_chunk(group: zarr.Group, index: int, rows_per_chunk: int, row_ids: np.
     # A chunk computed again may be damaged on disk, and zarr reads a chunk (or shard) before
     # writing part of it: remove its objects first, so the write starts from nothing.
     names = group[DIGESTS].attrs["arrays"] if DIGESTS in group else []
-    sync(_delete_all(group.store, [_chunk_key(group[name], index) for name in names]))
+    sync(delete_objects(group.store, [chunk_key(group[name], index) for name in names]))
     for name, values in arrays.items():
         if name in group:
             group[name][rows] = values
@@ -356,276 +367,6 @@ def open_features(store_path: Path) -> zarr.Group:
         ) from None
 
 
-# --- integrity -------------------------------------------------------------------------
-
-# The records live in a subgroup, so that they are no array of the split (or store) itself.
-INTEGRITY_GROUP = "integrity"
-DIGESTS = f"{INTEGRITY_GROUP}/digests"
-BOOKKEEPING = frozenset({"done"})
-INTEGRITY = "crc32"
-NO_RECORD = "has no integrity record"
-EXTRACT_FIX = "run `stego extract` to re-compute damaged chunks"
-# Stored objects read (and held) at once while checking; bounds memory to a few chunks.
-_CONCURRENT_READS = 4
-
-
-class StoreDamagedError(ValueError):
-    """A chunk of a Zarr store is missing, truncated or not what was written.
-
-    Attributes:
-        store: the store's path.
-        array: the array's path inside the store, e.g. "train/feats".
-        chunk: the chunk's index along the rows (None for the array as a whole).
-        problem: what is wrong, e.g. "is missing (no file train/feats/c/3/0/0/0)".
-    """
-
-    def __init__(self, store: Path | str, array: str, chunk: int | None, problem: str, fix: str) -> None:
-        self.store, self.array, self.chunk, self.problem = str(store), array, chunk, problem
-        where = f"chunk {chunk} of {array}" if chunk is not None else array
-        super().__init__(f"{store}: {where} {problem}; {fix}.")
-
-
-def stage_fix(stage: str) -> str:
-    """The repair advice for a store that stage `stage` writes whole."""
-    return f"rerun `stego {stage}` (or `dvc repro {stage}`) to write it again"
-
-
-def _storage_key(array: zarr.Array, coords: Sequence[int]) -> str:
-    """The store key of one stored object (a chunk, or a shard when the array is sharded)."""
-    key = array.metadata.encode_chunk_key(tuple(int(c) for c in coords))
-    return f"{array.path}/{key}" if array.path else key
-
-
-def _chunk_key(array: zarr.Array, index: int) -> str:
-    """The object holding extraction chunk `index` of a features-store array."""
-    return _storage_key(array, (index, *[0] * (array.ndim - 1)))
-
-
-def _storage_grid(array: zarr.Array) -> list[tuple[int, ...]]:
-    """Coordinates of every stored object of an array, in row-major order."""
-    size = array.shards or array.chunks
-    grid = [-(-extent // step) for extent, step in zip(array.shape, size, strict=True)]
-    return [tuple(int(c) for c in coords) for coords in np.ndindex(*grid)] if grid else [()]
-
-
-def _digest(data: Any) -> tuple[int, int]:
-    view = memoryview(data).cast("B")
-    return len(view), zlib.crc32(view)
-
-
-async def _digest_all(store: Any, keys: Sequence[str]) -> list[tuple[int, int] | None]:
-    prototype = default_buffer_prototype()
-    limit = asyncio.Semaphore(_CONCURRENT_READS)
-
-    async def one(key: str) -> tuple[int, int] | None:
-        async with limit:
-            buffer = await store.get(key, prototype=prototype)
-            return None if buffer is None else _digest(buffer.as_numpy_array())
-
-    return list(await asyncio.gather(*(one(key) for key in keys)))
-
-
-def _digests_of(store: Any, keys: Sequence[str]) -> list[tuple[int, int] | None]:
-    """(size, crc32) of each stored object, None where it is absent."""
-    return sync(_digest_all(store, list(keys))) if keys else []
-
-
-async def _delete_all(store: Any, keys: Sequence[str]) -> None:
-    await asyncio.gather(*(store.delete(key) for key in keys))
-
-
-def _problem(key: str, found: tuple[int, int] | None, recorded: Sequence[int]) -> str | None:
-    """What differs between a stored object and its record ([size, crc32]; size 0: never
-    written, because zarr stores no chunk that is all fill value; -1: no record)."""
-    size, crc = int(recorded[0]), int(recorded[1])
-    if size < 0:
-        return NO_RECORD
-    if found is None:
-        return None if size == 0 else f"is missing (no file {key})"
-    if size == 0:
-        return f"was never written but a file {key} exists"
-    if found[0] != size:
-        return f"is truncated or damaged (file {key} has {found[0]} bytes, {size} were written)"
-    if found[1] != crc:
-        return f"is damaged (file {key} does not match the checksum recorded when it was written)"
-    return None
-
-
-def _ensure_digests(group: zarr.Group, rows_per_chunk: int) -> None:
-    """Give a writable split a `digests` array (fill -1: no record yet) if it has none."""
-    if DIGESTS in group:
-        return
-    names = sorted(set(group.array_keys()) - BOOKKEEPING)
-    n_chunks = group["done"].shape[0]
-    digests = group.require_group(INTEGRITY_GROUP).create_array(
-        "digests", shape=(n_chunks, len(names), 2), chunks=(1, len(names), 2), dtype="int64", fill_value=-1,
-        overwrite=True,
-    )
-    digests.attrs.update({"arrays": names, "rows_per_chunk": rows_per_chunk, "algorithm": INTEGRITY})
-    group.attrs["integrity"] = INTEGRITY
-
-
-def record_chunk(group: zarr.Group, index: int) -> None:
-    """Record size and crc32 of every stored object of extraction chunk `index` (after its data is written)."""
-    digests = group[DIGESTS]
-    keys = [_chunk_key(group[name], index) for name in digests.attrs["arrays"]]
-    found = _digests_of(group.store, keys)
-    digests[index] = np.array([(0, 0) if f is None else f for f in found], dtype=np.int64)
-
-
-def _records(digests: zarr.Array, indices: Sequence[int]) -> dict[int, np.ndarray]:
-    """The digest rows of `indices`; a row that cannot be read counts as no record (-1)."""
-    if not indices:
-        return {}
-    try:
-        whole = digests[:]
-        return {i: whole[i] for i in indices}
-    except Exception:  # noqa: BLE001 - one damaged record chunk: read the others one by one
-        out = {}
-        for i in indices:
-            try:
-                out[i] = digests[i]
-            except Exception:  # noqa: BLE001
-                out[i] = np.full(digests.shape[1:], -1, dtype=np.int64)
-        return out
-
-
-def chunk_problems(
-    group: zarr.Group, indices: Iterable[int], names: Iterable[str] | None = None
-) -> dict[int, tuple[str, str]]:
-    """Compare the stored objects of extraction chunks with their digests.
-
-    Args:
-        group: a split group that has a `digests` array.
-        indices: extraction chunks to check.
-        names: arrays to check (None: every recorded array).
-
-    Returns:
-        {chunk index: (array path, problem)} for each chunk with a difference (the first
-        array that differs); chunks that are intact are absent.
-    """
-    digests = group[DIGESTS]
-    recorded = list(digests.attrs["arrays"])
-    wanted = recorded if names is None else [n for n in names if n in recorded]
-    indices = sorted(set(int(i) for i in indices))
-    problems: dict[int, tuple[str, str]] = {}
-    arrays = {}
-    for name in wanted:
-        if not _opens(group, name):
-            # Without its metadata no chunk of the array can be read.
-            return {i: (f"{group.path}/{name}", "has lost its metadata (zarr.json)") for i in indices}
-        arrays[name] = group[name]
-    records = _records(digests, indices)
-    # Checked in slices of chunks, so a huge store never holds all keys' results at once.
-    for start in range(0, len(indices), 256):
-        part = indices[start : start + 256]
-        keys = [(i, name, _chunk_key(arrays[name], i)) for i in part for name in wanted]
-        found = _digests_of(group.store, [key for _, _, key in keys])
-        for (index, name, key), digest in zip(keys, found, strict=True):
-            if index in problems:
-                continue
-            problem = _problem(key, digest, records[index][recorded.index(name)])
-            if problem is not None:
-                problems[index] = (f"{group.path}/{name}", problem)
-    return problems
-
-
-def verify_split(
-    group: zarr.Group, store_path: Path | str, arrays: Iterable[str] | None = None, chunks: Iterable[int] | None = None
-) -> None:
-    """Raise `StoreDamagedError` for the first chunk of `arrays` (None: all) that differs
-    from its digests; `chunks` limits the check to those extraction chunks.
-
-    A split written before digests existed (no `integrity` attribute) is not checked.
-    """
-    if DIGESTS not in group:
-        if dict(group.attrs).get("integrity"):
-            raise StoreDamagedError(store_path, f"{group.path}/{DIGESTS}", None, "is missing", EXTRACT_FIX)
-        return
-    names = None if arrays is None else list(arrays)
-    if names == []:
-        return
-    indices = range(group[DIGESTS].shape[0]) if chunks is None else chunks
-    problems = chunk_problems(group, indices, names)
-    if problems:
-        index = min(problems)
-        array, problem = problems[index]
-        raise StoreDamagedError(store_path, array, index, problem, EXTRACT_FIX)
-
-
-def verify_rows(array: zarr.Array, rows: np.ndarray, store_path: Path | str | None = None) -> None:
-    """Check the chunks holding `rows` of a features-store array (see `verify_split`)."""
-    if "/" not in array.path:
-        return  # not an array of a split group (e.g. an in-memory array)
-    parent = array.path.rsplit("/", 1)[0]
-    group = zarr.open_group(array.store, path=parent, mode="r")
-    if DIGESTS not in group and not dict(group.attrs).get("integrity"):
-        return
-    rows_per_chunk = int(group[DIGESTS].attrs["rows_per_chunk"])
-    chunks = np.unique(np.asarray(rows, dtype=np.int64) // rows_per_chunk).tolist()
-    name = array.path.rsplit("/", 1)[-1]
-    verify_split(group, store_path or getattr(array.store, "root", array.store), [name], chunks)
-
-
-def record_store_digests(group: zarr.Group) -> None:
-    """Record size and crc32 of every stored object of a flat store's arrays in its attributes.
-
-    For stores written whole by one stage (knn, cluster, crf): call once every array is
-    written, before the store is moved into place; `open_store` checks the records.
-    """
-    chunks: dict[str, dict[str, list[int]]] = {}
-    for name in sorted(group.array_keys()):
-        array = group[name]
-        keys = [_storage_key(array, coords) for coords in _storage_grid(array)]
-        found = _digests_of(group.store, keys)
-        # Chunks never written (all fill value) are left out: they read as the fill value.
-        chunks[name] = {key: list(digest) for key, digest in zip(keys, found, strict=True) if digest is not None}
-    group.create_group(INTEGRITY_GROUP, attributes={"algorithm": INTEGRITY, "chunks": chunks})
-
-
-def open_store(store_path: Path, stage: str, arrays: Iterable[str] | None = None) -> zarr.Group:
-    """Open a store written whole by stage `stage`, read-only, after checking `arrays`.
-
-    Args:
-        store_path: the store (knn.zarr, predictions.zarr, crf.zarr).
-        stage: the stage that writes it, named in the advice.
-        arrays: arrays to check (None: every recorded one; absent ones are skipped).
-
-    Returns:
-        The store's root group.
-
-    Raises:
-        FileNotFoundError: there is no store.
-        StoreDamagedError: a chunk is missing, truncated or changed since it was written.
-        ValueError: the store's metadata cannot be read.
-    """
-    fix = stage_fix(stage)
-    try:
-        group = zarr.open_group(str(store_path), mode="r")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{store_path} does not exist; run `stego {stage}` first.") from None
-    except Exception as exc:  # noqa: BLE001 - unreadable or invalid zarr.json
-        raise ValueError(f"{store_path} cannot be opened as a Zarr store ({type(exc).__name__}); {fix}.") from None
-    if INTEGRITY_GROUP not in group:
-        return group  # written before records existed (or by hand): nothing to check against
-    integrity = dict(group[INTEGRITY_GROUP].attrs)
-    recorded = integrity["chunks"]
-    for name in recorded if arrays is None else [n for n in arrays if n in recorded]:
-        if not _opens(group, name):
-            raise StoreDamagedError(store_path, name, None, "has lost its metadata (zarr.json)", fix)
-        array = group[name]
-        coords = _storage_grid(array)
-        keys = [_storage_key(array, c) for c in coords]
-        for start in range(0, len(keys), 256):
-            found = _digests_of(group.store, keys[start : start + 256])
-            for offset, digest in enumerate(found):
-                key = keys[start + offset]
-                problem = _problem(key, digest, recorded[name].get(key, (0, 0)))
-                if problem is not None:
-                    raise StoreDamagedError(store_path, name, coords[start + offset][0], problem, fix)
-    return group
-
-
 def open_for_writing(store_path: Path) -> zarr.Group:
     """The features store's root group for `extract`, created if absent.
 
@@ -646,12 +387,3 @@ def open_for_writing(store_path: Path) -> zarr.Group:
         return zarr.open_group(str(store_path), mode="a", zarr_format=3)
 
 
-def content_identity(group: zarr.Group, arrays: Sequence[str]) -> str | None:
-    """A checksum of the digests recorded for `arrays` of a split: it changes whenever a
-    chunk of them is written again with other bytes. None for a split without digests."""
-    if DIGESTS not in group:
-        return None
-    digests = group[DIGESTS]
-    recorded = list(digests.attrs["arrays"])
-    table = np.ascontiguousarray(digests[:][:, [recorded.index(name) for name in arrays if name in recorded], :])
-    return f"{zlib.crc32(memoryview(table).cast('B')):08x}:{table.shape[0]}x{table.shape[1]}"

@@ -38,6 +38,7 @@ from stego_tasks.report_protocol import (
     seeds_section,
     shift_section,
 )
+from stego_tasks.run_summary import METHODS
 from stego_tasks.visualize import loss_plot_png, read_loss_log
 
 # What the page reads, relative to the run folder (where the stages wrote it: stego_tasks/paths.yaml).
@@ -48,13 +49,7 @@ INPUTS: dict[str, str] = {
     "shift_stats": SHIFT_STATS,
     "seeds": SEEDS,
 }
-METHOD_ROWS: tuple[tuple[str, str], ...] = (
-    ("cluster", "cluster"),
-    ("cluster_crf", "cluster + CRF"),
-    ("linear", "linear"),
-    ("linear_crf", "linear + CRF"),
-    ("kmeans", "k-means baseline"),
-)
+METHOD_ROWS = METHODS  # one list of methods and labels for the page and the end-of-run table
 DASH = "\u2013"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Correspondence losses and probe losses differ in scale by 10x; one panel each stays readable.

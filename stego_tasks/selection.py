@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from stego_tasks.head import ClusterProbe, SegmentationHead
 from stego_tasks.metrics import ScoreAccumulator
 from stego_tasks.probe_fit import best_cluster_probe
+from stego_tasks.training_data import IN_MEMORY_BYTES
 
 # At most this many training crops' codes are held for the refit: [M, D, h, w] float32
 # codes of a CocoStuff-sized split would not fit in memory, and a k-means on a few
@@ -29,7 +30,11 @@ REFIT_MAX_CROPS = 2048
 
 
 class ValScorer:
-    """Cluster mIoU of a head + probe on the val split (features and labels read once).
+    """Cluster mIoU of a head + probe on the val split.
+
+    Features stay as stored (float16) and are widened per batch: a split up to
+    `training_data.IN_MEMORY_BYTES` is read once, a larger one (CocoStuff's val at 320 px
+    is about 6 GiB) is read batch by batch at each scoring, so memory does not grow with it.
 
     Args:
         val: the store's val group (feats [N, C, h, w], labels [N, R, R]).
@@ -38,7 +43,9 @@ class ValScorer:
     """
 
     def __init__(self, val: zarr.Group, n_classes: int, device: torch.device, batch: int = 16) -> None:
-        self.feats = torch.from_numpy(np.asarray(val["feats"][:])).float()
+        feats = val["feats"]
+        held = feats.nbytes <= IN_MEMORY_BYTES
+        self.feats: np.ndarray | zarr.Array = np.asarray(feats[:]) if held else feats
         self.labels = np.asarray(val["labels"][:])
         self.n_classes = n_classes
         self.device = device
@@ -49,6 +56,10 @@ class ValScorer:
                 "labels; set train.select: last or add labels/val."
             )
 
+    def feature_batch(self, start: int) -> torch.Tensor:
+        """float32 features [b, C, h, w] of val rows `start` to `start + batch`."""
+        return torch.from_numpy(np.asarray(self.feats[start : start + self.batch])).float()
+
     @torch.no_grad()
     def score(self, head: SegmentationHead, probe: ClusterProbe) -> dict[str, float]:
         """{"miou", "accuracy"} in percent; the modules' train/eval mode is restored after."""
@@ -57,7 +68,7 @@ class ValScorer:
         accumulator = ScoreAccumulator(self.n_classes, probe.n_clusters)
         size = self.labels.shape[-1]
         for start in range(0, self.feats.shape[0], self.batch):
-            code = head(self.feats[start : start + self.batch].to(self.device))
+            code = head(self.feature_batch(start).to(self.device))
             code = F.interpolate(code, size=(size, size), mode="bilinear", align_corners=False)
             accumulator.update(probe.predict(code).cpu().numpy(), self.labels[start : start + self.batch])
         head.train(modes[0]), probe.train(modes[1])

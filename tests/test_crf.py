@@ -269,16 +269,18 @@ def _read_preds(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def pool_count(monkeypatch) -> Iterator[list[int]]:
-    """Counts process pools the crf module starts."""
+    """Counts process pools the crf stage starts (`crf_executors.spawn_pool` creates them)."""
+    from stego_tasks import crf_executors
+
     created: list[int] = []
-    original = crf_module.ProcessPoolExecutor
+    original = crf_executors.ProcessPoolExecutor
 
     class Counting(original):
         def __init__(self, *args, **kwargs):
             created.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(crf_module, "ProcessPoolExecutor", Counting)
+    monkeypatch.setattr(crf_executors, "ProcessPoolExecutor", Counting)
     yield created
 
 
