@@ -120,7 +120,7 @@ def main() -> None:
     args = _parse()
     from benchutil import emit, machine, median, note, print_table, verdict
 
-    from stego_tasks.crf import CRFParams
+    from stego_tasks.config import CRFParams
 
     common = {"bench": "crf", **machine(), "images": args.images, "size": args.size, "classes": args.classes}
     scratch = tempfile.TemporaryDirectory(prefix="bench-crf-")
@@ -225,7 +225,8 @@ def profile(images: list[np.ndarray], logits: list[np.ndarray], params) -> dict[
     """
     import pickle
 
-    from stego_tasks.crf import _check_inputs, _labels, _unary, dense_crf
+    from stego_tasks.crf import _labels
+    from stego_tasks.method.dense_crf import _check_inputs, _unary, dense_crf
 
     def per_image(function) -> float:
         start = time.perf_counter()

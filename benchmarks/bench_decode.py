@@ -67,7 +67,7 @@ def synthetic_corpus(root: Path, n_train: int, n_val: int, size: tuple[int, int]
 
 def jobs_for(root: Path, split: str, count: int, resolution: int):
     """ChunkJobs (8 images each) over the split's first `count` images, as `extract` builds them."""
-    from stego_tasks.embed import ChunkJob
+    from stego_tasks.data.embed import ChunkJob
 
     images = sorted(p for p in (root / "images" / split).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:count]
     labels = []
@@ -87,7 +87,7 @@ def jobs_for(root: Path, split: str, count: int, resolution: int):
 
 def decode_rate(jobs, workers: int) -> float:
     """Images/s of `decode_image` over every image of `jobs` on `workers` threads, as `run_in_process` queues them."""
-    from stego_tasks.embed import assemble_chunk, decode_image
+    from stego_tasks.data.embed import assemble_chunk, decode_image
 
     tasks = [(job, i) for job in jobs for i in range(len(job.image_paths))]
     began = time.perf_counter()

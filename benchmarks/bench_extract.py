@@ -74,11 +74,11 @@ def _baseline_batches(manifest: Path, corpus, params, mean, std) -> list[tuple[o
     import numpy as np
     import torch
 
-    from stego_tasks.backbone import normalize
-    from stego_tasks.feature_store import SPLITS, split_resolution
-    from stego_tasks.images import load_rgb
-    from stego_tasks.ingest import read_manifest, resolve_in_corpus
-    from stego_tasks.preprocess import preprocess
+    from stego_tasks.data.feature_store import SPLITS, split_resolution
+    from stego_tasks.data.images import load_rgb
+    from stego_tasks.data.manifest import read_manifest, resolve_in_corpus
+    from stego_tasks.data.preprocess import preprocess
+    from stego_tasks.method.backbone import normalize
 
     rows = read_manifest(manifest)
     batches = []
@@ -111,7 +111,7 @@ def _bare_forward(model, batches) -> float:
 
 def _dask_costs(dask) -> tuple[float, float, float]:
     """(cluster start s, first-task import s on the worker, cluster close s)."""
-    from stego_tasks.dask_cluster import dask_client
+    from stego_tasks.runtime.dask_cluster import dask_client
 
     start = time.perf_counter()
     context = dask_client(dask)
@@ -133,11 +133,11 @@ def main() -> None:
     import torch
     from benchutil import emit, machine, median, note, print_table, timed, verdict
 
-    from stego_tasks.backbone import create_backbone
     from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
-    from stego_tasks.dask_cluster import torch_threads_per_worker
     from stego_tasks.demo_data import DEMO_CLASS_NAMES, DEMO_IGNORE_INDEX, DEMO_N_CLASSES
     from stego_tasks.extract import extract
+    from stego_tasks.method.backbone import create_backbone
+    from stego_tasks.runtime.dask_cluster import torch_threads_per_worker
 
     dask = DaskParams(address=None, n_workers=args.n_workers, threads_per_worker=args.threads_per_worker)
     val_resolution = args.val_resolution or args.resolution

@@ -97,11 +97,11 @@ def measure_extract(cfg: dict, args, device, note) -> dict:
     """Stage images/s (steady state between N and 2N train images) and the bare forward's, same crops."""
     import torch
 
-    from stego_tasks.backbone import normalize
     from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
-    from stego_tasks.devices import backbone_precision
-    from stego_tasks.embed import _cached_backbone, pos_embed_mode
+    from stego_tasks.data.embed import _cached_backbone, pos_embed_mode
     from stego_tasks.extract import extract
+    from stego_tasks.method.backbone import normalize
+    from stego_tasks.runtime.devices import backbone_precision
 
     backbone_params = BackboneParams(name=cfg["backbone"], weights=args.weights)
     params = ExtractParams(resolution=cfg["resolution"], val_resolution=cfg["val_resolution"], batch_size=cfg["chunk"],
@@ -121,7 +121,7 @@ def measure_extract(cfg: dict, args, device, note) -> dict:
             seconds[label] = time.perf_counter() - began
     stage = n / max(seconds["large"] - seconds["small"], 1e-9)
     # The bare forward: the stage's own cached network, the same chunks of five-crops, pre-decoded on the device.
-    from stego_tasks.backbone import create_backbone
+    from stego_tasks.method.backbone import create_backbone
 
     probe = create_backbone(cfg["backbone"], weights=args.weights)
     weights = "random" if probe.weights_source == "random" else args.weights
@@ -154,8 +154,8 @@ def measure_train(cfg: dict, args, device, note) -> tuple[dict, list]:
     from bench_train import _runner, _train_params, write_stores
     from benchutil import median
 
-    from stego_tasks.backbone import create_backbone
-    from stego_tasks.training_data import load_training_data
+    from stego_tasks.data.training_data import load_training_data
+    from stego_tasks.method.backbone import create_backbone
 
     backbone = create_backbone(cfg["backbone"], weights=args.weights)
     model = backbone.to(device)

@@ -1,4 +1,4 @@
-"""Benchmark: faiss exact top-k (`stego_tasks.knn.knn_graph`) vs a chunked torch matmul top-k.
+"""Benchmark: faiss exact top-k (`stego_tasks.method.neighbours.knn_graph`) vs a chunked torch matmul top-k.
 
 Baseline: the reference's approach (STEGO's precompute_knns.py): L2-normalise, split the
 queries into 16 chunks, einsum each chunk against all N vectors and take torch.topk; here
@@ -82,7 +82,7 @@ def _worker(method: str, n: int, repeats: int, out: str, chunks: int, k: int, di
     import torch
     from benchutil import emit, median, peak_rss_mib, reset_peak_rss, rss_mib
 
-    from stego_tasks.knn import knn_graph
+    from stego_tasks.method.neighbours import knn_graph
 
     torch.set_num_threads(threads)
     faiss.omp_set_num_threads(threads)

@@ -82,7 +82,7 @@ def row_bytes(split: str, dim: int, patch: int, resolution: int) -> dict[str, in
     """Raw bytes per stored row of every array of a split, from `feature_store`'s own specs."""
     import numpy as np
 
-    from stego_tasks.feature_store import _split_specs
+    from stego_tasks.data.feature_store import _split_specs
 
     fingerprint = {"resolution": resolution, "embed_dim": dim, "flip": split == "val"}
     specs = _split_specs(split, fingerprint, resolution // patch)
@@ -115,9 +115,9 @@ def compute_features(backbone_name: str, weights: str, corpus: str | None, resol
     import numpy as np
     import torch
 
-    from stego_tasks.backbone import create_backbone, normalize
-    from stego_tasks.images import load_rgb
-    from stego_tasks.preprocess import preprocess
+    from stego_tasks.data.images import load_rgb
+    from stego_tasks.data.preprocess import preprocess
+    from stego_tasks.method.backbone import create_backbone, normalize
 
     with tempfile.TemporaryDirectory(prefix="bench-reader-corpus-") as tmp:
         if corpus is None:
@@ -145,7 +145,7 @@ def write_split(path: Path, feats, labels, compression: str):
     """A train split of `feats` / `labels` in extract's layout with `compression`; returns (group, write seconds of feats)."""
     import zarr
 
-    from stego_tasks.feature_store import array_layout
+    from stego_tasks.data.feature_store import array_layout
 
     group = zarr.open_group(str(path), mode="w", zarr_format=3).create_group("train")
     arrays = {}
@@ -170,7 +170,7 @@ def decode_limit(array, rows: int = 64) -> float:
     """Rows/s of decoding `array`'s stored rows already in memory, one thread (the codec's own cost)."""
     import numpy as np
 
-    from stego_tasks.training_data import ShardRows
+    from stego_tasks.data.training_data import ShardRows
 
     reader = ShardRows.open(array)
     out = np.empty(array.shape[1:], dtype=array.dtype)
@@ -210,7 +210,7 @@ def zarr_rows_per_s(array, batches) -> float:
 
 def reader_rows_per_s(array, batches, readers: int) -> float:
     """Rows/s of `ShardRows` with `readers` threads, each batch read whole by one thread (as `BatchStream` does)."""
-    from stego_tasks.training_data import ShardRows, gather_rows
+    from stego_tasks.data.training_data import ShardRows, gather_rows
 
     reader = ShardRows.open(array)
     gather_rows(array, batches[0][:2], reader)  # warm the shard indices' cache, as a training run has
@@ -229,9 +229,9 @@ def _loss_check(args, emit, common, note) -> list[list]:
     import zarr
 
     from stego_tasks.config import TrainParams
-    from stego_tasks.knn import knn_graph, pool_features
+    from stego_tasks.data.training_data import TrainingData, load_training_data
+    from stego_tasks.method.neighbours import knn_graph, pool_features
     from stego_tasks.train import fit
-    from stego_tasks.training_data import TrainingData, load_training_data
 
     source = Path(args.loss_store)
     if not (source / "train").exists():

@@ -96,8 +96,8 @@ def write_stores(
     import numpy as np
     import zarr
 
-    from stego_tasks.feature_store import array_layout
-    from stego_tasks.knn import knn_graph
+    from stego_tasks.data.feature_store import array_layout
+    from stego_tasks.method.neighbours import knn_graph
 
     rng = np.random.default_rng(seed)
     features, knn_path = root / "features.zarr", root / "knn.zarr"
@@ -135,9 +135,10 @@ def _runner(data, params, seed: int, backbone=None, images=None, readers: int = 
     """
     import torch
 
-    from stego_tasks.batching import step_plan
-    from stego_tasks.train import _optimizers, _step, build_model
-    from stego_tasks.training_data import BatchStream, TrainingBatch
+    from stego_tasks.data.training_data import BatchStream, TrainingBatch
+    from stego_tasks.method.batching import step_plan
+    from stego_tasks.method.model import build_model
+    from stego_tasks.train import _optimizers, _step
 
     device = torch.device("cpu") if device is None else device
     torch.manual_seed(seed)
@@ -188,8 +189,8 @@ def _rss_worker(store: str, knn: str, steps: int, threads: int, in_memory_bytes:
     import torch
     from benchutil import emit, peak_rss_mib, rss_mib
 
+    from stego_tasks.data.training_data import load_training_data
     from stego_tasks.train import fit
-    from stego_tasks.training_data import load_training_data
 
     torch.set_num_threads(threads)
     after_imports = rss_mib()
@@ -209,8 +210,8 @@ def _rss_worker(store: str, knn: str, steps: int, threads: int, in_memory_bytes:
 def _speed(args, common, emit, median, note) -> dict[str, float]:
     import torch
 
-    from stego_tasks.backbone import create_backbone
-    from stego_tasks.training_data import load_training_data
+    from stego_tasks.data.training_data import load_training_data
+    from stego_tasks.method.backbone import create_backbone
 
     backbone = create_backbone(args.backbone, weights=args.weights)
     grid = args.resolution // backbone.patch_size
@@ -257,7 +258,7 @@ def _speed(args, common, emit, median, note) -> dict[str, float]:
 
 
 def _memory(args, common, emit, note, run_worker) -> list[dict]:
-    from stego_tasks.backbone import create_backbone
+    from stego_tasks.method.backbone import create_backbone
 
     backbone = create_backbone(args.backbone, weights=args.weights)
     grid = args.resolution // backbone.patch_size

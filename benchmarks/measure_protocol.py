@@ -24,11 +24,11 @@ import numpy as np
 import torch
 
 from stego_tasks.config import load_params
-from stego_tasks.feature_store import read_split
-from stego_tasks.selection import ValScorer, refit_cluster_probe
-from stego_tasks.shift_stats import auto_shifts, correlation_samples
+from stego_tasks.data.feature_store import read_split
+from stego_tasks.data.training_data import IN_MEMORY_BYTES, load_training_data
+from stego_tasks.method.selection import ValScorer, refit_cluster_probe
+from stego_tasks.method.shift_stats import auto_shifts, correlation_samples
 from stego_tasks.train import fit
-from stego_tasks.training_data import load_training_data
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
     if args.steps:
         train = dataclasses.replace(train, steps=args.steps)
     data = load_training_data(args.features, args.knn, corpus.ignore_index, corpus.n_classes)
-    scorer = ValScorer(read_split(args.features, "val"), corpus.n_classes, torch.device("cpu"))
+    scorer = ValScorer(read_split(args.features, "val"), corpus.n_classes, torch.device("cpu"), in_memory_bytes=IN_MEMORY_BYTES)
     rows = []
     print("| shifts | seed | b intra / kNN / random | probe random: mIoU / acc | probe codes: mIoU / acc | live clusters random / codes |")
     print("|---|---|---|---|---|---|")

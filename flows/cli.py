@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                 from flows.stego import stego_flow
 
                 stego_flow(record=not args.no_record)
-            from stego_tasks.run_summary import summary_from_files
+            from stego_tasks.tools.run_summary import summary_from_files
 
             print(summary_from_files(DEFAULTS["scores"], DEFAULTS["report"]))
         else:

@@ -21,7 +21,7 @@ from prefect.futures import as_completed
 
 from flows import stage_functions
 from stego_tasks.config import load_params
-from stego_tasks.embed import ChunkJob, extract_chunk
+from stego_tasks.data.embed import ChunkJob, extract_chunk
 from stego_tasks.extract import ChunkResults, ChunkRunner
 from stego_tasks.paths import PARAMS_FILE, PATHS
 
@@ -48,7 +48,7 @@ def dask_task_runner(address: str) -> Iterator[Any]:
     """A started prefect-dask `DaskTaskRunner` on the scheduler at `address` (one-line error if none answers)."""
     from prefect_dask import DaskTaskRunner
 
-    from stego_tasks.dask_cluster import unreachable_scheduler
+    from stego_tasks.runtime.dask_cluster import unreachable_scheduler
 
     with ExitStack() as stack:
         try:

@@ -17,9 +17,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from stego_tasks import atomic
 from stego_tasks.paths import PATHS, run_path
-from stego_tasks.seeds import aggregate
+from stego_tasks.runtime import atomic
+from stego_tasks.tools.seeds import aggregate
 
 
 def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", out: Path = Path(PATHS["seeds"])) -> dict:
@@ -32,7 +32,7 @@ def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", ou
         out: the JSON table, relative to `repo`.
 
     Returns:
-        The `stego_tasks.seeds.aggregate` mapping.
+        The `stego_tasks.tools.seeds.aggregate` mapping.
 
     Raises:
         RuntimeError: a run failed (its output is shown; the finished runs are kept).

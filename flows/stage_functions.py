@@ -14,10 +14,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from stego_tasks.atomic import check_folder_output
 from stego_tasks.config import declared_view, load_params
 from stego_tasks.paths import PARAMS_FILE as PARAMS
 from stego_tasks.paths import PATHS as P
+from stego_tasks.runtime.atomic import check_folder_output
 
 
 def demo_data(
@@ -112,7 +112,8 @@ def crf(
     crf_out: str = P["crf_out"],
 ) -> dict[str, Any]:
     """Dense-CRF refinement of the predictions."""
-    from stego_tasks.crf import CRFParams, crf_stage
+    from stego_tasks.config import CRFParams
+    from stego_tasks.crf import crf_stage
 
     params = load_params(params_path)
     block = params.crf

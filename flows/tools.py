@@ -47,8 +47,9 @@ def predict_from_args(args: argparse.Namespace) -> int:
     Returns:
         0 when at least one image was written, 2 when none was.
     """
-    from stego_tasks.predict import check_out_dir, predict_paths
-    from stego_tasks.trained_run import load_run
+    from stego_tasks.tools.predict import predict_paths
+    from stego_tasks.tools.predict_output import check_out_dir
+    from stego_tasks.tools.trained_run import load_run
 
     check_out_dir(list(args.inputs), args.out)  # before the model loads: a refused folder costs nothing
     run = load_run(args.run, args.weights, device=args.device, resolution=args.resolution)
@@ -69,7 +70,7 @@ def predict_from_args(args: argparse.Namespace) -> int:
 
 def add_adapt_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `stego adapt NAME SRC DST` arguments (and the layouts as description) to `parser`."""
-    from stego_tasks.adapters import ADAPTERS, LAYOUT_HELP
+    from stego_tasks.data.adapters import ADAPTERS, LAYOUT_HELP
 
     parser.description = parser.description or LAYOUT_HELP
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -92,7 +93,7 @@ def adapt_from_args(args: argparse.Namespace) -> int:
     """
     import yaml
 
-    from stego_tasks.adapters import CORPUS_FILE, PARAMS_FILE, adapt, preset_for, write_params
+    from stego_tasks.data.adapters import CORPUS_FILE, PARAMS_FILE, adapt, preset_for, write_params
 
     preset_for(args.name, args.backbone)  # refuse an unpublished pair before any file is written
     summary = adapt(args.name, args.src, args.dst, unlabelled_train=args.unlabelled_train)
@@ -121,7 +122,7 @@ def adapt_from_args(args: argparse.Namespace) -> int:
 
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `stego sweep-k` arguments to `parser`."""
-    from stego_tasks.probe_fit import INITS
+    from stego_tasks.method.probe_fit import INITS
 
     parser.add_argument("--run", type=Path, default=Path("."), metavar="DIR",
                         help=f"project folder of a trained run, holding {PATHS['model']} and {PATHS['features']} (default: .)")
@@ -146,8 +147,8 @@ def sweep_from_args(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
-    from stego_tasks.sweep import out_paths, parse_ks, sweep_k
-    from stego_tasks.trained_run import run_settings
+    from stego_tasks.tools.sweep import out_paths, parse_ks, sweep_k
+    from stego_tasks.tools.trained_run import run_settings
 
     ks = parse_ks(args.ks)
     run = Path(args.run)
@@ -187,7 +188,7 @@ def add_seeds_arguments(parser: argparse.ArgumentParser) -> None:
 def seeds_from_args(args: argparse.Namespace) -> int:
     """Run `stego seeds` and print the table."""
     from flows.seeds import run_seeds
-    from stego_tasks.seeds import format_table
+    from stego_tasks.tools.seeds import format_table
 
     if args.n < 1:
         raise ValueError(f"stego seeds needs N >= 1 seeds, got {args.n}.")

@@ -20,57 +20,24 @@ Output Zarr store (written to a temporary folder, then renamed into place):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
-import faiss
 import numpy as np
 import torch
-import torch.nn.functional as F
 import zarr
 
-from stego_tasks import atomic
 from stego_tasks.config import ClusterParams
-from stego_tasks.feature_store import read_split, record_store_digests, verify_rows, verify_split
-from stego_tasks.head import flip_averaged
-from stego_tasks.model import StegoModel, load_model
+from stego_tasks.data.feature_store import (
+    read_split,
+    record_store_digests,
+    verify_rows,
+    verify_split,
+)
+from stego_tasks.method.inference import BATCH, iter_val_codes, kmeans_predict, spherical_kmeans
+from stego_tasks.method.model import load_model
+from stego_tasks.runtime import atomic
 
 log = logging.getLogger("stego")
-
-BATCH = 8
-
-
-def predict_code(model: StegoModel, feats: torch.Tensor, feats_flip: torch.Tensor | None, size: int) -> torch.Tensor:
-    """Flip-averaged code upsampled to the label grid.
-
-    Args:
-        model: trained model in eval mode.
-        feats: backbone features [B, C, h, w].
-        feats_flip: features of the mirrored images [B, C, h, w], or None for no averaging.
-        size: output side R.
-
-    Returns:
-        Code [B, K, R, R].
-    """
-    code = model.head(feats)
-    if feats_flip is not None:
-        code = flip_averaged(code, model.head(feats_flip))
-    return F.interpolate(code, size=(size, size), mode="bilinear", align_corners=False)
-
-
-def iter_val_codes(
-    model: StegoModel, val: zarr.Group, use_flip: bool, size: int, batch: int = BATCH
-) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
-    """Walk the val split in batches: (rows, features [b, C, h, w], code [b, K, R, R]).
-
-    Shared by `cluster` and `stego sweep-k`, so both predict from exactly the same codes.
-    """
-    n_images = val["feats"].shape[0]
-    for start in range(0, n_images, batch):
-        rows = slice(start, min(start + batch, n_images))
-        feats = torch.from_numpy(val["feats"][rows]).float()
-        flipped = torch.from_numpy(val["feats_flip"][rows]).float() if use_flip else None
-        yield rows, feats, predict_code(model, feats, flipped, size)
 
 
 def fit_kmeans(train_feats: zarr.Array, n_clusters: int, params: ClusterParams, seed: int) -> np.ndarray:
@@ -95,27 +62,7 @@ def fit_kmeans(train_feats: zarr.Array, n_clusters: int, params: ClusterParams, 
     vectors = vectors.transpose(0, 2, 3, 1).reshape(-1, dim)
     if vectors.shape[0] > params.kmeans_samples:
         vectors = vectors[rng.choice(vectors.shape[0], params.kmeans_samples, replace=False)]
-    vectors = np.ascontiguousarray(vectors)
-    faiss.normalize_L2(vectors)
-    kmeans = faiss.Kmeans(dim, n_clusters, niter=params.kmeans_iters, seed=seed, spherical=True, verbose=False)
-    kmeans.train(vectors)
-    centroids = kmeans.centroids.astype(np.float32)
-    return centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
-
-
-def kmeans_predict(centroids: np.ndarray, feats: torch.Tensor, size: int) -> torch.Tensor:
-    """Nearest-centroid labels of features, decided on bilinearly upsampled similarities.
-
-    Args:
-        centroids: float32 [k, C], unit norm.
-        feats: [B, C, h, w].
-        size: output side R.
-
-    Returns:
-        LongTensor [B, R, R].
-    """
-    similarity = torch.einsum("bchw,kc->bkhw", F.normalize(feats, dim=1), torch.from_numpy(centroids))
-    return F.interpolate(similarity, size=(size, size), mode="bilinear", align_corners=False).argmax(1)
+    return spherical_kmeans(vectors, n_clusters, params.kmeans_iters, seed)
 
 
 def protocol_of(info: dict) -> dict:

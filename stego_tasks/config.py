@@ -87,7 +87,7 @@ class ExtractParams:
     features are stored as float16 either way); `compile` wraps it in `torch.compile`.
     `preprocess` is "reference" (the STEGO code's exact inputs: five-crop JPEG round trip,
     NEAREST resize, DINO's position-embedding resampling) or "antialias" (bilinear, no JPEG,
-    timm's resampling); see `stego_tasks/preprocess.py`.
+    timm's resampling); see `stego_tasks/data/preprocess.py`.
     """
 
     resolution: int = 224
@@ -125,7 +125,7 @@ class TrainParams:
     """Head and probe training; published defaults (reference doc section 5).
 
     `shifts` is the three b's, or "auto": each at the `shift_quantile` of its correlation
-    distribution on a sample of the training features (`stego_tasks/shift_stats.py`).
+    distribution on a sample of the training features (`stego_tasks/method/shift_stats.py`).
     `select` is "last" (the final head, no labels used) or "best" (the reference's
     protocol: cluster mIoU on val every `select_every` steps, keep the best; uses labels).
     `probe_init` "codes" refits the cluster probe on the final codes with

@@ -1,286 +1,27 @@
-"""Dense CRF refinement of per-pixel class scores (reference doc section 7).
+"""Stage `crf`: dense CRF refinement of the cluster and linear predictions of every val image.
 
-:func:`dense_crf` refines one image's logits with a fully connected CRF (pydensecrf,
-published STEGO parameters in :class:`CRFParams`). :func:`dense_crf_batch` runs many images
-in worker processes.
-
-Why the batch runner looks the way it does: the reference used ``multiprocessing.Pool``
-with the default "fork" start method after torch had started its thread pools; a forked
-child can inherit a lock held by one of those threads and wait on it forever, so evaluation
-hung. Here workers are started with "spawn" (a fresh interpreter that imports only this
-module: numpy and pydensecrf, no torch), and a worker that dies surfaces as a RuntimeError
-instead of a hang.
-
-The `crf` stage (:func:`crf_stage`) starts one such pool for both branches and all chunks
-(or submits to a Dask scheduler when `dask.address` is set), has the workers send back
-uint8 label maps rather than float32 probabilities, and reads a chunk from the stores only
-when a slot frees up, so memory stays bounded however large the validation set.
+The CRF itself is :mod:`stego_tasks.method.dense_crf`. This stage starts one executor for
+both branches and all chunks (a local spawn pool, or a Dask scheduler when `dask.address`
+is set), has the workers send back uint8 label maps rather than float32 probabilities, and
+reads a chunk from the stores only when a slot frees up, so memory stays bounded however
+large the validation set.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
-from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydensecrf.densecrf as dcrf
 
 from stego_tasks.config import CRFParams
-from stego_tasks.crf_executors import spawn_pool, stage_executor
-
-PUBLISHED_CRF = CRFParams()
+from stego_tasks.method.dense_crf import crf_chunk
+from stego_tasks.runtime.executors import default_chunksize, run_chunks, stage_executor
 
 if TYPE_CHECKING:
     from stego_tasks.config import DaskParams
-
-# pydensecrf.utils.unary_from_softmax clips probabilities here, so unaries stay <= 11.5;
-# kept to match the reference's energies exactly.
-_PROB_CLIP = 1e-5
-
-K = TypeVar("K")
-
-
-def _check_inputs(image: np.ndarray, logits: np.ndarray) -> None:
-    """Raise ValueError unless image is uint8 [H, W, 3] and logits finite float [n, H, W]."""
-    if (
-        not isinstance(image, np.ndarray)
-        or image.dtype != np.uint8
-        or image.ndim != 3
-        or image.shape[2] != 3
-    ):
-        shape = getattr(image, "shape", None)
-        dtype = getattr(image, "dtype", type(image).__name__)
-        raise ValueError(
-            f"dense_crf needs an RGB image as a uint8 array [H, W, 3], got {dtype} with shape {shape}; "
-            "un-normalise the image back to 0..255 first."
-        )
-    if (
-        not isinstance(logits, np.ndarray)
-        or logits.ndim != 3
-        or not np.issubdtype(logits.dtype, np.floating)
-    ):
-        shape = getattr(logits, "shape", None)
-        raise ValueError(f"dense_crf needs float logits [n_labels, H, W], got shape {shape}.")
-    if logits.shape[0] < 1:
-        raise ValueError("dense_crf needs at least one label in logits, got n_labels=0.")
-    if logits.shape[1:] != image.shape[:2]:
-        raise ValueError(
-            f"logits have spatial size {logits.shape[1:]} but the image is {image.shape[:2]}; "
-            "upsample the logits to the image size (bilinear) before the CRF."
-        )
-    if not np.all(np.isfinite(logits)):
-        raise ValueError("dense_crf got NaN or infinite logits; check the model outputs.")
-
-
-def _unary(logits: np.ndarray) -> np.ndarray:
-    """-log softmax(logits) over labels, clipped like pydensecrf, float32 [n, H*W]."""
-    x = logits.astype(np.float64)
-    x = np.exp(x - x.max(axis=0, keepdims=True))
-    probs = x / x.sum(axis=0, keepdims=True)
-    unary = -np.log(np.clip(probs, _PROB_CLIP, 1.0))
-    return np.ascontiguousarray(unary.reshape(logits.shape[0], -1), dtype=np.float32)
-
-
-def dense_crf(image: np.ndarray, logits: np.ndarray, params: CRFParams = PUBLISHED_CRF) -> np.ndarray:
-    """Refine one image's per-pixel scores with a fully connected CRF.
-
-    Args:
-        image: The un-normalised image, uint8 [H, W, 3]. (The reference fed BGR; the
-            colour kernel treats channels alike, so RGB gives the same result.)
-        logits: Class scores already at image size, float [n_labels, H, W]; softmax is
-            taken over the first axis.
-        params: CRF settings.
-
-    Returns:
-        np.ndarray float32 [n_labels, H, W]: refined probabilities, summing to 1 per pixel.
-
-    Raises:
-        ValueError: If the image is not uint8 RGB, or the logits are not float
-            [n, H, W] at the image's size, or not finite.
-    """
-    _check_inputs(image, logits)
-    n, h, w = logits.shape
-    crf = dcrf.DenseCRF2D(w, h, n)
-    crf.setUnaryEnergy(_unary(logits))
-    crf.addPairwiseGaussian(sxy=params.gaussian_sxy, compat=params.gaussian_compat)
-    crf.addPairwiseBilateral(
-        sxy=params.bilateral_sxy,
-        srgb=params.bilateral_srgb,
-        rgbim=np.array(image, dtype=np.uint8, order="C", copy=True),  # pydensecrf needs a writable buffer
-        compat=params.bilateral_compat,
-    )
-    q = crf.inference(params.iterations)
-    return np.asarray(q, dtype=np.float32).reshape(n, h, w)
-
-
-def _labels(probs: np.ndarray) -> np.ndarray:
-    """Argmax label map [H, W] of probabilities [n, H, W]: uint8, or uint16 above 256 labels."""
-    dtype = np.uint8 if probs.shape[0] <= 256 else np.uint16
-    return probs.argmax(0).astype(dtype)
-
-
-def _crf_chunk(
-    images: Sequence[np.ndarray], logits: Sequence[np.ndarray], params: CRFParams, argmax: bool = False
-) -> list[np.ndarray]:
-    """Worker entry point (module level so spawned processes and Dask workers can import it).
-
-    Returns one float32 [n, H, W] probability array per image, or with ``argmax`` one label
-    map [H, W] (see :func:`_labels`), which is 44x smaller to send back for 11 labels.
-    """
-    if argmax:
-        return [_labels(dense_crf(img, lg, params)) for img, lg in zip(images, logits, strict=True)]
-    return [dense_crf(img, lg, params) for img, lg in zip(images, logits, strict=True)]
-
-
-def default_chunksize(n_images: int, workers: int) -> int:
-    """Images per task when the caller gives none: about four tasks per worker.
-
-    One task per image pays a round trip per image; one task per worker leaves a worker
-    idle when the other's share runs long. Four per worker keeps the tail short.
-
-    Args:
-        n_images: Images to refine, >= 0.
-        workers: Worker processes (values < 1 count as 1).
-
-    Returns:
-        ceil(n_images / (4 * workers)), at least 1.
-    """
-    return max(1, math.ceil(n_images / (4 * max(1, workers))))
-
-
-def dense_crf_batch(
-    images: Sequence[np.ndarray],
-    logits: Sequence[np.ndarray],
-    params: CRFParams = PUBLISHED_CRF,
-    workers: int = 1,
-    chunksize: int | None = None,
-    progress: Callable[[int], None] | None = None,
-    argmax: bool = False,
-    executor: Executor | None = None,
-) -> list[np.ndarray]:
-    """Refine many images, optionally in parallel worker processes.
-
-    Args:
-        images: uint8 images, each [H_i, W_i, 3].
-        logits: Matching float logits, each [n_labels, H_i, W_i].
-        params: CRF settings, shared by all images.
-        workers: Worker processes; <= 1 runs serially in this process (no pool) unless
-            ``executor`` is given. With ``executor``, only sizes the default chunks.
-        chunksize: Images sent to a worker per task; None means
-            :func:`default_chunksize` (about four tasks per worker).
-        progress: Called with the number of images finished so far, after each image
-            (serial) or each chunk (parallel) completes; use it to report images/s.
-        argmax: Return label maps instead of probabilities; the workers take the argmax,
-            so only the labels travel back.
-        executor: A running executor to submit to (for example one :func:`spawn_pool`
-            shared by several calls, or a Dask client's ``get_executor()``); it is left
-            running. None starts a spawn pool of ``workers`` for this call alone.
-
-    Returns:
-        One array per image, in input order: refined probabilities, float32
-        [n_labels, H_i, W_i]; or with ``argmax`` the label of each pixel, uint8 [H_i, W_i]
-        (uint16 above 256 labels), equal to ``dense_crf(...).argmax(0)``.
-
-    Raises:
-        ValueError: If the sequences differ in length, ``chunksize`` < 1, or any pair
-            fails :func:`dense_crf`'s checks (checked before any work starts).
-        RuntimeError: If a worker process dies (for example killed for memory).
-    """
-    if len(images) != len(logits):
-        raise ValueError(
-            f"dense_crf_batch got {len(images)} images but {len(logits)} logits; pass one per image."
-        )
-    if chunksize is not None and chunksize < 1:
-        raise ValueError(f"dense_crf_batch needs chunksize >= 1, got {chunksize}.")
-    for image, lg in zip(images, logits, strict=True):
-        _check_inputs(image, lg)
-
-    if executor is None and (workers <= 1 or len(images) <= 1):
-        results = []
-        for image, lg in zip(images, logits, strict=True):
-            results.append(_crf_chunk([image], [lg], params, argmax)[0])
-            if progress is not None:
-                progress(len(results))
-        return results
-
-    size = default_chunksize(len(images), workers) if chunksize is None else chunksize
-    starts = range(0, len(images), size)
-    results_by_start: dict[int, list[np.ndarray]] = {}
-    finished = 0
-
-    def collect(start: int, chunk: list[np.ndarray]) -> None:
-        nonlocal finished
-        results_by_start[start] = chunk
-        finished += len(chunk)
-        if progress is not None:
-            progress(finished)
-
-    jobs = (
-        (s, (list(images[s : s + size]), list(logits[s : s + size]), params, argmax)) for s in starts
-    )
-    with ExitStack() as stack:
-        pool = executor if executor is not None else stack.enter_context(spawn_pool(min(workers, len(starts))))
-        # The inputs are already in memory, so every chunk may be queued at once.
-        _run_chunks(pool, jobs, max_in_flight=None, on_done=collect)
-    return [out for s in starts for out in results_by_start[s]]
-
-
-def _run_chunks(
-    executor: Executor,
-    jobs: Iterable[tuple[K, tuple]],
-    max_in_flight: int | None,
-    on_done: Callable[[K, list[np.ndarray]], None],
-) -> None:
-    """Submit ``_crf_chunk(*args)`` for each ``(key, args)`` job, at most ``max_in_flight`` at a time.
-
-    Jobs are drawn from ``jobs`` only when a slot is free, so a lazy iterable (reading
-    each chunk from disk when needed) keeps at most ``max_in_flight`` chunks in memory.
-
-    Args:
-        executor: Where the chunks run (a spawn pool, a Dask client's executor, ...).
-        jobs: (key, args of :func:`_crf_chunk`) pairs.
-        max_in_flight: Chunks submitted but not yet handed to ``on_done``; None: no bound.
-        on_done: Called with (key, the chunk's results) as chunks finish, in completion
-            order, in this thread.
-
-    Raises:
-        RuntimeError: If a worker process of a process pool dies.
-        Exception: Whatever a chunk raised; chunks not yet started are cancelled.
-    """
-    pending = iter(jobs)
-    in_flight: dict[Future, K] = {}
-    exhausted = False
-    try:
-        while True:
-            while not exhausted and (max_in_flight is None or len(in_flight) < max_in_flight):
-                job = next(pending, None)
-                if job is None:
-                    exhausted = True
-                    break
-                key, args = job
-                in_flight[executor.submit(_crf_chunk, *args)] = key
-            if not in_flight:
-                return
-            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-            for future in done:
-                on_done(in_flight.pop(future), future.result())
-    except BrokenProcessPool as err:
-        raise RuntimeError(
-            "a dense CRF worker process died (killed for memory or crashed); "
-            "retry with fewer workers or smaller images."
-        ) from err
-    finally:
-        for future in in_flight:
-            future.cancel()
-
-
-# --- pipeline stage ---
 
 
 def crf_stage(
@@ -314,9 +55,9 @@ def crf_stage(
     """
     import zarr
 
-    from stego_tasks import atomic
-    from stego_tasks.feature_store import open_store, read_split, record_store_digests
-    from stego_tasks.progress import Progress
+    from stego_tasks.data.feature_store import open_store, read_split, record_store_digests
+    from stego_tasks.runtime import atomic
+    from stego_tasks.runtime.progress import Progress
 
     if chunk < 1:
         raise ValueError(f"crf_stage needs chunk >= 1, got {chunk}.")
@@ -351,7 +92,7 @@ def crf_stage(
                 targets[name][rows] = np.stack(labels)
                 progress.update(len(labels))
 
-            _run_chunks(executor, jobs(), max_in_flight=2 * slots, on_done=write)
+            run_chunks(executor, crf_chunk, jobs(), max_in_flight=2 * slots, on_done=write)
         # What this run refined with, for `stego predict` on the run (`trained_run.run_settings`).
         out.attrs["crf"] = {f.name: getattr(params, f.name) for f in dataclasses.fields(CRFParams)}
         record_store_digests(out)

@@ -22,11 +22,11 @@ import numpy as np
 import zarr
 from PIL import Image
 
-from stego_tasks import atomic
 from stego_tasks.config import CorpusParams, EvaluateParams
-from stego_tasks.feature_store import open_store, read_split
-from stego_tasks.metrics import ScoreAccumulator
-from stego_tasks.visualize import colorize, panel
+from stego_tasks.data.feature_store import open_store, read_split
+from stego_tasks.method.metrics import ScoreAccumulator
+from stego_tasks.runtime import atomic
+from stego_tasks.tools.visualize import colorize, panel
 
 log = logging.getLogger("stego")
 

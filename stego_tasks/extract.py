@@ -1,6 +1,6 @@
 """Stage `extract`: run the frozen backbone once per image and store features in Zarr.
 
-The store's layout is in `stego_tasks/feature_store.py`. Work is cut into chunks (one
+The store's layout is in `stego_tasks/data/feature_store.py`. Work is cut into chunks (one
 chunk = `extract.batch_size` images = one Zarr chunk); `plan_extraction` opens the store
 and lists the chunks not yet done, a runner computes them (in this process, on a local
 Dask cluster, on the cluster at `dask.address`, or as Prefect tasks on a DaskTaskRunner),
@@ -26,10 +26,8 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.backbone import Backbone, weights_argument
 from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
-from stego_tasks.dask_cluster import dask_client, torch_threads_per_worker
-from stego_tasks.embed import (
+from stego_tasks.data.embed import (
     ChunkJob,
     assemble_chunk,
     backbone_precision,
@@ -40,7 +38,7 @@ from stego_tasks.embed import (
     pos_embed_mode,
     resolve_device,
 )
-from stego_tasks.feature_store import (
+from stego_tasks.data.feature_store import (
     SPLITS,
     open_for_writing,
     open_split,
@@ -49,9 +47,12 @@ from stego_tasks.feature_store import (
     split_resolution,
     write_chunk,
 )
-from stego_tasks.ingest import read_manifest, resolve_in_corpus
-from stego_tasks.locking import artifact_lock
-from stego_tasks.progress import Progress
+from stego_tasks.data.manifest import read_manifest, resolve_in_corpus
+from stego_tasks.method.backbone import Backbone
+from stego_tasks.method.weights import weights_argument
+from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
+from stego_tasks.runtime.locking import artifact_lock
+from stego_tasks.runtime.progress import Progress
 
 log = logging.getLogger("stego")
 

@@ -28,18 +28,18 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from stego_tasks import atomic
 from stego_tasks.config import ReportParams
 from stego_tasks.paths import PARAMS_FILE, PATHS
-from stego_tasks.report_protocol import (
+from stego_tasks.runtime import atomic
+from stego_tasks.tools.report_protocol import (
     SEEDS,
     SHIFT_STATS,
     protocol_section,
     seeds_section,
     shift_section,
 )
-from stego_tasks.run_summary import METHODS
-from stego_tasks.visualize import loss_plot_png, read_loss_log
+from stego_tasks.tools.run_summary import METHODS
+from stego_tasks.tools.visualize import loss_plot_png, read_loss_log
 
 # What the page reads, relative to the run folder (where the stages wrote it: stego_tasks/paths.yaml).
 INPUTS: dict[str, str] = {

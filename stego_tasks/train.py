@@ -3,7 +3,7 @@
 The backbone never runs here: each step reads backbone features of a batch of training
 crops and of their kNN positives from the Zarr store, so a step costs only the head. A
 small split is read into memory once; a large one is read batch by batch, so memory does
-not grow with the corpus (`stego_tasks/training_data.py`).
+not grow with the corpus (`stego_tasks/data/training_data.py`).
 
 Outputs (all written atomically):
     <model_dir>/model.safetensors   head.*, cluster_probe.*, linear_probe.* tensors
@@ -29,33 +29,34 @@ from typing import Any
 import torch
 import zarr
 
-from stego_tasks import atomic
-from stego_tasks.batching import step_plan
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
-from stego_tasks.devices import resolve_device
-from stego_tasks.feature_store import read_split
-from stego_tasks.locking import artifact_lock
-from stego_tasks.loss import correspondence_loss
-from stego_tasks.model import StegoModel, build_model, load_model, save_model
-from stego_tasks.progress import Progress
-from stego_tasks.selection import BestCheckpoint, ValScorer, refit_cluster_probe
-from stego_tasks.shift_stats import (
-    auto_shifts,
-    correlation_samples,
-    correlation_stats,
-    write_histogram_csv,
-)
-from stego_tasks.training_data import (
+from stego_tasks.data.feature_store import read_split
+from stego_tasks.data.training_data import (
+    IN_MEMORY_BYTES,
     BatchStream,
     TrainingBatch,
     TrainingData,
     data_identity,
     load_training_data,
 )
+from stego_tasks.method.batching import step_plan
+from stego_tasks.method.loss import correspondence_loss
+from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
+from stego_tasks.method.selection import BestCheckpoint, ValScorer, refit_cluster_probe
+from stego_tasks.method.shift_stats import (
+    auto_shifts,
+    correlation_samples,
+    correlation_stats,
+    write_histogram_csv,
+)
+from stego_tasks.runtime import atomic
+from stego_tasks.runtime.devices import resolve_device
+from stego_tasks.runtime.locking import artifact_lock
+from stego_tasks.runtime.progress import Progress
 
 log = logging.getLogger("stego")
 
-# The model type and its files live in `stego_tasks/model.py`; re-exported for older callers.
+# The model type and its files live in `stego_tasks/method/model.py`; re-exported for older callers.
 __all__ = ["LOSS_COLUMNS", "StegoModel", "build_model", "fit", "load_model", "save_model", "train", "write_loss_log"]
 
 LOSS_COLUMNS = ("step", "total", "intra", "inter", "neg", "cluster", "linear")
@@ -349,7 +350,9 @@ def train(
     effective = dataclasses.replace(params, shifts=shifts)
     scorer = None
     if params.select == "best":
-        scorer = ValScorer(read_split(store_path, "val"), corpus.n_classes, resolve_device(params.device))
+        scorer = ValScorer(
+            read_split(store_path, "val"), corpus.n_classes, resolve_device(params.device), in_memory_bytes=IN_MEMORY_BYTES
+        )
     store = json.loads(json.dumps(dict(zarr.open_group(str(store_path), mode="r").attrs)))
     info = {
         "in_dim": data.in_dim,

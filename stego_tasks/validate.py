@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stego_tasks import atomic
-from stego_tasks.images import DEFAULT_MIN_SIZE, ImageDecodeError, label_fits_uint8, load_label
-from stego_tasks.ingest import SPLITS, read_manifest, resolve_in_corpus
+from stego_tasks.data.images import DEFAULT_MIN_SIZE, ImageDecodeError, label_fits_uint8, load_label
+from stego_tasks.data.manifest import SPLITS, read_manifest, resolve_in_corpus
+from stego_tasks.runtime import atomic
 
 MIN_IMAGES: dict[str, int] = {"train": 2, "val": 1}
 N_LISTED = 20  # offending names kept per expectation in the result file

@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.adapters: tiny fixtures in each benchmark's layout, adapted and ingested.
+"""Tests for stego_tasks.data.adapters: tiny fixtures in each benchmark's layout, adapted and ingested.
 
 Expected labels come from lookups written here by hand from the reference tables
 (mhamilton723/STEGO src/data.py), for the values the fixtures use.
@@ -19,10 +19,11 @@ from PIL import Image
 from scipy.io import savemat
 
 from flows.tools import adapt_from_args, add_adapt_arguments
-from stego_tasks import adapters
-from stego_tasks.adapters import core
 from stego_tasks.config import params_from_dict
-from stego_tasks.ingest import ingest, read_manifest
+from stego_tasks.data import adapters
+from stego_tasks.data.adapters import core
+from stego_tasks.data.manifest import read_manifest
+from stego_tasks.ingest import ingest
 
 H, W = 20, 24  # ingest's minimum side is 16 px
 

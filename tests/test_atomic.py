@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from stego_tasks import atomic
+from stego_tasks.runtime import atomic
 
 
 def test_write_json_is_sorted_and_complete(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.backbone: registry, weights resolution, checkpoint formats, forward.
+"""Tests for stego_tasks.method.backbone: registry, weights resolution, checkpoint formats, forward.
 
 No test touches the network: the hub is offline and its cache lives in tmp_path; checkpoints
 are random timm models saved in the official DINO / DINOv2 / timm formats.
@@ -14,15 +14,16 @@ import torch
 from huggingface_hub import constants as hf_constants
 from safetensors.torch import save_file
 
-import stego_tasks.backbone as backbone_module
-from stego_tasks.backbone import (
+import stego_tasks.method.weights as weights_module
+from stego_tasks.method.backbone import (
     BACKBONES,
     Backbone,
-    WeightsNotFoundError,
     create_backbone,
     list_backbones,
     normalize,
 )
+from stego_tasks.method.registry import DINO_VITS8_300EP_URL
+from stego_tasks.method.weights import WeightsNotFoundError
 
 _UNPICKLED: list[str] = []
 
@@ -225,7 +226,7 @@ def test_download_when_online(
         return str(stored)
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", fake_download)
-    monkeypatch.setattr(backbone_module, "_hub_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(weights_module, "_hub_reachable", lambda timeout=3.0: True)
     backbone = create_backbone("dino_vits16")
     assert calls == [("timm/vit_small_patch16_224.dino", "model.safetensors")], f"calls: {calls}"
     assert backbone.weights_source == "hub-download", f"got source {backbone.weights_source}"
@@ -386,7 +387,7 @@ def test_300ep_auto_finds_the_file_in_torch_hub_cache(vits8_300ep_state, tmp_pat
 
 
 def test_300ep_downloads_from_the_official_url_when_online(vits8_300ep_state, tmp_path: Path, monkeypatch) -> None:
-    import stego_tasks.official_weights as official
+    import stego_tasks.method.official_weights as official
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
@@ -399,7 +400,7 @@ def test_300ep_downloads_from_the_official_url_when_online(vits8_300ep_state, tm
     monkeypatch.setattr(official, "reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
     backbone = create_backbone("dino_vits8_300ep")
-    assert calls == [backbone_module.DINO_VITS8_300EP_URL], calls
+    assert calls == [DINO_VITS8_300EP_URL], calls
     assert calls[0].endswith("/" + OFFICIAL_300EP)
     assert backbone.weights_source == "hub-download"
     assert (tmp_path / "torch" / "hub" / "checkpoints" / OFFICIAL_300EP).is_file(), "the download lands in the hub cache"

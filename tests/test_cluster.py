@@ -13,9 +13,10 @@ import pytest
 import torch
 import zarr
 
-from stego_tasks.cluster import cluster, fit_kmeans, kmeans_predict, predict_code
+from stego_tasks.cluster import cluster, fit_kmeans
 from stego_tasks.config import ClusterParams, TrainParams, params_to_dict
-from stego_tasks.train import build_model, load_model, save_model
+from stego_tasks.method.inference import kmeans_predict, predict_code
+from stego_tasks.method.model import build_model, load_model, save_model
 
 C, N_CLASSES = 6, 3
 MODEL_PARAMS = TrainParams(n_codes=5, extra_clusters=1)

@@ -111,11 +111,12 @@ def test_stage_code_deps_cover_its_import_closure(stage: str) -> None:
 
 def test_the_closure_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
     # The four gaps that were once in dvc.yaml must be seen.
-    assert REPO / "stego_tasks/visualize.py" in import_closure("stego_tasks.evaluate")
-    assert REPO / "stego_tasks/images.py" in import_closure("stego_tasks.validate")
-    assert REPO / "stego_tasks/head.py" in import_closure("stego_tasks.cluster")
-    assert REPO / "stego_tasks/knn.py" in import_closure("stego_tasks.train")
-    assert REPO / "stego_tasks/adapters/core.py" not in import_closure("stego_tasks.train")
+    assert REPO / "stego_tasks/tools/visualize.py" in import_closure("stego_tasks.evaluate")
+    assert REPO / "stego_tasks/data/images.py" in import_closure("stego_tasks.validate")
+    assert REPO / "stego_tasks/data/manifest.py" in import_closure("stego_tasks.validate")
+    assert REPO / "stego_tasks/method/head.py" in import_closure("stego_tasks.cluster")
+    assert REPO / "stego_tasks/method/neighbours.py" in import_closure("stego_tasks.train")
+    assert REPO / "stego_tasks/data/adapters/core.py" not in import_closure("stego_tasks.train")
 
 
 def test_every_stage_command_is_a_stego_command_of_its_own_name() -> None:
@@ -352,7 +353,7 @@ def test_paths_are_spelled_out_only_in_paths_yaml() -> None:
 LIBRARY_MUST_NOT_IMPORT = ("prefect", "prefect_dask", "dvc", "argparse", "flows")
 # (module, imported name): why it is not a layering breach.
 ALLOWED_IMPORTS = {
-    ("stego_tasks.backbone", "argparse"): "argparse.Namespace is the one class DINO's pickled checkpoints "
+    ("stego_tasks.method.weights", "argparse"): "argparse.Namespace is the one class DINO's pickled checkpoints "
                                           "hold beside the tensors; it is allowed when unpickling, no command line",
 }
 
@@ -412,6 +413,61 @@ def test_no_import_cycle(package: str) -> None:
     assert not import_cycles(graph), f"{package} has import cycles: {import_cycles(graph)}"
     # Negative check: the detector finds a two-module cycle.
     assert import_cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b", "a"]]
+
+
+# Layers inside the library, lowest first; a module may import its own layer and those below.
+# Top-level modules are stages (one per DVC stage), except the configuration modules (layer 0)
+# and the three public-API re-exports, which nothing in the package imports.
+LAYERS = {"runtime": 1, "method": 2, "data": 3, "tools": 4}
+CONFIGURATION = {"config", "params_schema", "paths", "presets"}
+PUBLIC_REEXPORTS = {"loss", "metrics", "backbone"}
+STAGE_LAYER = 5
+
+
+def layer_of(module: str) -> int:
+    """The layer of a `stego_tasks` module: 0 configuration, 1-4 the subpackages, 5 the stages."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return 0  # the package's own __init__
+    if parts[1] in LAYERS:
+        return LAYERS[parts[1]]
+    return 0 if parts[1] in CONFIGURATION else STAGE_LAYER
+
+
+def layering_breaches(graph: dict[str, set[str]]) -> list[str]:
+    """Imports that call a layer up, from one stage into another, or into a public re-export."""
+    found = []
+    for module, imported in sorted(graph.items()):
+        for target in sorted(imported):
+            top = target.split(".")[1] if "." in target else ""
+            if layer_of(target) > layer_of(module):
+                found.append(f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})")
+            elif layer_of(module) == STAGE_LAYER and layer_of(target) == STAGE_LAYER and target != module \
+                    and top not in PUBLIC_REEXPORTS and module.split(".")[1] not in PUBLIC_REEXPORTS:
+                found.append(f"stage {module} imports stage {target}")
+            elif top in PUBLIC_REEXPORTS and len(target.split(".")) == 2 and module.split(".")[1] not in PUBLIC_REEXPORTS:
+                found.append(f"{module} imports the public re-export {target}; import from stego_tasks.method")
+    return found
+
+
+def test_library_layers_call_one_way() -> None:
+    modules = _package_modules(PACKAGE)
+    graph = {name: {m for m in imported_modules(path, name) if m in modules and m != name}
+             for name, path in modules.items()}
+    assert not layering_breaches(graph), "layering breaches:\n" + "\n".join(layering_breaches(graph))
+    # Negative checks: an upward import, a stage-to-stage import and a re-export import are caught.
+    assert layering_breaches({"stego_tasks.method.head": {"stego_tasks.data.images"}})
+    assert layering_breaches({"stego_tasks.validate": {"stego_tasks.ingest"}})
+    assert layering_breaches({"stego_tasks.tools.sweep": {"stego_tasks.metrics"}})
+    assert not layering_breaches({"stego_tasks.train": {"stego_tasks.method.loss", "stego_tasks.config"}})
+    # Every subpackage module has a layer, and the public API still imports from its old paths.
+    from stego_tasks.backbone import create_backbone, normalize
+    from stego_tasks.loss import correspondence_loss
+    from stego_tasks.method import backbone, loss, metrics
+    from stego_tasks.metrics import unsupervised_scores
+    assert correspondence_loss is loss.correspondence_loss
+    assert unsupervised_scores is metrics.unsupervised_scores
+    assert (create_backbone, normalize) == (backbone.create_backbone, backbone.normalize)
 
 
 def _forbidden(module: str, path: Path) -> list[str]:

@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.crf: refinement toward image edges, validation, parallel batches,
+"""Tests for the `crf` stage and `method.dense_crf`: refinement toward image edges, validation, parallel batches,
 and the `crf` stage on a local pool and on a Dask cluster (tiny Zarr stores)."""
 
 import os
@@ -10,16 +10,10 @@ import numpy as np
 import pytest
 import zarr
 
-from stego_tasks import crf as crf_module
-from stego_tasks.config import DaskParams
-from stego_tasks.crf import (
-    CRFParams,
-    crf_stage,
-    default_chunksize,
-    dense_crf,
-    dense_crf_batch,
-    spawn_pool,
-)
+from stego_tasks.config import CRFParams, DaskParams
+from stego_tasks.crf import crf_stage
+from stego_tasks.method.dense_crf import crf_chunk, dense_crf, dense_crf_batch
+from stego_tasks.runtime.executors import default_chunksize, run_chunks, spawn_pool
 
 H = W = 48
 EDGE = 24
@@ -269,18 +263,17 @@ def _read_preds(path: Path) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def pool_count(monkeypatch) -> Iterator[list[int]]:
-    """Counts process pools the crf stage starts (`crf_executors.spawn_pool` creates them)."""
-    from stego_tasks import crf_executors
-
+    """Counts process pools the crf stage starts (`executors.spawn_pool` creates them)."""
+    from stego_tasks.runtime import executors
     created: list[int] = []
-    original = crf_executors.ProcessPoolExecutor
+    original = executors.ProcessPoolExecutor
 
     class Counting(original):
         def __init__(self, *args, **kwargs):
             created.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(crf_executors, "ProcessPoolExecutor", Counting)
+    monkeypatch.setattr(executors, "ProcessPoolExecutor", Counting)
     yield created
 
 
@@ -339,6 +332,6 @@ def test_chunks_are_read_only_when_a_slot_is_free():
             yield i, ([images[i]], [logits[i]], CRFParams(), True)
 
     recorder = _RecordingExecutor()
-    crf_module._run_chunks(recorder, jobs(), max_in_flight=2, on_done=lambda key, out: delivered.append(key))
+    run_chunks(recorder, crf_chunk, jobs(), max_in_flight=2, on_done=lambda key, out: delivered.append(key))
     assert sorted(delivered) == list(range(6)), f"delivered chunks: {delivered}"
     assert max(pending_at_draw) < 2, f"a chunk was read while 2 were in flight: {pending_at_draw}"

@@ -9,7 +9,7 @@ import pytest
 from conftest import free_port
 
 from stego_tasks.config import DaskParams
-from stego_tasks.dask_cluster import dask_client, torch_threads_per_worker
+from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
 
 
 def test_unanswered_address_fails_with_one_sentence() -> None:

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from stego_tasks.data.embed import (
+    ChunkJob,
+    backbone_precision,
+    embed_chunk,
+    extract_chunk,
+    load_chunk,
+)
+from stego_tasks.data.images import load_label, load_rgb
+from stego_tasks.data.preprocess import preprocess
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.embed import ChunkJob, backbone_precision, embed_chunk, extract_chunk, load_chunk
-from stego_tasks.images import load_label, load_rgb
-from stego_tasks.preprocess import preprocess
 
 
 @pytest.fixture(scope="module")

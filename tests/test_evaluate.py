@@ -17,7 +17,7 @@ from PIL import Image
 
 from stego_tasks.config import CorpusParams, EvaluateParams
 from stego_tasks.evaluate import METHODS, evaluate
-from stego_tasks.visualize import palette
+from stego_tasks.tools.visualize import palette
 
 N_IMAGES, SIZE = 5, 8
 

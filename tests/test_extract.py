@@ -22,14 +22,16 @@ import torch
 import zarr
 from torchvision.transforms.functional import five_crop
 
-from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_backbone, normalize
 from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
+from stego_tasks.data.feature_store import read_split, resize_split
+from stego_tasks.data.images import load_label, load_rgb
+from stego_tasks.data.manifest import read_manifest
+from stego_tasks.data.preprocess import five_crop_boxes, preprocess, resize_center_crop
 from stego_tasks.demo_data import make_demo_corpus
 from stego_tasks.extract import ExtractSummary, extract
-from stego_tasks.feature_store import read_split, resize_split
-from stego_tasks.images import load_label, load_rgb
-from stego_tasks.ingest import ingest, read_manifest
-from stego_tasks.preprocess import five_crop_boxes, preprocess, resize_center_crop
+from stego_tasks.ingest import ingest
+from stego_tasks.method.backbone import Backbone, create_backbone, normalize
+from stego_tasks.method.weights import WeightsNotFoundError
 
 BACKBONE = BackboneParams(name="vit_tiny_patch16_224", weights="random")
 PARAMS = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu")
@@ -434,7 +436,7 @@ def _worker_backbones(address: str) -> dict[str, int]:
 
     with Client(address, timeout="10s") as client:
         # A lambda travels by value; a function of this module would need `tests` importable there.
-        return client.run(lambda: __import__("stego_tasks.embed", fromlist=["_"])._cached_backbone.cache_info().currsize)
+        return client.run(lambda: __import__("stego_tasks.data.embed", fromlist=["_"])._cached_backbone.cache_info().currsize)
 
 
 def test_dask_scheduler_and_two_workers_give_the_local_store(base, dask_cli_cluster, tmp_path):

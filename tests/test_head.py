@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.head against hand computations on tiny tensors."""
+"""Tests for stego_tasks.method.head against hand computations on tiny tensors."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stego_tasks.head import ClusterProbe, LinearProbe, SegmentationHead
+from stego_tasks.method.head import ClusterProbe, LinearProbe, SegmentationHead
 
 
 def _conv1x1(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

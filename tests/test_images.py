@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.images: every bad file is made here, under tmp_path."""
+"""Tests for stego_tasks.data.images: every bad file is made here, under tmp_path."""
 
 from __future__ import annotations
 
@@ -10,15 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from stego_tasks import images
-from stego_tasks.images import (
-    ImageDecodeError,
-    ImageInfo,
-    is_image_name,
-    load_label,
-    load_rgb,
-    probe_image,
-)
+from stego_tasks.data import images
+from stego_tasks.data.corpus_files import is_image_name
+from stego_tasks.data.images import ImageDecodeError, ImageInfo, load_label, load_rgb, probe_image
 
 
 def _noise(h: int, w: int, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from scipy.stats import chi2
 
-from stego_tasks.knn import (
+from stego_tasks.method.neighbours import (
     _l2_normalise,
     _unit_rows_float32,
     knn_graph,

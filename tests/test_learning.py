@@ -34,12 +34,12 @@ import numpy as np
 import pytest
 import torch
 
-from stego_tasks.cluster import kmeans_predict
 from stego_tasks.config import TrainParams
-from stego_tasks.knn import knn_graph, pool_features
-from stego_tasks.metrics import unsupervised_scores
+from stego_tasks.data.training_data import TrainingData
+from stego_tasks.method.inference import kmeans_predict
+from stego_tasks.method.metrics import unsupervised_scores
+from stego_tasks.method.neighbours import knn_graph, pool_features
 from stego_tasks.train import fit
-from stego_tasks.training_data import TrainingData
 
 N_CLASSES, DIM, GRID, SEED = 4, 32, 8, 0
 

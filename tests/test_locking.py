@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stego_tasks.locking import ArtifactLocked, artifact_lock
+from stego_tasks.runtime.locking import ArtifactLocked, artifact_lock
 
 
 def _hold(artifact: str, seconds: float, ready) -> None:

@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.loss against a naive loop version and the reference's recorded numbers.
+"""Tests for stego_tasks.method.loss against a naive loop version and the reference's recorded numbers.
 
 `tests/data/stego_loss_golden.npz` was made once, outside the repo, by running the
 reference's own `ContrastiveCorrelationLoss.forward` (mhamilton723/STEGO at commit
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from stego_tasks.loss import (
+from stego_tasks.method.loss import (
     CorrespondenceTerms,
     correspondence_loss,
     random_derangements,

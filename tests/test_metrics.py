@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.metrics: hand-computed scores and the reference's recorded numbers."""
+"""Tests for stego_tasks.method.metrics: hand-computed scores and the reference's recorded numbers."""
 
 import math
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stego_tasks.metrics import (
+from stego_tasks.method.metrics import (
     ScoreAccumulator,
     confusion_matrix,
     unsupervised_scores,

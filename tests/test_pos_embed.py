@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.pos_embed: DINO's position-embedding resampling, as the reference computes it.
+"""Tests for stego_tasks.method.pos_embed: DINO's position-embedding resampling, as the reference computes it.
 
 `tests/data/dino_pos_embed_golden.npz` was made once, outside the repo, by running the
 reference's own `VisionTransformer.interpolate_pos_encoding` (mhamilton723/STEGO,
@@ -13,8 +13,8 @@ import pytest
 import timm
 import torch
 
-from stego_tasks.backbone import create_backbone
-from stego_tasks.pos_embed import (
+from stego_tasks.method.backbone import create_backbone
+from stego_tasks.method.pos_embed import (
     dino_interpolate_pos_embed,
     supports_dino_pos_embed,
     use_dino_pos_embed,

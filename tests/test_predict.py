@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.predict: any-size segmentation, flip averaging, CRF, files, CLI.
+"""Tests for stego_tasks.tools.predict: any-size segmentation, flip averaging, CRF, files, CLI.
 
 The run is built here: a random ViT-Ti/16 saved as a timm .safetensors file (so the
 backbone is loaded through the real "file:<path>" route), an untrained head and probes
@@ -24,18 +24,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from flows.tools import add_predict_arguments, predict_from_args
-from stego_tasks.config import TrainParams, params_to_dict
-from stego_tasks.crf import CRFParams, dense_crf
-from stego_tasks.predict import (
-    collect_images,
-    nearest_resize,
-    output_keys,
-    predict_paths,
-    segment_image,
-)
-from stego_tasks.train import build_model, save_model
-from stego_tasks.trained_run import UNMATCHED, Run, RunSettings, load_run, run_settings
-from stego_tasks.visualize import palette
+from stego_tasks.config import CRFParams, TrainParams, params_to_dict
+from stego_tasks.method.dense_crf import dense_crf
+from stego_tasks.method.model import build_model, save_model
+from stego_tasks.tools.predict import collect_images, nearest_resize, predict_paths, segment_image
+from stego_tasks.tools.predict_output import output_keys
+from stego_tasks.tools.trained_run import UNMATCHED, Run, RunSettings, load_run, run_settings
+from stego_tasks.tools.visualize import palette
 
 BACKBONE = "vit_tiny_patch16_224"
 RESOLUTION = 32
@@ -286,7 +281,7 @@ def test_missing_checkpoint_asks_for_weights(run_dir: Path, tmp_path: Path):
 
 
 def test_random_weights_warn_and_match_extraction(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from stego_tasks.embed import _cached_backbone
+    from stego_tasks.data.embed import _cached_backbone
 
     root = _write_run(tmp_path, "random")
     with caplog.at_level(logging.WARNING, logger="stego"), pytest.warns(UserWarning, match="RANDOM"):

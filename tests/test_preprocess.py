@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.preprocess: the `reference` mode equals the STEGO reference's inputs.
+"""Tests for stego_tasks.data.preprocess: the `reference` mode equals the STEGO reference's inputs.
 
 The expected inputs are built independently, with torchvision's own transforms in the order
 the reference applies them (reference doc section 11): `ToTensor` + `five_crop` on the
@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from stego_tasks.preprocess import (
+from stego_tasks.data.preprocess import (
     five_crop_boxes,
     jpeg_round_trip,
     preprocess,
@@ -102,7 +102,7 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_predict_resizes_new_images_like_the_runs_val_images() -> None:
-    from stego_tasks.preprocess import resize_short_side
+    from stego_tasks.data.preprocess import resize_short_side
 
     image = _photo(97, 131, seed=3)
     want = np.asarray(T.Resize(40, Image.NEAREST)(Image.fromarray(image)))

@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from flows import stage_functions
-from stego_tasks.adapters import PRESETS_FOR, preset_for, write_params
 from stego_tasks.config import load_params, params_from_dict
+from stego_tasks.data.adapters import PRESETS_FOR, preset_for, write_params
 from stego_tasks.presets import list_presets, load_preset, params_text
 
 REPO = Path(__file__).resolve().parents[1]

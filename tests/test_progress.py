@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from stego_tasks.progress import Progress
+from stego_tasks.runtime.progress import Progress
 
 
 def test_log_lines_report_count_rate_and_no_duplicate_final(caplog: pytest.LogCaptureFixture) -> None:

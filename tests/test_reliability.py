@@ -35,7 +35,7 @@ from PIL import Image
 
 from stego_tasks.demo_data import make_demo_corpus
 from stego_tasks.ingest import ingest
-from stego_tasks.locking import artifact_lock
+from stego_tasks.runtime.locking import artifact_lock
 
 STEGO = str(VENV_BIN / "stego")
 DVC = str(VENV_BIN / "dvc")

@@ -21,11 +21,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from stego_tasks.data.corpus_files import is_hidden, is_image_name
+from stego_tasks.data.embed import ChunkJob, load_chunk
+from stego_tasks.data.images import load_label
+from stego_tasks.data.manifest import read_manifest
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.embed import ChunkJob, load_chunk
-from stego_tasks.images import is_hidden, is_image_name, load_label
-from stego_tasks.ingest import ingest, read_manifest
-from stego_tasks.predict import collect_images
+from stego_tasks.ingest import ingest
+from stego_tasks.tools.predict import collect_images
 
 
 def _corpus(tmp_path: Path) -> Path:

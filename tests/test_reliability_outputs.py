@@ -21,13 +21,14 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from flows.cli import main
-from stego_tasks import atomic
-from stego_tasks.backbone import create_backbone, read_checkpoint
 from stego_tasks.config import TrainParams, params_to_dict
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.predict import predict_paths
-from stego_tasks.train import build_model, load_model, save_model
-from stego_tasks.trained_run import load_run
+from stego_tasks.method.backbone import create_backbone
+from stego_tasks.method.model import build_model, load_model, save_model
+from stego_tasks.method.weights import read_checkpoint
+from stego_tasks.runtime import atomic
+from stego_tasks.tools.predict import predict_paths
+from stego_tasks.tools.trained_run import load_run
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -27,21 +27,24 @@ from stego_tasks.config import (
     BackboneParams,
     ClusterParams,
     CorpusParams,
+    CRFParams,
     DaskParams,
     EvaluateParams,
     ExtractParams,
     TrainParams,
     params_to_dict,
 )
-from stego_tasks.crf import CRFParams, crf_stage
+from stego_tasks.crf import crf_stage
+from stego_tasks.data.feature_store import StoreDamagedError, read_split
+from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.demo_data import make_demo_corpus
 from stego_tasks.evaluate import evaluate
 from stego_tasks.extract import extract
-from stego_tasks.feature_store import StoreDamagedError, read_split
 from stego_tasks.ingest import ingest
-from stego_tasks.knn import knn_graph, knn_stage, pool_features
-from stego_tasks.train import fit, load_model, train
-from stego_tasks.training_data import TrainingData, load_training_data
+from stego_tasks.knn import knn_stage
+from stego_tasks.method.model import load_model
+from stego_tasks.method.neighbours import knn_graph, pool_features
+from stego_tasks.train import fit, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

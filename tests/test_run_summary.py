@@ -1,11 +1,11 @@
-"""Tests for stego_tasks.run_summary: the compact table a run ends with."""
+"""Tests for stego_tasks.tools.run_summary: the compact table a run ends with."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from stego_tasks.run_summary import format_summary, summary_from_files
+from stego_tasks.tools.run_summary import format_summary, summary_from_files
 
 SCORES = {
     "backbone": "dino_vits8", "backbone_weights": "pretrained", "weights_source": "hub-cache", "preset": "cocostuff27_vits8",

@@ -1,11 +1,11 @@
-"""Tests for stego_tasks.seeds (mean ± sd over seeds) and the `stego seeds` runner's bookkeeping."""
+"""Tests for stego_tasks.tools.seeds (mean ± sd over seeds) and the `stego seeds` runner's bookkeeping."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stego_tasks.seeds import aggregate, format_table, mean_sd
+from stego_tasks.tools.seeds import aggregate, format_table, mean_sd
 
 RUNS = [
     (0, {"cluster": {"accuracy": 50.0, "miou": 20.0}, "kmeans": {"accuracy": 30.0, "miou": 10.0}}),

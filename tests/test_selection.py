@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.selection: best-checkpoint selection on val, and the probe refit from codes."""
+"""Tests for stego_tasks.method.selection: best-checkpoint selection on val, and the probe refit from codes."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import torch
 import zarr
 
 from stego_tasks.config import TrainParams
-from stego_tasks.head import ClusterProbe, SegmentationHead
-from stego_tasks.selection import BestCheckpoint, ValScorer, refit_cluster_probe
-from stego_tasks.train import build_model
+from stego_tasks.method.head import ClusterProbe, SegmentationHead
+from stego_tasks.method.model import build_model
+from stego_tasks.method.selection import BestCheckpoint, ValScorer, refit_cluster_probe
 
 
 class _Scripted:
@@ -62,7 +62,7 @@ def test_val_scorer_scores_a_probe_that_recovers_the_labels_at_100() -> None:
             param.zero_()
         head.linear.weight.copy_(torch.eye(2)[:, :, None, None])  # code = features
         probe.clusters.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))  # cluster 0 = class 1, cluster 1 = class 0
-    scorer = ValScorer(_val_group(feats, labels), n_classes=2, device=torch.device("cpu"))
+    scorer = ValScorer(_val_group(feats, labels), n_classes=2, device=torch.device("cpu"), in_memory_bytes=1 << 30)
     scores = scorer.score(head, probe)
     assert scores["miou"] == 100.0 and scores["accuracy"] == 100.0, scores
 

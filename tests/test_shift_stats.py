@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.shift_stats and loss.feature_correlations: the distributions the shifts face."""
+"""Tests for stego_tasks.method.shift_stats and loss.feature_correlations: the distributions the shifts face."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from stego_tasks.knn import knn_graph, pool_features
-from stego_tasks.loss import feature_correlations
-from stego_tasks.shift_stats import (
+from stego_tasks.data.training_data import TrainingData
+from stego_tasks.method.loss import feature_correlations
+from stego_tasks.method.neighbours import knn_graph, pool_features
+from stego_tasks.method.shift_stats import (
     BINS,
     auto_shifts,
     correlation_samples,
@@ -18,7 +19,6 @@ from stego_tasks.shift_stats import (
     plot_png,
     write_histogram_csv,
 )
-from stego_tasks.training_data import TrainingData
 
 
 def _flat_images(vectors: np.ndarray, side: int = 4) -> torch.Tensor:

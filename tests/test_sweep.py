@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.sweep: refitting the cluster probe for several K and scoring it.
+"""Tests for stego_tasks.tools.sweep: refitting the cluster probe for several K and scoring it.
 
 The run is hand-written: a features store laid out as `extract` writes it, whose patches
 point along one of three orthogonal directions (one per class, plus a little noise), and
@@ -19,18 +19,18 @@ import zarr
 from PIL import Image
 
 from flows.tools import add_sweep_arguments, sweep_from_args
-from stego_tasks.cluster import predict_code
 from stego_tasks.config import TrainParams, params_to_dict
-from stego_tasks.metrics import unsupervised_scores
-from stego_tasks.probe_fit import best_cluster_probe, fit_cluster_probe, probe_objective
-from stego_tasks.sweep import (
+from stego_tasks.method.inference import predict_code
+from stego_tasks.method.metrics import unsupervised_scores
+from stego_tasks.method.model import build_model, load_model, save_model
+from stego_tasks.method.probe_fit import best_cluster_probe, fit_cluster_probe, probe_objective
+from stego_tasks.tools.sweep import (
     ROW_KEYS,
     evaluate_probes,
     parse_ks,
     sweep_k,
     training_codes,
 )
-from stego_tasks.train import build_model, load_model, save_model
 
 C, N_CLASSES, IGNORE, SIZE, STEPS, SEED, RESTARTS = 6, 3, 255, 8, 100, 0, 2
 RUN_SEED = 4  # the seed model.json records, the command's default

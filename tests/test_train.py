@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.train and stego_tasks.training_data: the loop, logging, probes,
+"""Tests for stego_tasks.train and stego_tasks.data.training_data: the loop, logging, probes,
 determinism, resume, model files, and reading the split in memory or streamed.
 
 Everything runs on tiny in-memory features (10 crops of [8, 4, 4]); the stage tests write
@@ -20,18 +20,11 @@ import zarr
 
 from stego_tasks import train as train_mod
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
-from stego_tasks.knn import knn_graph, knn_stage, pool_features
-from stego_tasks.train import (
-    LOSS_COLUMNS,
-    StegoModel,
-    build_model,
-    fit,
-    load_model,
-    save_model,
-    train,
-    write_loss_log,
-)
-from stego_tasks.training_data import TrainingData, gather_rows, load_training_data
+from stego_tasks.data.training_data import TrainingData, gather_rows, load_training_data
+from stego_tasks.knn import knn_stage
+from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
+from stego_tasks.method.neighbours import knn_graph, pool_features
+from stego_tasks.train import LOSS_COLUMNS, fit, train, write_loss_log
 
 N_CLASSES, IGNORE = 3, 255
 PARAMS = TrainParams(

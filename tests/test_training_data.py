@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.training_data's readers: direct shard reads, batches read ahead by
+"""Tests for stego_tasks.data.training_data's readers: direct shard reads, batches read ahead by
 threads, and the per-step positives that make them independent of how the data is read.
 
 Stores are written in the layout `extract` writes (`feature_store.array_layout`: the train
@@ -16,12 +16,13 @@ import pytest
 import torch
 import zarr
 
-from stego_tasks.batching import step_positives
 from stego_tasks.config import TrainParams
-from stego_tasks.feature_store import array_layout
-from stego_tasks.knn import knn_graph, knn_stage, pool_features
+from stego_tasks.data.feature_store import array_layout
+from stego_tasks.data.training_data import ShardRows, TrainingData, gather_rows, load_training_data
+from stego_tasks.knn import knn_stage
+from stego_tasks.method.batching import step_positives
+from stego_tasks.method.neighbours import knn_graph, pool_features
 from stego_tasks.train import fit, training_batches
-from stego_tasks.training_data import ShardRows, TrainingData, gather_rows, load_training_data
 
 N_CLASSES, IGNORE, ROWS_PER_CHUNK = 3, 255, 4
 COMPRESSIONS = ("zstd", "none", "blosc-lz4", "blosc-zstd")

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from stego_tasks.data.manifest import MANIFEST_SCHEMA, read_manifest
 from stego_tasks.demo_data import DEMO_N_CLASSES, make_demo_corpus
-from stego_tasks.ingest import MANIFEST_SCHEMA, ingest, read_manifest
+from stego_tasks.ingest import ingest
 from stego_tasks.validate import ValidationFailed, validate
 
 CAMVID = Path("/work/shared/data/camvid-dev")

@@ -48,7 +48,7 @@ from stego_tasks.config import ExtractParams
 
 # Integrity is its own module (`store_integrity`); its public names are also reached from here,
 # where every reader of the features store already imports.
-from stego_tasks.store_integrity import (  # noqa: F401
+from stego_tasks.data.store_integrity import (  # noqa: F401
     BOOKKEEPING,
     DIGESTS,
     EXTRACT_FIX,
@@ -70,7 +70,7 @@ from stego_tasks.store_integrity import (  # noqa: F401
 )
 
 if TYPE_CHECKING:  # an annotation only: reading a store must not load timm
-    from stego_tasks.backbone import Backbone
+    from stego_tasks.method.backbone import Backbone
 
 log = logging.getLogger("stego")
 

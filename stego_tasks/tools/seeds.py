@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from stego_tasks.run_summary import METHODS
+from stego_tasks.tools.run_summary import METHODS
 
 METRICS = ("accuracy", "miou")
 

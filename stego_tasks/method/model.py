@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from stego_tasks import atomic
 from stego_tasks.config import TrainParams
-from stego_tasks.head import ClusterProbe, LinearProbe, SegmentationHead
+from stego_tasks.method.head import ClusterProbe, LinearProbe, SegmentationHead
+from stego_tasks.runtime import atomic
 
 
 @dataclass

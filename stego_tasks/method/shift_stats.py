@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from stego_tasks import atomic
-from stego_tasks.knn import sample_positives
-from stego_tasks.loss import feature_correlations
+from stego_tasks.method.loss import feature_correlations
+from stego_tasks.method.neighbours import sample_positives
+from stego_tasks.runtime import atomic
 
 TERMS = ("intra", "inter", "neg")
 LABELS = {"intra": "intra (self)", "inter": "kNN", "neg": "random"}

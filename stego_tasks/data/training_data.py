@@ -20,8 +20,8 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.feature_store import content_identity, open_store, read_split
-from stego_tasks.shard_rows import ShardRows, gather_rows  # noqa: F401 - gather_rows is this module's API too
+from stego_tasks.data.feature_store import content_identity, open_store, read_split
+from stego_tasks.data.shard_rows import ShardRows, gather_rows  # noqa: F401 - gather_rows is this module's API too
 
 log = logging.getLogger("stego")
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from stego_tasks import atomic
-from stego_tasks.adapters.cityscapes import CITYSCAPES27
-from stego_tasks.adapters.cocostuff import COCOSTUFF27
-from stego_tasks.adapters.core import (
+from stego_tasks.data.adapters.cityscapes import CITYSCAPES27
+from stego_tasks.data.adapters.cocostuff import COCOSTUFF27
+from stego_tasks.data.adapters.core import (
     CORPUS_FILE,
     AdaptSummary,
     DatasetAdapter,
@@ -32,8 +31,9 @@ from stego_tasks.adapters.core import (
     build_lut,
     remap_labels,
 )
-from stego_tasks.adapters.potsdam import POTSDAM, POTSDAM3
+from stego_tasks.data.adapters.potsdam import POTSDAM, POTSDAM3
 from stego_tasks.presets import params_text
+from stego_tasks.runtime import atomic
 
 __all__ = [
     "ADAPTERS",

@@ -18,10 +18,9 @@ import torch
 import zarr
 from torch.nn import functional as F
 
-from stego_tasks.head import ClusterProbe, SegmentationHead
-from stego_tasks.metrics import ScoreAccumulator
-from stego_tasks.probe_fit import best_cluster_probe
-from stego_tasks.training_data import IN_MEMORY_BYTES
+from stego_tasks.method.head import ClusterProbe, SegmentationHead
+from stego_tasks.method.metrics import ScoreAccumulator
+from stego_tasks.method.probe_fit import best_cluster_probe
 
 # At most this many training crops' codes are held for the refit: [M, D, h, w] float32
 # codes of a CocoStuff-sized split would not fit in memory, and a k-means on a few
@@ -33,18 +32,23 @@ class ValScorer:
     """Cluster mIoU of a head + probe on the val split.
 
     Features stay as stored (float16) and are widened per batch: a split up to
-    `training_data.IN_MEMORY_BYTES` is read once, a larger one (CocoStuff's val at 320 px
+    ``in_memory_bytes`` is read once, a larger one (CocoStuff's val at 320 px
     is about 6 GiB) is read batch by batch at each scoring, so memory does not grow with it.
 
     Args:
         val: the store's val group (feats [N, C, h, w], labels [N, R, R]).
         n_classes: classes of the corpus; labels outside [0, n_classes) are not counted.
         device: where the head runs.
+        in_memory_bytes: the largest feature array held in memory (the train stage passes
+            `training_data.IN_MEMORY_BYTES`, the same budget its training split gets).
+        batch: val images scored per head call.
     """
 
-    def __init__(self, val: zarr.Group, n_classes: int, device: torch.device, batch: int = 16) -> None:
+    def __init__(
+        self, val: zarr.Group, n_classes: int, device: torch.device, *, in_memory_bytes: int, batch: int = 16
+    ) -> None:
         feats = val["feats"]
-        held = feats.nbytes <= IN_MEMORY_BYTES
+        held = feats.nbytes <= in_memory_bytes
         self.feats: np.ndarray | zarr.Array = np.asarray(feats[:]) if held else feats
         self.labels = np.asarray(val["labels"][:])
         self.n_classes = n_classes

@@ -32,13 +32,13 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks import atomic
-from stego_tasks.cluster import BATCH, iter_val_codes
-from stego_tasks.feature_store import read_split
-from stego_tasks.head import ClusterProbe
-from stego_tasks.metrics import ScoreAccumulator
-from stego_tasks.model import StegoModel, load_model
-from stego_tasks.probe_fit import INITS, best_cluster_probe, probe_objective
+from stego_tasks.data.feature_store import read_split
+from stego_tasks.method.head import ClusterProbe
+from stego_tasks.method.inference import BATCH, iter_val_codes
+from stego_tasks.method.metrics import ScoreAccumulator
+from stego_tasks.method.model import StegoModel, load_model
+from stego_tasks.method.probe_fit import INITS, best_cluster_probe, probe_objective
+from stego_tasks.runtime import atomic
 
 ROW_KEYS = ("k", "criterion", "train_criterion", "miou", "accuracy")
 

@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from stego_tasks.backbone import Backbone, WeightsNotFoundError, create_seeded_backbone, normalize
 from stego_tasks.config import BackboneParams
-from stego_tasks.devices import backbone_precision, resolve_device
-from stego_tasks.images import load_label, load_rgb
-from stego_tasks.pos_embed import supports_dino_pos_embed
-from stego_tasks.preprocess import preprocess
+from stego_tasks.data.images import load_label, load_rgb
+from stego_tasks.data.preprocess import preprocess
+from stego_tasks.method.backbone import Backbone, create_seeded_backbone, normalize
+from stego_tasks.method.pos_embed import supports_dino_pos_embed
+from stego_tasks.method.weights import WeightsNotFoundError
+from stego_tasks.runtime.devices import backbone_precision, resolve_device
 
 log = logging.getLogger("stego")
 

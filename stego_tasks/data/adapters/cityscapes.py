@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stego_tasks.adapters.core import IGNORE_INDEX, DatasetAdapter, Entry, LabelParams
+from stego_tasks.data.adapters.core import IGNORE_INDEX, DatasetAdapter, Entry, LabelParams
 
 FIRST_NONVOID = 7
 LAST_ID = 33

@@ -30,9 +30,9 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from stego_tasks import atomic
-from stego_tasks.images import ImageDecodeError, load_label
-from stego_tasks.progress import Progress
+from stego_tasks.data.images import ImageDecodeError, load_label
+from stego_tasks.runtime import atomic
+from stego_tasks.runtime.progress import Progress
 
 SPLITS: tuple[str, ...] = ("train", "val")
 IGNORE_INDEX = 255

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stego_tasks.batching import epoch_batches as _batches
-from stego_tasks.head import ClusterProbe
+from stego_tasks.method.batching import epoch_batches as _batches
+from stego_tasks.method.head import ClusterProbe
 
 # Where the centroids start: at random training codes, or the training's N(0, 1) draw.
 INITS = ("codes", "random")

@@ -72,7 +72,7 @@ def protocol_section(scores: dict[str, Any] | None) -> str:
 
 def shift_section(run_dir: Path) -> str:
     """The three correlation distributions with the shifts marked (train stage diagnostics)."""
-    from stego_tasks.shift_stats import LABELS, TERMS, plot_png
+    from stego_tasks.method.shift_stats import LABELS, TERMS, plot_png
 
     head = "<h2>Shift diagnostics</h2>"
     stats = _load(run_dir / SHIFT_STATS)

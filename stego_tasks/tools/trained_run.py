@@ -17,17 +17,12 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.backbone import (
-    Backbone,
-    WeightsNotFoundError,
-    create_seeded_backbone,
-    weights_argument,
-)
-from stego_tasks.config import ClusterParams, params_block
-from stego_tasks.crf import CRFParams
-from stego_tasks.devices import resolve_device
-from stego_tasks.model import StegoModel, load_model
+from stego_tasks.config import ClusterParams, CRFParams, params_block
+from stego_tasks.method.backbone import Backbone, create_seeded_backbone
+from stego_tasks.method.model import StegoModel, load_model
+from stego_tasks.method.weights import WeightsNotFoundError, weights_argument
 from stego_tasks.paths import PATHS, run_path
+from stego_tasks.runtime.devices import resolve_device
 
 log = logging.getLogger("stego")
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stego_tasks.adapters.core import (
+from stego_tasks.data.adapters.core import (
     IGNORE_INDEX,
     DatasetAdapter,
     Entry,

@@ -1,0 +1,1 @@
+"""Where work runs and how it is written: atomic outputs, locks, progress, devices, executors."""
