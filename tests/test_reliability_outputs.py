@@ -147,29 +147,22 @@ def test_atomic_path_replaces_only_what_stego_wrote(setup, writer, expected, tmp
 
 
 def test_atomic_path_still_replaces_its_own_folders_and_files(tmp_path: Path) -> None:
-    """Reruns work: a Zarr store, evaluate's overlays, a marked folder and a file are replaced."""
-    store, overlays, marked, text = (tmp_path / n for n in ("s.zarr", "overlays", "marked", "t.txt"))
+    """Reruns work: a Zarr store, evaluate's overlays and a file are replaced."""
+    store, overlays, text = (tmp_path / n for n in ("s.zarr", "overlays", "t.txt"))
     store.mkdir()
     (store / "zarr.json").write_text("{}")
     (store / "old").write_text("old")
     overlays.mkdir()
     (overlays / "0000.png").write_bytes(b"old")
-    marked.mkdir()
-    atomic.write_marker(marked, "stego test")
     text.write_text("old")
     with atomic.atomic_path(store) as tmp:
         _write_zarr_like(tmp)
     with atomic.atomic_path(overlays) as tmp:
         tmp.mkdir()
         (tmp / "0001.png").write_bytes(b"new")
-    with atomic.atomic_path(marked) as tmp:
-        tmp.mkdir()
-        atomic.write_marker(tmp, "stego test")
-        (tmp / "new").write_text("new")
     atomic.write_text(text, "new")
     assert sorted(_snapshot(store)) == ["new", "zarr.json"], f"store holds {sorted(_snapshot(store))}"
     assert sorted(_snapshot(overlays)) == ["0001.png"], f"overlays hold {sorted(_snapshot(overlays))}"
-    assert sorted(_snapshot(marked)) == [atomic.MARKER, "new"], f"marked folder holds {sorted(_snapshot(marked))}"
     assert text.read_text() == "new", "a file target must stay replaceable"
 
 

@@ -20,8 +20,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# A folder holding this file (JSON naming its writer) is one a stego command wrote.
-MARKER = ".stego-artifact.json"
 # evaluate's overlay panels: 0000.png, 0001.png, ... and nothing else.
 _OVERLAY_PANEL = re.compile(r"\d{4}\.png")
 _KIND_WORDS = {
@@ -40,17 +38,11 @@ def folder_kind(path: Path) -> str | None:
 
     Returns:
         "empty", "zarr" (a Zarr store: its `zarr.json`), "model" (train's model folder),
-        "marked:<writer>" (a folder carrying `MARKER`), "overlays" (evaluate's numbered PNG
-        panels), or None for anything else: a folder stego did not write.
+        "overlays" (evaluate's numbered PNG panels), or None for anything else: a folder
+        stego did not write.
     """
     if (path / "zarr.json").is_file():
         return "zarr"
-    if (path / MARKER).is_file():
-        try:
-            writer = json.loads((path / MARKER).read_text(encoding="utf-8")).get("writer")
-        except (OSError, ValueError, AttributeError):
-            writer = None
-        return f"marked:{writer}"
     if any((path / name).is_file() for name in ("model.json", "model.safetensors", "checkpoint.pt")):
         return "model"
     entries = list(path.iterdir())
@@ -82,13 +74,8 @@ def check_folder_output(path: str | Path, kinds: tuple[str, ...], what: str) -> 
         )
 
 
-def write_marker(folder: Path, writer: str, **details: Any) -> None:
-    """Mark `folder` as written by `writer` (e.g. "stego predict"), so a rerun may replace it."""
-    write_json(Path(folder) / MARKER, {"writer": writer, **details})
-
-
 def _words(kind: str) -> str:
-    return _KIND_WORDS.get(kind, f"the output of {kind.partition(':')[2] or 'a stego command'}")
+    return _KIND_WORDS.get(kind, "the output of a stego command")
 
 
 def _refuse_existing(target: Path) -> None:
