@@ -225,8 +225,7 @@ def profile(images: list[np.ndarray], logits: list[np.ndarray], params) -> dict[
     """
     import pickle
 
-    from stego_tasks.crf import _labels
-    from stego_tasks.method.dense_crf import _check_inputs, _unary, dense_crf
+    from stego_tasks.method.dense_crf import _check_inputs, _unary, dense_crf, labels
 
     def per_image(function) -> float:
         start = time.perf_counter()
@@ -240,7 +239,7 @@ def profile(images: list[np.ndarray], logits: list[np.ndarray], params) -> dict[
         "unary": per_image(lambda _, lg: _unary(lg)),
         "dense_crf": per_image(lambda image, lg: dense_crf(image, lg, params)),
         "pickle_in": per_image(lambda image, lg: pickle.loads(pickle.dumps((image, lg), protocol=pickle.HIGHEST_PROTOCOL))),
-        "argmax_pickle_out": per_image(lambda *_: pickle.loads(pickle.dumps(_labels(refined)))),
+        "argmax_pickle_out": per_image(lambda *_: pickle.loads(pickle.dumps(labels(refined)))),
     }
 
 
