@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +34,18 @@ import pyarrow.parquet as pq
 
 from stego_tasks.data.corpus_files import (
     IMAGE,
-    IMAGE_EXTENSIONS,
-    QUARANTINED,
-    SKIPPED,
     classify_entry,
     is_image_name,
+)
+from stego_tasks.data.corpus_layout import (
+    SKIPPED_PREFIX,
+    EmptyCorpusError,  # noqa: F401 - the stage's error, importable from the stage
+    empty_corpus_error,
+    is_utf8,
+    labels_by_stem,
+    scan,
+    shown_path,
+    unused_labels,
 )
 from stego_tasks.data.images import (
     DEFAULT_MIN_SIZE,
@@ -60,22 +66,12 @@ from stego_tasks.runtime import atomic
 log = logging.getLogger("stego")
 
 QUARANTINE_COLUMNS: tuple[str, ...] = ("path", "split", "reason")
-# Reasons of rows for entries that were never meant as images (not quarantined) start so.
-SKIPPED_PREFIX = "skipped: "
 _NEXT_ID_KEY = b"stego_tasks.next_id"
 # The acceptance rules a manifest was written under. Rows of a manifest written under other
 # (older) rules are decoded and checked again instead of being trusted as unchanged; they
 # keep their ids. Bump when a check is added.
 _RULES_KEY = b"stego_tasks.ingest_rules"
 _RULES = b"2"
-_LAYOUT = (
-    "ROOT/images/{train,val}/*.{" + ",".join(sorted(e[1:] for e in IMAGE_EXTENSIONS)) + "}"
-    " with optional ROOT/labels/{train,val}/<same stem>.png"
-)
-
-
-class EmptyCorpusError(ValueError):
-    """The corpus root holds no image files where the layout expects them."""
 
 
 @dataclass(frozen=True)
@@ -101,99 +97,12 @@ class IngestSummary:
     n_skipped: int = 0
 
 
-def _scan(root: Path) -> tuple[list[tuple[str, Path]], list[tuple[str, str, str]]]:
-    """Sort the entries of `images/{train,val}` (from `stat` alone, nothing is opened).
-
-    Returns:
-        (split, path) of every image candidate in a fixed order, and (path, split,
-        reason) rows for every other entry: quarantined ones (reason as is) and skipped
-        ones (reason prefixed `SKIPPED_PREFIX`), including entries of `images/` beside
-        the split folders.
-    """
-    found: list[tuple[str, Path]] = []
-    listed: list[tuple[str, str, str]] = []
-    for split in SPLITS:
-        folder = root / "images" / split
-        if folder.is_dir():
-            for name in _list_dir(folder):
-                status, reason = classify_entry(folder / name)
-                if status == IMAGE:
-                    found.append((split, folder / name))
-                else:
-                    listed.append(_listed_row(root, folder / name, split, status, reason))
-    if (root / "images").is_dir() and found:
-        for name in _list_dir(root / "images"):
-            if name not in SPLITS:
-                listed.append(_listed_row(root, root / "images" / name, "", SKIPPED, "not in images/train or images/val"))
-    return found, listed
-
-
-def _list_dir(folder: Path) -> list[str]:
-    """Sorted entry names of a folder; a folder that cannot be listed says so in one sentence."""
-    try:
-        return sorted(entry.name for entry in os.scandir(folder))
-    except OSError as exc:
-        raise ValueError(
-            f"{folder} cannot be listed ({exc.strerror or type(exc).__name__}); make it readable and rerun ingest."
-        ) from None
-
-
-def _shown(rel: str) -> str:
-    """A path as the CSV can hold it: undecodable bytes escaped (Parquet and CSV need UTF-8)."""
-    return rel if _is_utf8(rel) else os.fsencode(rel).decode("utf-8", "backslashreplace")
-
-
-def _listed_row(root: Path, path: Path, split: str, status: str, reason: str) -> tuple[str, str, str]:
-    shown = _shown(path.relative_to(root).as_posix())
-    return shown, split, reason if status == QUARANTINED else SKIPPED_PREFIX + reason
-
-
-def _unused_labels(root: Path, used: set[str]) -> list[tuple[str, str, str]]:
-    """Skipped rows for entries of `labels/{train,val}` that no image uses."""
-    rows = []
-    for split in SPLITS:
-        folder = root / "labels" / split
-        if not folder.is_dir():
-            continue
-        for name in _list_dir(folder):
-            rel = f"labels/{split}/{name}"
-            if rel in used:
-                continue
-            status, reason = classify_entry(folder / name)
-            if status == IMAGE:
-                reason = f"label without an image named {Path(name).stem}.* in images/{split}"
-            rows.append((_shown(rel), split, SKIPPED_PREFIX + reason))
-    return rows
-
-
-def _empty_corpus_error(root: Path) -> EmptyCorpusError:
-    hint = ""
-    if not root.is_dir():
-        hint = " (the root folder does not exist)"
-    elif (root / "images").is_dir() and any(
-        is_image_name(e.name) for e in os.scandir(root / "images")
-    ):
-        hint = f" (images lie directly in {root / 'images'}; move them into images/train)"
-    return EmptyCorpusError(
-        f"no images found in {root / 'images' / 'train'} or {root / 'images' / 'val'}"
-        f"{hint}; expected the layout {_LAYOUT}."
-    )
-
-
 def _check_inside(real_root: Path, path: Path, what: str) -> None:
     """Refuse files whose real location (symlinks followed) is outside the corpus."""
     if not path.resolve().is_relative_to(real_root):
         raise ImageDecodeError(
             path, f"{what} is a symlink resolving outside the corpus root (not followed)"
         )
-
-
-def _is_utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates
-        return False
-    return True
 
 
 def _hash(path: Path) -> str:
@@ -203,18 +112,6 @@ def _hash(path: Path) -> str:
         raise ImageDecodeError(path, "file is not readable (permission denied)") from None
     except OSError as exc:
         raise ImageDecodeError(path, f"file cannot be read ({exc.strerror})") from None
-
-
-def _label_names(root: Path) -> dict[str, dict[str, list[str]]]:
-    """Entry names of `labels/{split}` by stem, per split (empty where there is no folder)."""
-    names: dict[str, dict[str, list[str]]] = {}
-    for split in SPLITS:
-        folder = root / "labels" / split
-        by_stem: dict[str, list[str]] = {}
-        for name in _list_dir(folder) if folder.is_dir() else []:
-            by_stem.setdefault(Path(name).stem, []).append(name)
-        names[split] = by_stem
-    return names
 
 
 def _label_facts(root: Path, real_root: Path, split: str, image: Path, names: dict[str, list[str]]) -> tuple[str, str]:
@@ -371,12 +268,12 @@ def ingest(
         EmptyCorpusError: no file with an image extension under `images/{train,val}`.
     """
     root = Path(corpus_root)
-    candidates, listed = _scan(root)
+    candidates, listed = scan(root)
     if not candidates:
-        raise _empty_corpus_error(root)
+        raise empty_corpus_error(root)
     real_root = root.resolve()
     old, next_id, trusted = _read_previous(Path(manifest_path))
-    label_names = _label_names(root)
+    label_names = labels_by_stem(root)
 
     rows: list[dict] = []
     rejected: list[tuple[str, str, str]] = []
@@ -387,9 +284,9 @@ def ingest(
         rel = path.relative_to(root).as_posix()
         # Whatever its fate, the image's label is accounted for by the image's row.
         used_labels.update(f"labels/{split}/{n}" for n in label_names[split].get(path.stem, []) if is_image_name(n))
-        if not _is_utf8(rel):
+        if not is_utf8(rel):
             # Parquet and CSV need UTF-8; list the name with its raw bytes escaped.
-            rejected.append((_shown(rel), split, "file name is not valid UTF-8; rename it"))
+            rejected.append((shown_path(rel), split, "file name is not valid UTF-8; rename it"))
             continue
         try:
             row = _inspect(root, real_root, split, path, old if trusted else {}, min_size, label_names[split])
@@ -413,7 +310,7 @@ def ingest(
         rows.append(row)
 
     quarantined = rejected + [row for row in listed if not row[2].startswith(SKIPPED_PREFIX)]
-    skipped = [row for row in listed if row[2].startswith(SKIPPED_PREFIX)] + _unused_labels(root, used_labels)
+    skipped = [row for row in listed if row[2].startswith(SKIPPED_PREFIX)] + unused_labels(root, used_labels)
     _write_outputs(rows, quarantined + skipped, next_id, Path(manifest_path), Path(quarantine_path))
     log.info(
         "ingest: %d images ingested, %d quarantined, %d skipped; see %s",
