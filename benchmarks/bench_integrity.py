@@ -52,7 +52,8 @@ def write_store(path: Path, args: argparse.Namespace) -> tuple[object, list[floa
     import numpy as np
     import zarr
 
-    from stego_tasks.data.feature_store import open_split, record_chunk, write_chunk
+    from stego_tasks.data.feature_store import open_split, write_chunk
+    from stego_tasks.data.store_integrity import record_chunk
 
     fingerprint = {"five_crop": True, "batch_size": args.batch_size, "resolution": args.resolution,
                    "embed_dim": args.dim, "flip": False}
@@ -85,7 +86,8 @@ def main() -> None:
     args = _parse()
     from benchutil import emit, machine, median, note, print_table, verdict
 
-    from stego_tasks.data.feature_store import pending_chunks, verify_split
+    from stego_tasks.data.feature_store import pending_chunks
+    from stego_tasks.data.store_integrity import verify_split
 
     common = {"bench": "integrity", **machine(), "crops": args.crops, "dim": args.dim, "grid": args.grid,
               "resolution": args.resolution}

@@ -170,7 +170,7 @@ def decode_limit(array, rows: int = 64) -> float:
     """Rows/s of decoding `array`'s stored rows already in memory, one thread (the codec's own cost)."""
     import numpy as np
 
-    from stego_tasks.data.training_data import ShardRows
+    from stego_tasks.data.shard_rows import ShardRows
 
     reader = ShardRows.open(array)
     out = np.empty(array.shape[1:], dtype=array.dtype)
@@ -210,7 +210,7 @@ def zarr_rows_per_s(array, batches) -> float:
 
 def reader_rows_per_s(array, batches, readers: int) -> float:
     """Rows/s of `ShardRows` with `readers` threads, each batch read whole by one thread (as `BatchStream` does)."""
-    from stego_tasks.data.training_data import ShardRows, gather_rows
+    from stego_tasks.data.shard_rows import ShardRows, gather_rows
 
     reader = ShardRows.open(array)
     gather_rows(array, batches[0][:2], reader)  # warm the shard indices' cache, as a training run has

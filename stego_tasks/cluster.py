@@ -27,12 +27,8 @@ import torch
 import zarr
 
 from stego_tasks.config import ClusterParams
-from stego_tasks.data.feature_store import (
-    read_split,
-    record_store_digests,
-    verify_rows,
-    verify_split,
-)
+from stego_tasks.data.feature_store import read_split
+from stego_tasks.data.store_integrity import record_store_digests, verify_rows, verify_split
 from stego_tasks.method.inference import BATCH, iter_val_codes, kmeans_predict, spherical_kmeans
 from stego_tasks.method.model import load_model
 from stego_tasks.runtime import atomic

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stego_tasks.params_schema import FIELD_RANGES, build_block, params_block, read_yaml  # noqa: F401
+from stego_tasks.params_schema import build_block, read_yaml
 
 # `FIELD_RANGES` (the allowed values of sizes, rates and the like) and `params_block` (one
 # block checked as params.yaml is) are part of this module's interface too.

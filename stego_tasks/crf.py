@@ -55,7 +55,8 @@ def crf_stage(
     """
     import zarr
 
-    from stego_tasks.data.feature_store import open_store, read_split, record_store_digests
+    from stego_tasks.data.feature_store import read_split
+    from stego_tasks.data.store_integrity import open_store, record_store_digests
     from stego_tasks.runtime import atomic
     from stego_tasks.runtime.progress import Progress
 

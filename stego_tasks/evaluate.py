@@ -23,7 +23,8 @@ import zarr
 from PIL import Image
 
 from stego_tasks.config import CorpusParams, EvaluateParams
-from stego_tasks.data.feature_store import open_store, read_split
+from stego_tasks.data.feature_store import read_split
+from stego_tasks.data.store_integrity import open_store
 from stego_tasks.method.metrics import ScoreAccumulator
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.visualize import colorize, panel

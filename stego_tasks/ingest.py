@@ -39,7 +39,6 @@ from stego_tasks.data.corpus_files import (
 )
 from stego_tasks.data.corpus_layout import (
     SKIPPED_PREFIX,
-    EmptyCorpusError,  # noqa: F401 - the stage's error, importable from the stage
     empty_corpus_error,
     is_utf8,
     labels_by_stem,

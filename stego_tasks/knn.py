@@ -24,7 +24,8 @@ def knn_stage(store_path: Path, out_path: Path, k: int) -> dict[str, int]:
     """
     import zarr
 
-    from stego_tasks.data.feature_store import read_split, record_store_digests
+    from stego_tasks.data.feature_store import read_split
+    from stego_tasks.data.store_integrity import record_store_digests
     from stego_tasks.runtime import atomic
 
     pooled = read_split(store_path, "train", arrays=["pooled"])["pooled"][:]

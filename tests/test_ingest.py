@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 from stego_tasks import ingest as ingest_mod
+from stego_tasks.data.corpus_layout import EmptyCorpusError
 from stego_tasks.data.manifest import MANIFEST_SCHEMA, read_manifest, resolve_in_corpus
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.ingest import EmptyCorpusError, IngestSummary, ingest
+from stego_tasks.ingest import IngestSummary, ingest
 
 CAMVID = Path("/work/shared/data/camvid-dev")
 

@@ -35,7 +35,8 @@ from stego_tasks.config import (
     params_to_dict,
 )
 from stego_tasks.crf import crf_stage
-from stego_tasks.data.feature_store import StoreDamagedError, read_split
+from stego_tasks.data.feature_store import read_split
+from stego_tasks.data.store_integrity import StoreDamagedError
 from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.demo_data import make_demo_corpus
 from stego_tasks.evaluate import evaluate

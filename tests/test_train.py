@@ -20,7 +20,8 @@ import zarr
 
 from stego_tasks import train as train_mod
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
-from stego_tasks.data.training_data import TrainingData, gather_rows, load_training_data
+from stego_tasks.data.shard_rows import gather_rows
+from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.knn import knn_stage
 from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
 from stego_tasks.method.neighbours import knn_graph, pool_features

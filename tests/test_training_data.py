@@ -18,7 +18,8 @@ import zarr
 
 from stego_tasks.config import TrainParams
 from stego_tasks.data.feature_store import array_layout
-from stego_tasks.data.training_data import ShardRows, TrainingData, gather_rows, load_training_data
+from stego_tasks.data.shard_rows import ShardRows, gather_rows
+from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.knn import knn_stage
 from stego_tasks.method.batching import step_positives
 from stego_tasks.method.neighbours import knn_graph, pool_features

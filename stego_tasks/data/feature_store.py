@@ -48,7 +48,7 @@ from stego_tasks.config import ExtractParams
 
 # Integrity is its own module (`store_integrity`); its public names are also reached from here,
 # where every reader of the features store already imports.
-from stego_tasks.data.store_integrity import (  # noqa: F401
+from stego_tasks.data.store_integrity import (
     BOOKKEEPING,
     DIGESTS,
     EXTRACT_FIX,
@@ -56,16 +56,11 @@ from stego_tasks.data.store_integrity import (  # noqa: F401
     StoreDamagedError,
     chunk_key,
     chunk_problems,
-    content_identity,
     delete_objects,
     digests_of,
     ensure_digests,
-    open_store,
     opens,
     record_chunk,
-    record_store_digests,
-    stage_fix,
-    verify_rows,
     verify_split,
 )
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.data.feature_store import content_identity, open_store, read_split
-from stego_tasks.data.shard_rows import ShardRows, gather_rows  # noqa: F401 - gather_rows is this module's API too
+from stego_tasks.data.feature_store import read_split
+from stego_tasks.data.shard_rows import ShardRows, gather_rows
+from stego_tasks.data.store_integrity import content_identity, open_store
 
 log = logging.getLogger("stego")
 

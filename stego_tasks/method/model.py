@@ -97,19 +97,14 @@ def load_model(model_dir: Path) -> StegoModel:
     """
     from safetensors import SafetensorError
 
-    from stego_tasks.config import params_block
+    from stego_tasks.params_schema import params_block
 
     model_dir = Path(model_dir)
     json_path, weights_path = model_dir / "model.json", model_dir / "model.safetensors"
     if not json_path.exists() or not weights_path.exists():
         raise FileNotFoundError(f"{model_dir} holds no trained model (model.json + model.safetensors); run `stego train` first.")
     redo = "rerun `stego train` to write the model again"
-    try:
-        info = json.loads(json_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{json_path}: not valid JSON ({error}); {redo}.") from None
-    if not isinstance(info, dict):
-        raise ValueError(f"{json_path}: holds a JSON {type(info).__name__}, not the mapping train writes; {redo}.")
+    info = atomic.read_json_object(json_path, "train", redo)
     expected = {"in_dim": "a positive integer", "n_classes": "a positive integer", "train": "a mapping"}
     for key, what in expected.items():
         value = info.get(key)

@@ -1,10 +1,11 @@
 """Crash-safe writes: everything goes to a temporary sibling, then is renamed into place.
 
 A stage killed half-way therefore never leaves a truncated artifact that DVC could cache.
+`read_json_object` reads back the JSON records the stages write, with one sentence on damage.
 
 Nothing is replaced that a stego command did not write: a file may replace a file (a
 rerun), and a folder may replace only a folder of the same kind that this project wrote
-(a Zarr store, evaluate's overlay panels, a folder carrying `MARKER`) or an empty one. An
+(a Zarr store, evaluate's overlay panels, a model folder) or an empty one. An
 output path naming any other existing folder is refused with one sentence, before any work.
 """
 
@@ -182,3 +183,26 @@ def write_text(target: str | Path, text: str) -> None:
 def write_json(target: str | Path, payload: Any) -> None:
     """Atomically write `payload` as indented, key-sorted JSON (byte-stable for equal data)."""
     write_text(target, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
+
+
+def read_json_object(path: Path, writer: str, redo: str) -> dict:
+    """The JSON object a stage wrote to `path`; damage gets one sentence naming the fix.
+
+    Args:
+        path: an existing JSON file (model.json, assignment.json, ...).
+        writer: what writes it, e.g. "train", for the message.
+        redo: what to do about a damaged file, e.g. "rerun `stego train` to write the model again".
+
+    Returns:
+        The decoded mapping.
+
+    Raises:
+        ValueError: not UTF-8 JSON, or JSON that is not an object.
+    """
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); {redo}.") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not the mapping {writer} writes; {redo}.")
+    return data

@@ -8,7 +8,6 @@ run recorded. `stego predict` and notebooks start here.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +16,13 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.config import ClusterParams, CRFParams, params_block
+from stego_tasks.config import ClusterParams, CRFParams
 from stego_tasks.method.backbone import Backbone, create_seeded_backbone
 from stego_tasks.method.model import StegoModel, load_model
 from stego_tasks.method.weights import WeightsNotFoundError, weights_argument
+from stego_tasks.params_schema import params_block
 from stego_tasks.paths import PATHS, run_path
+from stego_tasks.runtime import atomic
 from stego_tasks.runtime.devices import resolve_device
 
 log = logging.getLogger("stego")
@@ -128,12 +129,7 @@ def _read_assignment(path: Path, n_clusters: int, info: dict) -> tuple[np.ndarra
     if not path.is_file():
         return None, ()
     redo = "rerun `stego evaluate` to write it again"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); {redo}.") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not the mapping evaluate writes; {redo}.")
+    data = atomic.read_json_object(path, "evaluate", redo)
     if data.get("cluster_to_class") is None:  # evaluated without labels: nothing to map
         return None, ()
     raw = data["cluster_to_class"]
