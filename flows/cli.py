@@ -23,6 +23,7 @@ from typing import Any
 
 from flows.tools import TOOLS
 from stego_tasks.paths import PARAMS_FILE, PATHS
+from stego_tasks.runtime.room import is_out_of_room, out_of_room
 
 DEFAULTS: dict[str, str] = {"params": PARAMS_FILE, **PATHS}
 
@@ -32,6 +33,8 @@ STAGES: dict[str, tuple[str, list[str]]] = {
                   "(images/{train,val}, labels/{train,val}) to DIR.", []),
     "ingest": ("Scan corpus.root; write the manifest (Parquet) and the quarantine list (CSV).", ["manifest", "quarantine"]),
     "validate": ("Check the manifest and label masks with Great Expectations; write a result JSON.", ["manifest", "validation"]),
+    "weights": ("Find the backbone checkpoint backbone.weights names; write its content hash (JSON), so a replaced "
+                "file makes extract stale.", ["weights"]),
     "extract": ("Run the frozen backbone over the manifest's images; write features to a Zarr store.", ["manifest", "features"]),
     "knn": ("Read pooled training features; write the faiss top-k neighbour graph to a Zarr store.", ["features", "knn"]),
     "train": ("Read stored features and the kNN graph; write the head + probes, the loss log and the shift diagnostics.", ["features", "knn", "model", "loss_log", "shift_stats"]),
@@ -73,7 +76,7 @@ class _UserErrorConsoleFilter(logging.Filter):
         if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
             return True
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, USER_ERRORS):
+        if isinstance(error, USER_ERRORS) or is_out_of_room(error):
             self.seen.append(str(error))
             return False
         if not self.seen:
@@ -208,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         print(f"stego {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except Exception as error:
+        # A full disk or a size limit hit by a write no stage wraps (a log, Prefect's database).
+        if not is_out_of_room(error) or os.environ.get("STEGO_DEBUG"):
+            raise
+        where = getattr(error, "filename", None) or "an output"
+        print(f"stego {args.command}: error: {out_of_room(error, str(where), 0, 'what was completed before it is kept', 'rerun the same command to resume')}",
+              file=sys.stderr)
         return 2
     return 0
 

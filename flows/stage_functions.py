@@ -54,6 +54,13 @@ def validate(params_path: str = PARAMS, manifest: str = P["manifest"], validatio
     )
 
 
+def weights(params_path: str = PARAMS, weights: str = P["weights"]) -> dict[str, Any]:
+    """Record the backbone checkpoint's content hash."""
+    from stego_tasks.weights import weights_stage
+
+    return weights_stage(load_params(params_path).backbone, Path(weights))
+
+
 def extract(
     params_path: str = PARAMS, manifest: str = P["manifest"], features: str = P["features"], runner: Any = None,
 ) -> dict[str, Any]:

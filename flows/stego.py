@@ -54,12 +54,30 @@ def reproduce(repo: str, targets: list[str] | None = None, force: bool = False) 
     propagate, dvc_logger.propagate = dvc_logger.propagate, False
     os.chdir(repo)
     try:
+        before = _locked_stages(repo)
         with Repo(repo) as dvc_repo:
             stages = dvc_repo.reproduce(targets=targets or None, force=force)
+        after = _locked_stages(repo)
     finally:
         os.chdir(previous)
         dvc_logger.propagate = propagate
-    return [stage.addressing for stage in stages]
+    # An always-changed stage (`weights`: a check of the checkpoint's content) runs on every
+    # repro; it counts as run only when what it recorded changed.
+    return [
+        stage.addressing for stage in stages
+        if not getattr(stage, "always_changed", False) or before.get(stage.addressing) != after.get(stage.addressing)
+    ]
+
+
+def _locked_stages(repo: str) -> dict:
+    """dvc.lock's entry of each stage ({} when there is no lock file yet)."""
+    import yaml
+
+    path = Path(repo) / "dvc.lock"
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return data.get("stages") or {}
 
 
 @task(name="record-run", cache_policy=NONE)

@@ -17,6 +17,9 @@ from typing import Any, TypeVar
 
 from stego_tasks.params_schema import build_block, read_yaml
 
+# The published settings, one params file per dataset and backbone (package data).
+PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+
 # `FIELD_RANGES` (the allowed values of sizes, rates and the like) and `params_block` (one
 # block checked as params.yaml is) are part of this module's interface too.
 
@@ -328,7 +331,19 @@ def params_from_dict(values: dict[str, Any], source: str = "params.yaml") -> Par
     """
     if not isinstance(values, dict):
         raise ValueError(f"{source} must hold a mapping of parameter blocks, not {type(values).__name__}.")
-    return build_block(Params, apply_demo_overrides(values), "<top level>", source)
+    params = build_block(Params, apply_demo_overrides(values), "<top level>", source)
+    if params.preset not in preset_names():
+        # The name is recorded in the metrics and the report as where the settings come from.
+        raise ValueError(
+            f"{source}: preset {params.preset!r} is not a preset of this project; use one of {preset_names()} "
+            "(`custom` for settings of your own)."
+        )
+    return params
+
+
+def preset_names() -> list[str]:
+    """Names of the bundled presets (`stego_tasks/presets/<name>.yaml`), sorted."""
+    return sorted(entry.name[: -len(".yaml")] for entry in PRESETS_DIR.iterdir() if entry.name.endswith(".yaml"))
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

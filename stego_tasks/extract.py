@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from stego_tasks.data.embed import (
     embed_chunk,
     extract_chunk,
     load_backbone,
+    load_chunk,
     pos_embed_mode,
     resolve_device,
 )
@@ -48,11 +49,18 @@ from stego_tasks.data.feature_store import (
     write_chunk,
 )
 from stego_tasks.data.manifest import read_manifest, resolve_in_corpus
+from stego_tasks.data.store_labels import (
+    ensure_label_keys,
+    row_label_keys,
+    stale_label_chunks,
+    write_labels,
+)
 from stego_tasks.method.backbone import Backbone
 from stego_tasks.method.weights import weights_argument
 from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
 from stego_tasks.runtime.locking import artifact_lock
 from stego_tasks.runtime.progress import Progress
+from stego_tasks.runtime.room import room_guard
 
 log = logging.getLogger("stego")
 
@@ -77,6 +85,8 @@ class ExtractSummary:
     chunks_computed: dict[str, int]
     chunks_total: dict[str, int]
     weights_source: str
+    # Chunks whose labels alone were re-read (the label files changed, the images did not).
+    labels_reread: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -100,10 +110,26 @@ class ExtractionPlan:
     jobs: list[ChunkJob]
     summary: ExtractSummary
     attrs: dict[str, Any]
+    relabel: list[ChunkJob] = field(default_factory=list)
+    label_keys: dict[str, np.ndarray] = field(default_factory=dict)
+    store_path: str = "the features store"
 
     def write(self, job: ChunkJob, arrays: dict[str, np.ndarray]) -> None:
-        """Store one finished chunk and mark it done."""
-        write_chunk(self.groups[job.split], job.index, self.rows_per_chunk[job.split], self.row_ids[job.split], arrays)
+        """Store one finished chunk and mark it done (out of room: one `OutOfRoomError` sentence)."""
+        split = job.split
+        with room_guard(
+            f"chunk {job.index} of {split} into {self.store_path}", sum(a.nbytes for a in arrays.values()),
+            "every chunk finished before it is kept", "rerun `stego extract`, which computes only the missing chunks",
+        ):
+            write_chunk(
+                self.groups[split], job.index, self.rows_per_chunk[split], self.row_ids[split], arrays,
+                self.label_keys[split],
+            )
+
+    def write_labels(self, job: ChunkJob, labels: np.ndarray) -> None:
+        """Replace the labels of a done chunk whose label files changed."""
+        split = job.split
+        write_labels(self.groups[split], job.index, self.rows_per_chunk[split], labels, self.label_keys[split])
 
     def finish(self) -> None:
         """Record backbone and resolutions on the root, once every chunk is written."""
@@ -138,6 +164,7 @@ def _jobs_for_split(
             preprocess=params.preprocess,
             pos_embed=pos_embed_mode(backbone, params.preprocess),
             decode_workers=params.decode_workers,
+            weights_sha256=backbone.weights_sha256,
         )
 
 
@@ -182,7 +209,7 @@ def plan_extraction(
     }
     root = open_for_writing(store_path)
     plan = ExtractionPlan(
-        root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[],
+        root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[], store_path=str(store_path),
         summary=ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source),
         attrs={
             "backbone": backbone.name,
@@ -193,23 +220,33 @@ def plan_extraction(
             "precision": precision,
             "preprocess": params.preprocess,
             "pos_embed": pos_embed_mode(backbone, params.preprocess),
+            # Only for a checkpoint file (random weights have no file), so the features a
+            # model was trained on name the exact checkpoint (model.json, `stego predict`).
+            **({"weights_sha256": backbone.weights_sha256} if backbone.weights_sha256 else {}),
         },
     )
     for split in SPLITS:
         fingerprint = split_fingerprint(backbone, params, split, precision, pos_embed_mode(backbone, params.preprocess))
         crops = 5 if fingerprint["five_crop"] else 1
-        ids = manifest[manifest["split"] == split].sort_values("id")["id"].to_numpy()
-        row_ids = np.repeat(ids, crops).astype(np.int64)
+        rows = manifest[manifest["split"] == split].sort_values("id")
+        row_ids = np.repeat(rows["id"].to_numpy(), crops).astype(np.int64)
         grid = split_resolution(params, split) // backbone.patch_size
         group = open_split(root, split, fingerprint, len(row_ids), grid)
         rows_per_chunk = params.batch_size * crops
+        label_keys = row_label_keys(rows, crops, corpus.ignore_index)
+        ensure_label_keys(group, len(row_ids), rows_per_chunk)
         pending = set(pending_chunks(group, row_ids, rows_per_chunk))
+        done = [job.index for job in jobs_by_split[split] if job.index not in pending]
+        stale = set(stale_label_chunks(group, label_keys, rows_per_chunk, done))
         todo = [job for job in jobs_by_split[split] if job.index in pending]
         plan.groups[split], plan.row_ids[split], plan.rows_per_chunk[split] = group, row_ids, rows_per_chunk
+        plan.label_keys[split] = label_keys
         plan.jobs.extend(todo)
+        plan.relabel.extend(job for job in jobs_by_split[split] if job.index in stale)
         plan.summary.rows[split] = len(row_ids)
         plan.summary.chunks_total[split] = len(jobs_by_split[split])
         plan.summary.chunks_computed[split] = len(todo)
+        plan.summary.labels_reread[split] = len(stale)
     return plan
 
 
@@ -277,7 +314,7 @@ def run_plan(plan: ExtractionPlan, runner: ChunkRunner) -> None:
     """Compute the plan's pending chunks with `runner`, write each as it arrives, then `finish`."""
     pending = {split: sum(len(job.image_paths) for job in plan.jobs if job.split == split) for split in SPLITS}
     for split in SPLITS:
-        if not pending[split]:
+        if not pending[split] and not any(job.split == split for job in plan.relabel):
             log.info("extract %s: all %d images already in the store", split, len(np.unique(plan.row_ids[split])))
     bars: dict[str, Progress] = {}
     # A split's rate counts from the previous result (the stage start for the first): a
@@ -310,7 +347,26 @@ def run_plan(plan: ExtractionPlan, runner: ChunkRunner) -> None:
     finally:
         for bar in bars.values():
             bar.close()
+    reread_labels(plan)
     plan.finish()
+
+
+def reread_labels(plan: ExtractionPlan) -> None:
+    """Cut the labels of `plan.relabel`'s chunks again and store them; the backbone does not run.
+
+    The chunk's images are decoded too, since labels are cut exactly as their image is
+    (same resize, crop and five-crop); decoding runs on `decode_workers` threads.
+    """
+    for split in SPLITS:
+        jobs = [job for job in plan.relabel if job.split == split]
+        if not jobs:
+            continue
+        images = sum(len(job.image_paths) for job in jobs)
+        log.warning("extract %s: the labels of %d images changed; re-reading them (features kept)", split, images)
+        workers = max(1, max(job.decode_workers for job in jobs))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="stego-labels") as pool:
+            for job in jobs:
+                plan.write_labels(job, load_chunk(job, pool).labels)
 
 
 def extract(
@@ -342,10 +398,13 @@ def extract(
         if runner is None and dask.address:
             # Connect before touching the store: a wrong address must leave nothing behind.
             runner = dask_runner(stack.enter_context(dask_client(dask)))
-        plan = plan_extraction(manifest_path, store_path, corpus, backbone_params, params, dask)
-        if runner is None:
-            runner = stack.enter_context(local_runner(dask, has_work=bool(plan.jobs)))
-        run_plan(plan, runner)
+        # Chunk writes name their chunk (`ExtractionPlan.write`); this names the rest (layout, labels, attributes).
+        with room_guard(str(store_path), 0, "every chunk finished before it is kept",
+                        "rerun `stego extract`, which computes only the missing chunks"):
+            plan = plan_extraction(manifest_path, store_path, corpus, backbone_params, params, dask)
+            if runner is None:
+                runner = stack.enter_context(local_runner(dask, has_work=bool(plan.jobs)))
+            run_plan(plan, runner)
     return plan.summary
 
 

@@ -194,6 +194,31 @@ def _inspect(
     }
 
 
+def _ambiguous_stems(
+    candidates: list[tuple[str, Path]], label_names: dict[str, dict[str, list[str]]]
+) -> dict[tuple[str, str], str]:
+    """Quarantine reasons for images that share a stem with another image of their split.
+
+    A label is paired with its image by stem, and `stego predict` names its outputs by stem,
+    so dup.png and dup.jpg cannot both be used: which one labels/train/dup.png belongs to
+    is unknowable, and guessing would train (or score) a mask against the wrong picture.
+    """
+    by_stem: dict[tuple[str, str], list[str]] = {}
+    for split, path in candidates:
+        by_stem.setdefault((split, path.stem), []).append(path.name)
+    reasons = {}
+    for (split, stem), names in by_stem.items():
+        if len(names) < 2:
+            continue
+        labels = [n for n in label_names[split].get(stem, []) if is_image_name(n)]
+        label = f", and the label labels/{split}/{labels[0]} could belong to any of them" if labels else ""
+        reasons[split, stem] = (
+            f"ambiguous: {len(names)} images in images/{split} share the stem '{stem}' ({', '.join(sorted(names))}){label}; "
+            "keep one of them, or rename the others (with their own labels)"
+        )
+    return reasons
+
+
 def _read_previous(manifest_path: Path) -> tuple[dict, int, bool]:
     """Rows of an existing manifest keyed by (path, hash), the next free id, and whether
     its rows were accepted under the current rules (so unchanged ones need no new check)."""
@@ -246,6 +271,8 @@ def ingest(
     Quarantined (listed with a reason, never fatal): undecodable, truncated, empty or
     non-image files; images under `min_size`; decompression bombs; unreadable files;
     symlinks resolving outside the corpus root, broken symlinks and symlink loops;
+    images sharing a stem with another image of their split (dup.png and dup.jpg: a
+    label, and predict's outputs, are matched by stem, so neither can be used);
     folders, named pipes, sockets and devices named like images; duplicates of an
     earlier image (same content; the first in split-then-name order is kept);
     unreadable labels, labels that are not PNG (JPEG changes class ids), labels with
@@ -273,6 +300,7 @@ def ingest(
     real_root = root.resolve()
     old, next_id, trusted = _read_previous(Path(manifest_path))
     label_names = labels_by_stem(root)
+    ambiguous = _ambiguous_stems(candidates, label_names)
 
     rows: list[dict] = []
     rejected: list[tuple[str, str, str]] = []
@@ -283,6 +311,9 @@ def ingest(
         rel = path.relative_to(root).as_posix()
         # Whatever its fate, the image's label is accounted for by the image's row.
         used_labels.update(f"labels/{split}/{n}" for n in label_names[split].get(path.stem, []) if is_image_name(n))
+        if (split, path.stem) in ambiguous:
+            rejected.append((rel, split, ambiguous[split, path.stem]))
+            continue
         if not is_utf8(rel):
             # Parquet and CSV need UTF-8; list the name with its raw bytes escaped.
             rejected.append((shown_path(rel), split, "file name is not valid UTF-8; rename it"))

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -184,10 +185,39 @@ def _save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "rows": [[row[c] for c in LOSS_COLUMNS] for row in rows],
     }
+    state["checksum"] = _state_checksum(state)
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with atomic.atomic_path(path) as tmp:
         tmp.write_bytes(buffer.getvalue())
+
+
+def _state_checksum(state: dict) -> str:
+    """SHA-256 over every value of a checkpoint state (tensors by their bytes), its `checksum` key left out."""
+    digest = hashlib.sha256()
+
+    def feed(value: object) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        elif isinstance(value, dict):
+            digest.update(b"{")
+            for key in sorted(value, key=str):
+                if key != "checksum":
+                    digest.update(repr(key).encode())
+                    feed(value[key])
+            digest.update(b"}")
+        elif isinstance(value, list | tuple):
+            digest.update(b"[")
+            for item in value:
+                feed(item)
+            digest.update(b"]")
+        else:
+            digest.update(repr(value).encode())
+
+    feed(state)
+    return digest.hexdigest()
 
 
 def _load_checkpoint(path: Path, model: StegoModel, optimizers, generator, identity: dict | None = None) -> tuple[int, list[dict]]:
@@ -198,8 +228,14 @@ def _load_checkpoint(path: Path, model: StegoModel, optimizers, generator, ident
         raise ValueError(
             f"{path} cannot be read ({type(exc).__name__}); rerun without --resume to start over."
         ) from None
+    if not isinstance(state, dict) or state.get("checksum") != _state_checksum(state):
+        # A flipped bit in a tensor unpickles fine; only the recorded checksum tells.
+        raise ValueError(
+            f"{path} does not match the checksum recorded when it was written (damaged on disk, or not written "
+            "by this version of stego train); rerun without --resume to start over."
+        )
     if identity is not None:
-        recorded = state.get("identity") if isinstance(state, dict) else None
+        recorded = state.get("identity")
         if recorded is None:
             raise ValueError(
                 f"{path} does not record the settings it was trained with (an older checkpoint), so resuming "
@@ -361,6 +397,8 @@ def train(
         "ignore_index": corpus.ignore_index,
         "backbone": store.get("backbone"),
         "backbone_weights": store.get("weights_source"),
+        # The checkpoint's content the features came from: `stego predict` refuses another file.
+        **({"backbone_weights_sha256": store["weights_sha256"]} if store.get("weights_sha256") else {}),
         "resolution": store.get("resolution"),
         # How the stored inputs were made, so `stego predict` feeds new images the same way.
         "preprocess": store.get("preprocess", "antialias"),

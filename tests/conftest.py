@@ -38,6 +38,8 @@ ISOLATION = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
     "DVC_NO_ANALYTICS": "1",
     "GIT_TERMINAL_PROMPT": "0",
+    # The checkpoint hash cache (runtime/content_hash) stays out of the user's ~/.cache.
+    "STEGO_CACHE_DIR": str(_PREFECT_HOME / "stego-cache"),
 }
 # For the pipeline's own processes (stages, flows, workers). No hub downloads. Tiny tensors
 # gain nothing from threads, and spinning OpenMP threads on a busy 2-core machine made a

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = "stego_tasks"
 # The library module a `stego <stage>` command runs, per DVC stage.
 ENTRY = {stage: f"{PACKAGE}.{stage}" for stage in
-         ("demo_data", "ingest", "validate", "extract", "knn", "train", "cluster", "crf", "evaluate", "report")}
+         ("demo_data", "ingest", "validate", "weights", "extract", "knn", "train", "cluster", "crf", "evaluate", "report")}
 
 
 def module_path(module: str) -> Path | None:
@@ -146,6 +146,7 @@ LIBRARY_CALLS = {
     "demo_data": ("stego_tasks.demo_data", "make_demo_corpus"),
     "ingest": ("stego_tasks.ingest", "ingest"),
     "validate": ("stego_tasks.validate", "validate"),
+    "weights": ("stego_tasks.weights", "weights_stage"),
     "extract": ("stego_tasks.extract", "extract"),
     "knn": ("stego_tasks.knn", "knn_stage"),
     "train": ("stego_tasks.train", "train"),
@@ -275,7 +276,10 @@ def test_the_recorder_sees_key_reads_whole_blocks_and_views(monkeypatch: pytest.
 # DVC outs, plots and metrics plus its data deps.
 
 # Deps a stage does not read but must run after.
-ORDER_ONLY = {("extract", PATHS["validation"]): "extract waits for validate: bad labels fail before any backbone time"}
+ORDER_ONLY = {
+    ("extract", PATHS["validation"]): "extract waits for validate: bad labels fail before any backbone time",
+    ("extract", PATHS["weights"]): "a changed checkpoint content makes extract stale (extract hashes the file itself too)",
+}
 # Files `stego report` reads that no pipeline stage writes (a dep on them fails while absent).
 OUTSIDE_PIPELINE = {PATHS["seeds"]: "written by `stego seeds`, which runs the pipeline itself"}
 

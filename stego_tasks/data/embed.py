@@ -64,11 +64,20 @@ def pos_embed_mode(backbone: Backbone, preprocess: str) -> str:
 
 @lru_cache(maxsize=4)
 def _cached_backbone(
-    name: str, weights: str, device: str, compile_model: bool = False, pos_embed: str = "timm"
+    name: str, weights: str, device: str, compile_model: bool = False, pos_embed: str = "timm",
+    weights_sha256: str | None = None,
 ) -> Backbone:
-    # One backbone per worker process, reused by every chunk that process runs. Random
+    # One backbone per worker process, reused by every chunk that process runs (keyed by the
+    # checkpoint's content too, so a file replaced at the same path is loaded again). Random
     # weights are seeded so that every worker, and every rerun, embeds with the same net.
-    model = create_seeded_backbone(name, weights=weights, pos_embed=pos_embed).to(resolve_device(device))
+    model = create_seeded_backbone(name, weights=weights, pos_embed=pos_embed)
+    if weights_sha256 is not None and model.weights_sha256 != weights_sha256:
+        # A worker (or a later chunk) found another file at the path the stage planned with.
+        raise ValueError(
+            f"the weights file {weights!r} changed while features were being extracted (its content no longer "
+            f"matches sha256 {weights_sha256[:12]}...); leave it unchanged and rerun `stego extract`."
+        )
+    model = model.to(resolve_device(device))
     if compile_model:
         # In place, so the Backbone keeps its attributes (patch size, mean, std).
         model.compile()
@@ -98,6 +107,8 @@ class ChunkJob:
     pos_embed: str = "timm"
     # Threads decoding the chunk's images (`extract.decode_workers`); changes no value.
     decode_workers: int = 1
+    # SHA-256 of the checkpoint file the stage planned with (None: random weights).
+    weights_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -176,7 +187,9 @@ def embed_chunk(job: ChunkJob, decoded: DecodedChunk) -> dict[str, np.ndarray]:
     """
     if job.torch_threads:
         torch.set_num_threads(job.torch_threads)
-    model = _cached_backbone(job.backbone_name, job.backbone_weights, job.device, job.compile_model, job.pos_embed)
+    model = _cached_backbone(
+        job.backbone_name, job.backbone_weights, job.device, job.compile_model, job.pos_embed, job.weights_sha256
+    )
     device = next(model.parameters()).device
     pixels = torch.from_numpy(decoded.images)
     if device.type == "cuda":

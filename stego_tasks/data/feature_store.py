@@ -45,9 +45,6 @@ import zarr
 from zarr.core.sync import sync
 
 from stego_tasks.config import ExtractParams
-
-# Integrity is its own module (`store_integrity`); its public names are also reached from here,
-# where every reader of the features store already imports.
 from stego_tasks.data.store_integrity import (
     BOOKKEEPING,
     DIGESTS,
@@ -63,6 +60,10 @@ from stego_tasks.data.store_integrity import (
     record_chunk,
     verify_split,
 )
+
+# Integrity is its own module (`store_integrity`); its public names are also reached from here,
+# where every reader of the features store already imports.
+from stego_tasks.data.store_labels import write_label_keys
 
 if TYPE_CHECKING:  # an annotation only: reading a store must not load timm
     from stego_tasks.method.backbone import Backbone
@@ -98,6 +99,12 @@ def split_fingerprint(
         "preprocess": params.preprocess,
         "pos_embed": pos_embed,
     }
+    if backbone.weights_sha256 is not None:
+        # The checkpoint's content, not its path: a file replaced at the same path (a newer
+        # download, a fine-tuned backbone) rebuilds the split; the same file moved, or found
+        # in the hub cache after it was downloaded, does not.
+        del fingerprint["weights_source"]
+        fingerprint["weights_sha256"] = backbone.weights_sha256
     if precision != "fp32":
         # Only bf16 features differ; fp32 stores written before this key existed stay valid.
         fingerprint["precision"] = precision
@@ -176,7 +183,12 @@ def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows
             ensure_digests(group, rows_per_chunk)
             resize_split(group, n_rows)
             return group
-        log.info("extract %s: backbone or preprocessing changed; rebuilding the split", split)
+        before = dict(group.attrs).get("fingerprint")
+        changed = sorted(
+            key for key in set(fingerprint) | set(before if isinstance(before, dict) else {})
+            if not isinstance(before, dict) or before.get(key) != fingerprint.get(key)
+        )
+        log.warning("extract %s: %s changed since the split was written; rebuilding it", split, ", ".join(changed) or "its layout")
         del root[split]
     group = root.create_group(split, overwrite=True)
     for name, (tail, dtype) in specs.items():
@@ -301,7 +313,11 @@ def _decodes(group: zarr.Group, index: int, rows_per_chunk: int) -> bool:
     return True
 
 
-def write_chunk(group: zarr.Group, index: int, rows_per_chunk: int, row_ids: np.ndarray, arrays: dict) -> None:
+def write_chunk(
+    group: zarr.Group, index: int, rows_per_chunk: int, row_ids: np.ndarray, arrays: dict,
+    label_keys: np.ndarray | None = None,
+) -> None:
+    """Write one computed chunk's arrays, then its digests, its label keys and last its `done` flag."""
     start = index * rows_per_chunk
     rows = slice(start, start + arrays["feats"].shape[0])
     # A chunk computed again may be damaged on disk, and zarr reads a chunk (or shard) before
@@ -314,6 +330,8 @@ def write_chunk(group: zarr.Group, index: int, rows_per_chunk: int, row_ids: np.
     group["image_ids"][rows] = row_ids[rows]
     if DIGESTS in group:
         record_chunk(group, index)
+    if label_keys is not None:
+        write_label_keys(group, index, rows_per_chunk, label_keys)
     # Mark done last: a kill before this line leaves the chunk pending, never half-trusted.
     group["done"][index] = True
 

@@ -24,11 +24,11 @@ from stego_tasks.method.registry import (
     list_backbones,
 )
 from stego_tasks.method.weights import (
-    WeightsNotFoundError,
     load_weights_into,
     read_checkpoint,
-    resolve_weights,
+    weights_file,
 )
+from stego_tasks.runtime.content_hash import cached_sha256
 
 __all__ = [
     "BACKBONES",
@@ -95,11 +95,15 @@ class Backbone(nn.Module):
         patch_size: Patch side p in pixels.
         embed_dim: Feature channels C.
         weights_source: ``"file:<path>"``, ``"hub-cache"``, ``"hub-download"`` or ``"random"``.
+        weights_sha256: SHA-256 of the checkpoint file's content (None for random weights):
+            what the features are valid for, since a file may be replaced at the same path.
         mean: Per-channel normalisation mean the weights expect.
         std: Per-channel normalisation std the weights expect.
     """
 
-    def __init__(self, spec: BackboneSpec, model: nn.Module, weights_source: str) -> None:
+    def __init__(
+        self, spec: BackboneSpec, model: nn.Module, weights_source: str, weights_sha256: str | None = None
+    ) -> None:
         super().__init__()
         self.model = model
         self.name = spec.name
@@ -108,6 +112,7 @@ class Backbone(nn.Module):
         self.embed_dim = spec.embed_dim
         self.hf_repo = spec.hf_repo
         self.weights_source = weights_source
+        self.weights_sha256 = weights_sha256
         self.pos_embed = "timm"
         cfg = getattr(model, "pretrained_cfg", None) or {}
         self.mean: tuple[float, ...] = tuple(cfg.get("mean", IMAGENET_MEAN))
@@ -187,20 +192,16 @@ def create_backbone(name: str, weights: str | Path = "auto", pos_embed: str = "t
         warnings.warn(msg, UserWarning, stacklevel=2)
         logger.warning(msg)
         return _with_pos_embed(Backbone(spec, _build_model(spec.timm_name), "random"), pos_embed)
-    if isinstance(weights, str) and weights == "auto":
-        state_dict, source = resolve_weights(spec)
-    else:
-        path = Path(weights)
-        if not path.is_file():
-            raise WeightsNotFoundError(
-                f"Weights file {str(path)!r} for backbone {spec.name} does not exist; "
-                "pass an existing checkpoint path, weights='auto' or weights='random'."
-            )
-        state_dict, source = read_checkpoint(path), f"file:{path}"
+    path, source = weights_file(spec, weights)
+    assert path is not None
+    # Hashed before it is read: a file replaced in between gives a hash that matches no
+    # store, so the worst case is one extraction too many, never features of the wrong net.
+    sha256 = cached_sha256(path)
+    state_dict = read_checkpoint(path)
     with torch.device("meta"):  # skip the random init: every tensor comes from the checkpoint
         model = _build_model(spec.timm_name)
     load_weights_into(model, state_dict, f"{spec.name} from {source}")
-    return _with_pos_embed(Backbone(spec, model, source), pos_embed)
+    return _with_pos_embed(Backbone(spec, model, source, sha256), pos_embed)
 
 
 def create_seeded_backbone(name: str, weights: str | Path = "auto", pos_embed: str = "timm") -> Backbone:
@@ -225,6 +226,11 @@ def _with_pos_embed(backbone: Backbone, pos_embed: str) -> Backbone:
 
 def _build_model(timm_name: str) -> nn.Module:
     return timm.create_model(timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+
+
+def backbone_spec(name: str) -> BackboneSpec:
+    """The `BackboneSpec` of a table name or a timm ViT name (ValueError for anything else)."""
+    return _resolve_spec(name)
 
 
 def _resolve_spec(name: str) -> BackboneSpec:

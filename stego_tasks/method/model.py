@@ -20,6 +20,10 @@ from safetensors.torch import load_file, save_file
 from stego_tasks.config import TrainParams
 from stego_tasks.method.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.runtime import atomic
+from stego_tasks.runtime.content_hash import sha256_of_file
+
+# model.json's key for the SHA-256 of model.safetensors (models written before it are read unchecked).
+SAFETENSORS_SHA256 = "safetensors_sha256"
 
 
 @dataclass
@@ -77,6 +81,10 @@ def save_model(model: StegoModel, model_dir: Path) -> None:
     }
     with atomic.atomic_path(Path(model_dir) / "model.safetensors") as tmp:
         save_file(tensors, str(tmp))
+        checksum = sha256_of_file(tmp)
+    # Recorded where the model is described, and checked on every load: a flipped bit in a
+    # tensor would otherwise load silently.
+    model.info[SAFETENSORS_SHA256] = checksum
     atomic.write_json(Path(model_dir) / "model.json", model.info)
 
 
@@ -124,6 +132,12 @@ def load_model(model_dir: Path) -> StegoModel:
     except ValueError as error:
         raise ValueError(f"{str(error).rstrip('.')}; {redo}.") from None
     model = build_model(info["in_dim"], info["n_classes"], params, info)
+    recorded = info.get(SAFETENSORS_SHA256)
+    if recorded is not None and recorded != sha256_of_file(weights_path):
+        raise ValueError(
+            f"{weights_path} does not match the checksum model.json recorded when it was written (damaged on disk, "
+            f"or replaced by another model's file); {redo}."
+        )
     try:
         tensors = load_file(str(weights_path))
     except SafetensorError as error:

@@ -12,12 +12,12 @@ import argparse
 import os
 import pickle
 from pathlib import Path
-
-import torch
-from timm.models import vision_transformer as timm_vit
-from torch import Tensor, nn
+from typing import TYPE_CHECKING
 
 from stego_tasks.method.registry import BackboneSpec
+
+if TYPE_CHECKING:  # torch and timm load only where a checkpoint is read: finding a file needs neither
+    from torch import Tensor, nn
 
 # timm hosts its weights as safetensors; older repos only have the pickle file.
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
@@ -70,6 +70,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         ValueError: one sentence naming the file, for a truncated, corrupt or foreign file,
             or one holding pickled objects other than tensors.
     """
+    import torch
+
     path = Path(path)
     redo = "download it again, or pass another checkpoint (backbone.weights, or --weights for stego predict)"
     if path.suffix == ".safetensors":
@@ -104,6 +106,8 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
 
 
 def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
+    from torch import Tensor
+
     while isinstance(obj, dict) and not any(isinstance(v, Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
@@ -141,6 +145,8 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, Tensor], what: str
     Raises:
         ValueError: the checkpoint's patch size, keys or shapes do not fit the model.
     """
+    from timm.models import vision_transformer as timm_vit
+
     # timm's own adapter: DINOv2 (mask_token / register_tokens / SwiGLU w12,w3) and
     # pos_embed / patch_embed resampling when the checkpoint grid differs.
     patch_w = state_dict.get("patch_embed.proj.weight")
@@ -201,13 +207,13 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
     return reachable(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT, timeout)
 
 
-def _state_dict_from_url(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
+def _file_from_url(spec: BackboneSpec) -> tuple[Path, str]:
     from stego_tasks.method.official_weights import find_or_download, hub_checkpoint_dir
 
     assert spec.weights_url is not None
     path, source, reason = find_or_download(spec.weights_url)
     if path is not None:
-        return read_checkpoint(path), source
+        return Path(path), source
     filename = spec.weights_url.rsplit("/", 1)[-1]
     raise WeightsNotFoundError(
         f"No weights for backbone {spec.name} ({reason}): pass the local file {filename} as weights "
@@ -217,11 +223,11 @@ def _state_dict_from_url(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
     )
 
 
-def resolve_weights(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
-    """The weights of `spec` for ``weights="auto"``: its official URL file, else the hub cache, else a hub download.
+def locate_weights(spec: BackboneSpec) -> tuple[Path, str]:
+    """The checkpoint file of `spec` for ``weights="auto"``: its official URL file, else the hub cache, else a hub download.
 
     Returns:
-        (state dict, source: "hub-cache" or "hub-download").
+        (path of the checkpoint file, source: "hub-cache" or "hub-download").
 
     Raises:
         WeightsNotFoundError: none of them has the weights; the message says where to put a file.
@@ -229,13 +235,13 @@ def resolve_weights(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
 
     if spec.weights_url is not None:
-        return _state_dict_from_url(spec)
+        return _file_from_url(spec)
     cache_dir = _hub_cache_dir()
     if spec.hf_repo is not None:
         for filename in _HUB_FILENAMES:
             cached = try_to_load_from_cache(spec.hf_repo, filename, cache_dir=cache_dir)
             if isinstance(cached, str):  # None: not cached; a sentinel: known to be absent
-                return read_checkpoint(cached), "hub-cache"
+                return Path(cached), "hub-cache"
     reason = "offline (HF_HUB_OFFLINE is set)" if _hub_offline() else "no hub repo is known"
     if spec.hf_repo is not None and not _hub_offline() and not _hub_reachable():
         reason = "the hub cannot be reached from this machine"
@@ -246,7 +252,7 @@ def resolve_weights(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
             except Exception as err:  # noqa: BLE001 - any hub failure means "not available"
                 reason = f"download failed ({type(err).__name__})"
                 continue
-            return read_checkpoint(path), "hub-download"
+            return Path(path), "hub-download"
     repo = spec.hf_repo or f"timm's repo for {spec.timm_name}"
     raise WeightsNotFoundError(
         f"No weights for backbone {spec.name} ({reason}): pass a local checkpoint path as weights "
@@ -254,3 +260,40 @@ def resolve_weights(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
         f"({'/'.join(_HUB_FILENAMES)}) in the hub cache {cache_dir}, or go online so it can be downloaded "
         "(weights 'random' runs on random weights, for smoke tests only)."
     )
+
+
+def resolve_weights(spec: BackboneSpec) -> tuple[dict[str, Tensor], str]:
+    """The weights of `spec` for ``weights="auto"`` (see `locate_weights`), read.
+
+    Returns:
+        (state dict, source: "hub-cache" or "hub-download").
+    """
+    path, source = locate_weights(spec)
+    return read_checkpoint(path), source
+
+
+def weights_file(spec: BackboneSpec, weights: str | Path) -> tuple[Path | None, str]:
+    """The checkpoint file a `create_backbone` weights argument loads, without reading it.
+
+    Args:
+        spec: the backbone.
+        weights: a checkpoint path, "auto" or "random".
+
+    Returns:
+        (file, source): (None, "random") for random weights; else the file and
+        "file:<path>", "hub-cache" or "hub-download".
+
+    Raises:
+        WeightsNotFoundError: "auto" finds nothing, or the path is not a file.
+    """
+    if isinstance(weights, str) and weights == "random":
+        return None, "random"
+    if isinstance(weights, str) and weights == "auto":
+        return locate_weights(spec)
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"Weights file {str(path)!r} for backbone {spec.name} does not exist; "
+            "pass an existing checkpoint path, weights='auto' or weights='random'."
+        )
+    return path, f"file:{path}"

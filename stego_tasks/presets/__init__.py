@@ -16,7 +16,13 @@ from typing import Any
 
 import yaml
 
-from stego_tasks.config import DemoDataParams, IngestParams, ReportParams, params_to_dict
+from stego_tasks.config import (
+    DemoDataParams,
+    IngestParams,
+    ReportParams,
+    params_to_dict,
+    preset_names,
+)
 
 DEFAULT_PRESET = "custom"
 DEMO_BLOCK = """demo:
@@ -31,9 +37,7 @@ PIPELINE_BLOCKS: dict[str, type] = {"demo_data": DemoDataParams, "ingest": Inges
 
 def list_presets() -> list[str]:
     """Names of the bundled presets, sorted (e.g. "cocostuff27_vits8", "custom")."""
-    return sorted(
-        entry.name[: -len(".yaml")] for entry in resources.files(__name__).iterdir() if entry.name.endswith(".yaml")
-    )
+    return preset_names()
 
 
 def preset_text(name: str) -> str:

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.runtime.room import room_guard
+
 # evaluate's overlay panels: 0000.png, 0001.png, ... and nothing else.
 _OVERLAY_PANEL = re.compile(r"\d{4}\.png")
 _KIND_WORDS = {
@@ -157,21 +159,33 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
+    kept = f"every other artifact{' and the previous ' + target.name if target.exists() else ''} is kept unchanged"
     try:
-        yield tmp
-        if tmp.is_file():
-            # Flush to disk before the rename, so a power cut cannot leave an empty file.
-            with open(tmp, "rb+") as handle:
-                os.fsync(handle.fileno())
-        _refuse_mismatch(target, tmp)
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        with room_guard(str(target), lambda: _bytes_under(tmp), kept,
+                        "rerun the same command (or `dvc repro`), which starts from what is already written"):
+            yield tmp
+            if tmp.is_file():
+                # Flush to disk before the rename, so a power cut cannot leave an empty file.
+                with open(tmp, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            _refuse_mismatch(target, tmp)
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(tmp, target)
     finally:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _bytes_under(path: Path) -> int:
+    """Bytes of a file, or of every file under a folder (0 when absent)."""
+    if path.is_file():
+        return path.stat().st_size
+    if not path.is_dir():
+        return 0
+    return sum(entry.stat().st_size for entry in path.rglob("*") if entry.is_file())
 
 
 def write_text(target: str | Path, text: str) -> None:

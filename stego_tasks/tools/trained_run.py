@@ -243,6 +243,15 @@ def load_run(
     # The position-embedding resampling the features were stored with (`extract.preprocess`).
     pos_embed = str(info.get("pos_embed") or "timm")
     backbone = _create_backbone(name, weights if weights is not None else _weights_for(info, run_dir), source, pos_embed)
+    recorded = info.get("backbone_weights_sha256")
+    if recorded and backbone.weights_sha256 != recorded:
+        given = "the checkpoint passed with --weights" if weights is not None else f"the run's checkpoint ({source})"
+        raise ValueError(
+            f"{given} is not the file the run's features were extracted with (its content changed: sha256 "
+            f"{str(backbone.weights_sha256)[:12]}... instead of {recorded[:12]}...), so the head would be paired with "
+            "another backbone; pass --weights PATH to the original checkpoint, or rerun `dvc repro` to extract and train "
+            "with the new one."
+        )
     if backbone.embed_dim != info["in_dim"]:
         raise ValueError(
             f"Backbone {name} gives {backbone.embed_dim}-d features but the head expects "
