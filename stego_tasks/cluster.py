@@ -30,7 +30,7 @@ from stego_tasks.config import ClusterParams
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import record_store_digests, verify_rows, verify_split
 from stego_tasks.method.inference import BATCH, iter_val_codes, kmeans_predict, spherical_kmeans
-from stego_tasks.method.model import load_model
+from stego_tasks.method.model import check_trained_on, load_model
 from stego_tasks.runtime import atomic
 
 log = logging.getLogger("stego")
@@ -89,6 +89,7 @@ def cluster(store_path: Path, model_dir: Path, out_path: Path, params: ClusterPa
     """
     torch.manual_seed(seed)
     model = load_model(model_dir)
+    check_trained_on(model.info, dict(zarr.open_group(str(store_path), mode="r").attrs), model_dir, store_path)
     val = read_split(store_path, "val", arrays=[])
     use_flip = params.flip and "feats_flip" in val
     # Only what is read is checked: the val arrays here, the sampled training rows in fit_kmeans.

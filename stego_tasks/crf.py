@@ -56,7 +56,7 @@ def crf_stage(
     import zarr
 
     from stego_tasks.data.feature_store import read_split
-    from stego_tasks.data.store_integrity import open_store, record_store_digests
+    from stego_tasks.data.store_integrity import open_store, record_store_digests, same_images
     from stego_tasks.runtime import atomic
     from stego_tasks.runtime.progress import Progress
 
@@ -64,6 +64,7 @@ def crf_stage(
         raise ValueError(f"crf_stage needs chunk >= 1, got {chunk}.")
     images = read_split(store_path, "val", arrays=["images"])["images"]
     predictions = open_store(predictions_path, "cluster", ["cluster_logits", "linear_logits"])
+    same_images(predictions, read_split(store_path, "val", arrays=["image_ids"]), predictions_path, store_path)
     n_images = images.shape[0]
     branches = ("cluster", "linear")
     with atomic.atomic_path(out_path) as tmp, stage_executor(workers, dask) as (executor, slots):

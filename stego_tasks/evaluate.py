@@ -24,7 +24,7 @@ from PIL import Image
 
 from stego_tasks.config import CorpusParams, EvaluateParams
 from stego_tasks.data.feature_store import read_split
-from stego_tasks.data.store_integrity import open_store
+from stego_tasks.data.store_integrity import open_store, same_images
 from stego_tasks.method.metrics import ScoreAccumulator
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.visualize import colorize, panel
@@ -164,6 +164,11 @@ def evaluate(
         "cluster": open_store(cluster_path, "cluster", ["cluster_pred", "linear_pred", "kmeans_pred"]),
         "crf": open_store(crf_path, "crf", ["cluster_pred", "linear_pred"]),
     }
+    same_images(stores["cluster"], read_split(store_path, "val", arrays=["image_ids"]), cluster_path, store_path)
+    if stores["crf"]["cluster_pred"].shape != stores["cluster"]["cluster_pred"].shape:
+        raise ValueError(
+            f"{crf_path} refines other predictions than {cluster_path} holds; rerun `stego crf` (or `dvc repro`)."
+        )
     root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
     n_clusters = int(stores["cluster"].attrs["n_clusters"])
     names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]

@@ -200,7 +200,8 @@ def _state_checksum(state: dict) -> str:
         if isinstance(value, torch.Tensor):
             tensor = value.detach().cpu().contiguous()
             digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
-            digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+            # Flattened first: a 0-d tensor (Adam's step count) cannot be viewed as bytes.
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
         elif isinstance(value, dict):
             digest.update(b"{")
             for key in sorted(value, key=str):

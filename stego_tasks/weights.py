@@ -31,7 +31,8 @@ log = logging.getLogger("stego")
 def _spec(name: str) -> BackboneSpec:
     if name in BACKBONES:
         return BACKBONES[name]
-    from stego_tasks.method.backbone import backbone_spec  # timm names only: their geometry comes from timm
+    # A timm name outside the table: its geometry comes from timm.
+    from stego_tasks.method.backbone import backbone_spec
 
     return backbone_spec(name)
 

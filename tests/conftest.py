@@ -233,6 +233,14 @@ def stage_graph(project: Path) -> dict[str, set[str]]:
         return {stage.name: {up.name for up in nx.descendants(graph, stage)} for stage in graph}
 
 
+def always_changed(project: Path) -> set[str]:
+    """The stages dvc.yaml marks `always_changed` (checks of outside state that run on every repro)."""
+    import yaml
+
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    return {name for name, stage in stages.items() if stage.get("always_changed")}
+
+
 def downstream(graph: dict[str, set[str]], stage: str) -> set[str]:
     """`stage` and every stage that depends on it, directly or not."""
     return {stage} | {name for name, upstream in graph.items() if stage in upstream}

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import dvc_repro, set_params
+from conftest import always_changed, dvc_repro, set_params
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +20,7 @@ def test_reader_and_decoder_counts_make_no_stage_stale(project_copy: Path, proje
     result = dvc_repro(project_copy, project_env)
     ran = re.findall(r"^Running stage '([^']+)':", result.stdout, flags=re.MULTILINE)
     # `report` depends on params.yaml as a whole file (the page shows it), so it alone re-runs.
-    assert set(ran) <= {"report"}, f"changing train.readers / extract.decode_workers ran {ran}:\n{result.stdout}"
+    assert set(ran) <= {"report"} | always_changed(project_copy), f"changing train.readers / extract.decode_workers ran {ran}:\n{result.stdout}"
 
 
 def test_a_compression_change_is_stale_for_extract(project_copy: Path, project_env: dict[str, str]) -> None:

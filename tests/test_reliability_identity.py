@@ -196,3 +196,30 @@ def test_a_backbone_built_from_a_file_carries_its_content_hash(tmp_path):
     backbone = create_backbone(TINY, weights=str(weights))
     assert backbone.weights_sha256 == content_hash.sha256_of_file(weights)
     assert create_backbone(TINY, weights="random").weights_sha256 is None
+
+
+# --- downstream stores against the features they were made from ------------------------------
+
+def test_a_model_trained_on_other_weights_features_is_refused(tmp_path):
+    from stego_tasks.method.model import check_trained_on
+
+    info = {"backbone": TINY, "backbone_weights_sha256": "a" * 64}
+    check_trained_on(info, {"backbone": TINY, "weights_sha256": "a" * 64}, tmp_path / "model", tmp_path / "f.zarr")
+    check_trained_on({"backbone": TINY}, {"backbone": TINY}, tmp_path / "model", tmp_path / "f.zarr")  # random weights
+    with pytest.raises(ValueError, match=r"trained on features of another backbone .* rerun `stego train`"):
+        check_trained_on(info, {"backbone": TINY, "weights_sha256": "b" * 64}, tmp_path / "model", tmp_path / "f.zarr")
+    with pytest.raises(ValueError, match="another backbone"):
+        check_trained_on(info, {"backbone": "dino_vits8", "weights_sha256": "a" * 64}, tmp_path / "model", tmp_path / "f.zarr")
+
+
+def test_predictions_for_other_images_than_the_store_holds_are_refused(tmp_path):
+    from stego_tasks.data.store_integrity import same_images
+
+    root = zarr.open_group(str(tmp_path / "s.zarr"), mode="w")
+    val, predictions = root.create_group("val"), root.create_group("pred")
+    val.create_array("image_ids", data=np.array([3, 4, 5]))
+    predictions.create_array("image_ids", data=np.array([3, 4, 5]))
+    same_images(predictions, val, "pred", "store")
+    predictions["image_ids"][:] = np.array([3, 4, 6])  # an image replaced since the predictions
+    with pytest.raises(ValueError, match="holds predictions for other images than store now holds; rerun `stego cluster`"):
+        same_images(predictions, val, "pred", "store")

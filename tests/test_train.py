@@ -25,6 +25,7 @@ from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.knn import knn_stage
 from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
 from stego_tasks.method.neighbours import knn_graph, pool_features
+from stego_tasks.runtime.content_hash import sha256_of_file
 from stego_tasks.train import LOSS_COLUMNS, fit, train, write_loss_log
 
 N_CLASSES, IGNORE = 3, 255
@@ -155,7 +156,8 @@ def test_save_and_load_model_round_trip(tmp_path):
     save_model(model, tmp_path)
     loaded = load_model(tmp_path)
     _assert_same_model(model, loaded, "loaded model")
-    assert json.loads((tmp_path / "model.json").read_text()) == _info(), "model.json is not the model's info"
+    recorded = {**_info(), "safetensors_sha256": sha256_of_file(tmp_path / "model.safetensors")}
+    assert json.loads((tmp_path / "model.json").read_text()) == recorded, "model.json is not the model's info + checksum"
     feats = torch.randn(2, 8, 5, 5)
     with torch.no_grad():
         code, code_loaded = model.eval().head(feats), loaded.head(feats)
@@ -219,6 +221,7 @@ def test_train_stage_writes_model_files_and_loss_log(tmp_path):
         "train": params_to_dict(params), "linear_probe_trained": True, "shifts_used": list(PARAMS.shifts),
         "shifts_setting": "fixed", "selection": {"select": "last", "uses_labels": False}, "probe_init": "random",
         "preprocess": "antialias", "pos_embed": "timm",  # a store without these attrs predates preprocess modes
+        "safetensors_sha256": sha256_of_file(model_dir / "model.safetensors"),
     }
     assert info == expected, f"model.json {info}"
 

@@ -307,3 +307,21 @@ def content_identity(group: zarr.Group, arrays: Sequence[str]) -> str | None:
     recorded = list(digests.attrs["arrays"])
     table = np.ascontiguousarray(digests[:][:, [recorded.index(name) for name in arrays if name in recorded], :])
     return f"{zlib.crc32(memoryview(table).cast('B')):08x}:{table.shape[0]}x{table.shape[1]}"
+
+
+def same_images(predictions: zarr.Group, val: zarr.Group, predictions_path: Path | str, store_path: Path | str) -> None:
+    """Refuse predictions made for other val images than the features store now holds.
+
+    The features store is updated in place (images added, removed or changed); predictions
+    written before that would be scored against labels of other images.
+
+    Raises:
+        ValueError: one sentence naming both stores and the command that predicts again.
+    """
+    if "image_ids" not in predictions:
+        return  # written before predictions recorded their images
+    if not np.array_equal(np.asarray(predictions["image_ids"][:]), np.asarray(val["image_ids"][:])):
+        raise ValueError(
+            f"{predictions_path} holds predictions for other images than {store_path} now holds; "
+            "rerun `stego cluster` and `stego crf` (or `dvc repro`)."
+        )

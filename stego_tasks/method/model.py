@@ -132,16 +132,17 @@ def load_model(model_dir: Path) -> StegoModel:
     except ValueError as error:
         raise ValueError(f"{str(error).rstrip('.')}; {redo}.") from None
     model = build_model(info["in_dim"], info["n_classes"], params, info)
-    recorded = info.get(SAFETENSORS_SHA256)
-    if recorded is not None and recorded != sha256_of_file(weights_path):
-        raise ValueError(
-            f"{weights_path} does not match the checksum model.json recorded when it was written (damaged on disk, "
-            f"or replaced by another model's file); {redo}."
-        )
     try:
         tensors = load_file(str(weights_path))
     except SafetensorError as error:
         raise ValueError(f"{weights_path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
+    recorded = info.get(SAFETENSORS_SHA256)
+    if recorded is not None and recorded != sha256_of_file(weights_path):
+        # It parses, but a bit of a tensor (or the whole file) is not what train wrote.
+        raise ValueError(
+            f"{weights_path} does not match the checksum model.json recorded when it was written (damaged on disk, "
+            f"or replaced by another model's file); {redo}."
+        )
     for prefix, module in model.modules().items():
         state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
         try:
@@ -152,3 +153,27 @@ def load_model(model_dir: Path) -> StegoModel:
                 f"{weights_path}: its {prefix} tensors do not fit the model model.json describes ({detail}); {redo}."
             ) from None
     return model.eval()
+
+
+def check_trained_on(info: dict[str, Any], store_attrs: dict[str, Any], model_dir: Path, store_path: Path) -> None:
+    """Refuse a model whose training features came from another backbone than the store now holds.
+
+    A features store rebuilt for a replaced checkpoint (or another backbone) keeps its path,
+    so a model trained before the rebuild would pair its head with features it never saw.
+
+    Args:
+        info: the model's `model.json` (`StegoModel.info`).
+        store_attrs: the features store's root attributes.
+        model_dir, store_path: named in the message.
+
+    Raises:
+        ValueError: one sentence naming both and the command that trains again.
+    """
+    pairs = (("backbone", "backbone"), ("backbone_weights_sha256", "weights_sha256"))
+    for model_key, store_key in pairs:
+        trained, now = info.get(model_key), store_attrs.get(store_key)
+        if trained is not None and trained != now:
+            raise ValueError(
+                f"{model_dir} was trained on features of another backbone than {store_path} now holds "
+                f"({model_key} {str(trained)[:16]} vs {str(now)[:16]}); rerun `stego train` (or `dvc repro`) on the new features."
+            )

@@ -36,7 +36,7 @@ from stego_tasks.data.feature_store import read_split
 from stego_tasks.method.head import ClusterProbe
 from stego_tasks.method.inference import BATCH, iter_val_codes
 from stego_tasks.method.metrics import ScoreAccumulator
-from stego_tasks.method.model import StegoModel, load_model
+from stego_tasks.method.model import StegoModel, check_trained_on, load_model
 from stego_tasks.method.probe_fit import INITS, best_cluster_probe, probe_objective
 from stego_tasks.runtime import atomic
 
@@ -201,6 +201,7 @@ def sweep_k(
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}.")
     model = load_model(model_dir)
+    check_trained_on(model.info, dict(zarr.open_group(str(store_path), mode="r").attrs), model_dir, store_path)
     train_params = model.info.get("train", {})
     steps = int(train_params.get("steps", 5000)) if steps is None else steps
     if steps < 1:
