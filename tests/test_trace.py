@@ -1,0 +1,113 @@
+"""The stage trace and provenance against independent measurements: a busy loop's CPU time,
+a file's size, a big allocation's memory, versions from package metadata, git's own answers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stego_tasks.runtime.provenance import git_state, provenance
+from stego_tasks.runtime.trace import PROC_IO, StageTrace, io_counters, numeric_leaves
+
+HAS_PROC_IO = io_counters() is not None
+
+
+def _busy(seconds: float) -> int:
+    end, n = time.process_time() + seconds, 0
+    while time.process_time() < end:
+        n += 1
+    return n
+
+
+def test_cpu_and_wall_time_of_a_busy_loop(tmp_path: Path) -> None:
+    with StageTrace("busy", tmp_path / "busy.json") as tracer:
+        _busy(0.3)
+    record = json.loads((tmp_path / "busy.json").read_text())
+    assert record == tracer.record, "the file holds the record"
+    assert 0.28 <= record["cpu_s"] <= 0.6, f"a 0.3 s busy loop measured {record['cpu_s']} s of CPU"
+    assert record["wall_s"] >= record["cpu_s"] * 0.95, f"one thread: wall {record['wall_s']} < CPU {record['cpu_s']}"
+    assert record["status"] == "completed" and record["stage"] == "busy"
+
+
+def test_sleeping_costs_wall_time_but_no_cpu() -> None:
+    with StageTrace("sleep") as tracer:
+        time.sleep(0.3)
+    assert tracer.record["wall_s"] >= 0.29, f"wall {tracer.record['wall_s']}"
+    assert tracer.record["cpu_s"] < 0.1, f"sleeping used {tracer.record['cpu_s']} s of CPU"
+    assert tracer.record["cpu_percent"] < 30
+
+
+@pytest.mark.skipif(not HAS_PROC_IO, reason=f"{PROC_IO} is not readable here")
+def test_bytes_written_and_read_cover_a_file_the_block_writes_and_reads(tmp_path: Path) -> None:
+    payload = np.random.default_rng(0).bytes(3 * 2**20)
+    target = tmp_path / "payload.bin"
+    with StageTrace("io") as tracer:
+        target.write_bytes(payload)
+        assert target.read_bytes() == payload
+    record = tracer.record
+    size = target.stat().st_size
+    assert size <= record["write_bytes"] < size + 2**20, f"wrote {size} bytes, trace says {record['write_bytes']}"
+    assert size <= record["read_bytes"] < size + 2**20, f"read {size} bytes, trace says {record['read_bytes']}"
+
+
+def _peak_rss_in_fresh_process(mib: int) -> float:
+    code = (
+        "import json, numpy as np\nfrom stego_tasks.runtime.trace import StageTrace\n"
+        f"with StageTrace('alloc') as t:\n    block = np.ones({mib} * 2**20 // 8); block.sum()\n"
+        "print(json.dumps(t.record['peak_rss_mb']))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def test_peak_rss_sees_a_big_allocation() -> None:
+    # ru_maxrss is the process's high-water mark: compare two fresh processes, 200 MiB apart.
+    small, big = _peak_rss_in_fresh_process(1), _peak_rss_in_fresh_process(201)
+    assert 180 <= big - small <= 260, f"peak RSS {small} MiB vs {big} MiB after touching 200 MiB more"
+
+
+def test_child_processes_cpu_is_counted_apart() -> None:
+    code = "import time\nend = time.process_time() + 0.3\nwhile time.process_time() < end: pass"
+    with StageTrace("child") as tracer:
+        subprocess.run(["python3", "-c", code], check=True)
+    assert tracer.record["children_cpu_s"] >= 0.25, f"child CPU {tracer.record['children_cpu_s']}"
+    assert tracer.record["cpu_s"] < 0.2, f"own CPU {tracer.record['cpu_s']} includes the child's"
+
+
+def test_counts_come_from_the_summary_and_a_failure_is_recorded(tmp_path: Path) -> None:
+    summary = {"rows": {"train": 12, "val": 3}, "weights_source": "random", "resumed": False, "steps": 30}
+    assert numeric_leaves(summary) == {"rows.train": 12, "rows.val": 3, "steps": 30}
+    with pytest.raises(RuntimeError), StageTrace("broken", tmp_path / "broken.json") as tracer:
+        tracer.count(summary)
+        raise RuntimeError("boom")
+    record = json.loads((tmp_path / "broken.json").read_text())
+    assert record["status"] == "failed" and record["counts"] == {"rows.train": 12, "rows.val": 3, "steps": 30}
+
+
+def test_provenance_names_the_installed_versions_and_the_git_commit(tmp_path: Path) -> None:
+    origin = provenance(tmp_path)
+    assert origin["packages"]["torch"] == metadata.version("torch")
+    assert origin["packages"]["numpy"] == metadata.version("numpy")
+    assert origin["packages"]["dvc"] == metadata.version("dvc")
+    assert origin["packages"]["prefect"] == metadata.version("prefect")
+    assert origin["git_commit"] is None and origin["git_dirty"] is None, "no git tree: no commit"
+    assert origin["cuda"] is None or isinstance(origin["cuda"], str)
+    json.dumps(origin)  # JSON-ready
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "--quiet")
+    (tmp_path / "a.txt").write_text("one")
+    git("add", "a.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false", "commit", "-qm", "one")
+    assert git_state(tmp_path) == {"commit": git("rev-parse", "HEAD"), "dirty": False}
+    (tmp_path / "a.txt").write_text("two")
+    assert git_state(tmp_path)["dirty"] is True, "an edited tracked file makes the tree dirty"
