@@ -95,8 +95,13 @@ def test_crf_param_reruns_crf_and_evaluate_only(project_copy: Path, project_env:
     commit_run(project_copy, project_env, "crf.iterations 5")
     diff = run([str(VENV_BIN / "dvc"), "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json"], project_copy, project_env)
     metrics = json.loads(diff.stdout)
-    traces = {f"{PATHS['trace']}/{stage}.json" for stage in ran}  # each stage that ran wrote a new trace
-    assert set(metrics) == {"metrics/scores.json", "metrics/per_class_iou.json"} | traces, f"metrics diff files: {sorted(metrics)}"
+    traces = {stage: f"{PATHS['trace']}/{stage}.json" for stage in stage_graph(project_copy)}
+    assert set(metrics) == {"metrics/scores.json", "metrics/per_class_iou.json", *traces.values()}, (
+        f"metrics diff files: {sorted(metrics)}"
+    )
+    for stage, path in traces.items():  # a stage that ran has a new trace; one that did not keeps its own
+        started = metrics[path]["started"]
+        assert (started["old"] != started["new"]) == (stage in ran), f"trace of {stage} (ran: {stage in ran}): {started}"
     scores = metrics["metrics/scores.json"]
     for method in METHODS:
         for key in ("miou", "accuracy"):
