@@ -3,7 +3,10 @@
 Versions are read from the installed distributions' metadata (`importlib.metadata`), so
 nothing heavy is imported to name them. CUDA and the GPU are named only when this process
 has already initialised CUDA (a stage that ran on the CPU says `cuda: null`). The git
-commit and dirty flag are absent (null) outside a git work tree or without `git`.
+commit and dirty flag are absent (null) outside a git work tree or without `git`. Dirty means
+a tracked file differs from the commit, not counting the run's own records (`dvc.lock` and
+the artifacts of `stego_tasks/paths.yaml`), which the stages before it in the same
+`dvc repro` rewrite.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.paths import PATHS
+
+# The run's own records: written by the pipeline itself, so they do not make a tree dirty.
+RUN_RECORDS: tuple[str, ...] = ("dvc.lock", *PATHS.values())
 # Distribution names whose versions every metrics file records (None when not installed).
 PACKAGES: tuple[str, ...] = ("torch", "timm", "faiss-cpu", "zarr", "numpy", "dvc", "prefect")
 PROJECT = "stego-pipeline"
@@ -34,7 +41,7 @@ def _faiss_version() -> str | None:
 
 
 def git_state(folder: str | Path = ".") -> dict[str, Any]:
-    """{"commit": HEAD's hash, "dirty": uncommitted changes to tracked files}; nulls outside a git tree."""
+    """{"commit": HEAD's hash, "dirty": uncommitted changes to tracked files but the run's records}; nulls outside a git tree."""
     def git(*args: str) -> subprocess.CompletedProcess | None:
         try:
             return subprocess.run(["git", *args], cwd=folder, capture_output=True, text=True, timeout=10, check=False)
@@ -44,7 +51,8 @@ def git_state(folder: str | Path = ".") -> dict[str, Any]:
     head = git("rev-parse", "HEAD")
     if head is None or head.returncode != 0:
         return {"commit": None, "dirty": None}
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".",
+                 *(f":(top,exclude){path}" for path in RUN_RECORDS))
     dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
     return {"commit": head.stdout.strip(), "dirty": dirty}
 

@@ -8,10 +8,13 @@
     children_cpu_s  CPU time of child processes that ended inside the block and were
                     waited for (a process pool, `git`); processes on other machines or a
                     Dask cluster that outlive the block are not counted
-    peak_rss_mb     this process's resident-memory high-water mark (ru_maxrss). It is a
-                    mark for the whole process, reached inside the block or before it;
-                    each `stego <stage>` is its own process, so under DVC it is the stage's
-    children_peak_rss_mb  the largest such mark of the waited-for child processes
+    peak_rss_mb     this process's peak resident memory inside the block: the kernel's
+                    high-water mark VmHWM, reset when the block starts (`peak_rss_scope`
+                    "block"). Where it cannot be reset, VmHWM since the process started
+                    ("process"); without /proc, ru_maxrss ("process"), which Linux also
+                    carries over from the parent across exec. Child processes' peaks are
+                    not recorded: their ru_maxrss inherits the parent's across exec, so it
+                    would report this process's size, not theirs
     read_bytes / write_bytes       bytes this process read and wrote through system
                     calls (/proc/self/io rchar / wchar: files, pipes and sockets, page cache included)
     disk_read_bytes / disk_write_bytes  the part that reached the storage layer
@@ -25,7 +28,6 @@ On a system without /proc (not Linux) the byte counts are null.
 from __future__ import annotations
 
 import datetime
-import os
 import resource
 import sys
 import time
@@ -37,6 +39,8 @@ from stego_tasks.runtime import atomic
 from stego_tasks.runtime.provenance import provenance
 
 PROC_IO = Path("/proc/self/io")
+PROC_STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
 _IO_FIELDS = {"rchar": "read_bytes", "wchar": "write_bytes", "read_bytes": "disk_read_bytes",
               "write_bytes": "disk_write_bytes"}
 # ru_maxrss is in kibibytes on Linux, in bytes on macOS.
@@ -56,6 +60,26 @@ def io_counters(path: Path = PROC_IO) -> dict[str, int] | None:
         if name.strip() in _IO_FIELDS:
             counters[_IO_FIELDS[name.strip()]] = int(value)
     return counters
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where the kernel refuses."""
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_bytes() -> int:
+    """This process's VmHWM in bytes, or ru_maxrss where /proc/self/status cannot be read."""
+    try:
+        for line in PROC_STATUS.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _MAXRSS_UNIT
 
 
 def numeric_leaves(summary: Any, prefix: str = "") -> dict[str, float]:
@@ -103,6 +127,7 @@ class StageTrace:
         cuda = _cuda()
         if cuda is not None:
             cuda.reset_peak_memory_stats()
+        self._peak_scope = "block" if reset_peak_rss() else "process"
         self._started = datetime.datetime.now(datetime.timezone.utc)
         self._io = io_counters()
         self._children = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -119,7 +144,7 @@ class StageTrace:
     ) -> None:
         wall = time.perf_counter() - self._wall
         cpu = time.process_time() - self._cpu
-        own = resource.getrusage(resource.RUSAGE_SELF)
+        peak = peak_rss_bytes()
         children = resource.getrusage(resource.RUSAGE_CHILDREN)
         io_after = io_counters()
         cuda = _cuda()
@@ -133,14 +158,13 @@ class StageTrace:
             "cpu_percent": round(100.0 * cpu / wall, 1) if wall > 0 else None,
             "children_cpu_s": round(children.ru_utime + children.ru_stime
                                     - self._children.ru_utime - self._children.ru_stime, 3),
-            "peak_rss_mb": _mb(own.ru_maxrss * _MAXRSS_UNIT),
-            "children_peak_rss_mb": _mb(children.ru_maxrss * _MAXRSS_UNIT),
+            "peak_rss_mb": _mb(peak),
+            "peak_rss_scope": self._peak_scope,
             **{name: (None if self._io is None or io_after is None else io_after[name] - self._io[name])
                for name in _IO_FIELDS.values()},
             "device": "cpu" if cuda is None else f"cuda:{cuda.current_device()}",
             "gpu_peak_mb": None if cuda is None else _mb(cuda.max_memory_allocated()),
             "counts": self.counts,
-            "pid": os.getpid(),
             "provenance": provenance(self.folder),
         }
         self.record = record
