@@ -16,6 +16,7 @@ the page can be mailed, archived or opened offline. The same inputs give the sam
     artifacts/model/shift_stats.json  correlation distributions and shifts (train stage)
     metrics/seeds.json           mean and sd over seeds (`stego seeds`), when present
     metrics/trace/<stage>.json   stage timeline and resource table (every stage but this one)
+    dvc.yaml                     the pipeline's DAG (read as it stands: DVC cannot make it a dep)
     params.yaml                  the params used
 Provenance (versions, CUDA, GPU, git commit) comes from scores.json's `provenance`.
 """
@@ -30,9 +31,12 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stego_tasks.config import ReportParams
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
+from stego_tasks.tools.report_dag import dag_section
 from stego_tasks.tools.report_protocol import (
     SEEDS,
     SHIFT_STATS,
@@ -58,6 +62,7 @@ INPUTS: dict[str, str] = {
     "shift_stats": SHIFT_STATS,
     "seeds": SEEDS,
     "trace": TRACE_DIR,  # the other stages' trace files in it
+    "pipeline": "dvc.yaml",
 }
 METHOD_ROWS = METHODS  # one list of methods and labels for the page and the end-of-run table
 DASH = "\u2013"
@@ -291,6 +296,13 @@ def _params_section(run_dir: Path, model: dict | None) -> str:
     return head + ("".join(blocks) or _note(f"No params: {INPUTS['params']} and {INPUTS['model']} are missing."))
 
 
+def _dag_section(run_dir: Path) -> str:
+    pipeline, params = run_dir / INPUTS["pipeline"], run_dir / INPUTS["params"]
+    values = yaml.safe_load(params.read_text(encoding="utf-8")) if params.is_file() else None
+    return dag_section(pipeline.read_text(encoding="utf-8") if pipeline.is_file() else None,
+                       values if isinstance(values, dict) else None)
+
+
 def render(run_dir: Path, params: ReportParams | None = None) -> str:
     """The report page for a run folder, as HTML text.
 
@@ -336,6 +348,7 @@ def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
         _loss_section(run_dir),
         _overlays_section(run_dir, params.max_overlays),
         _quarantine_section(run_dir, params.max_quarantine_rows),
+        _dag_section(run_dir),
         timeline_section(traces),
         provenance_section(scores, traces),
         _params_section(run_dir, model),
