@@ -138,3 +138,39 @@ def test_provenance_names_the_installed_versions_and_the_git_commit(tmp_path: Pa
     assert git_state(tmp_path)["dirty"] is False, "a run's own metrics rewritten by its stages leave the tree clean"
     (tmp_path / "a.txt").write_text("two")
     assert git_state(tmp_path)["dirty"] is True, "an edited tracked file makes the tree dirty"
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda on a machine without a GPU: 3 GiB peak, device 1."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def is_initialized(self) -> bool:
+        return True
+
+    def reset_peak_memory_stats(self) -> None:
+        self.resets += 1
+
+    def max_memory_allocated(self) -> int:
+        return 3 * 2**30
+
+    def current_device(self) -> int:
+        return 1
+
+    def get_device_name(self, index: int) -> str:
+        return f"Fake GPU {index}"
+
+
+def test_a_process_that_uses_cuda_records_device_peak_and_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    cuda = _FakeCuda()
+    fake = types.SimpleNamespace(cuda=cuda, version=types.SimpleNamespace(cuda="12.8"))
+    monkeypatch.setitem(sys.modules, "torch", fake)
+    with StageTrace("gpu") as tracer:
+        pass
+    record = tracer.record
+    assert cuda.resets == 1, "the peak is reset when the stage starts"
+    assert (record["device"], record["gpu_peak_mb"]) == ("cuda:1", 3072.0), record
+    assert (record["provenance"]["cuda"], record["provenance"]["gpu"]) == ("12.8", "Fake GPU 1"), record["provenance"]
