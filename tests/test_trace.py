@@ -64,17 +64,30 @@ def test_bytes_written_and_read_cover_a_file_the_block_writes_and_reads(tmp_path
     assert size <= record["read_bytes"] < size + 2**20, f"read {size} bytes, trace says {record['read_bytes']}"
 
 
-def test_peak_rss_is_at_least_the_rss_seen_during_a_big_allocation() -> None:
-    # In a fresh process; psutil is the independent reading. A parent as big as pytest must not
-    # leak into the child's figure (ru_maxrss would carry it over exec; VmHWM does not).
-    code = (
-        "import json, numpy as np, psutil\nfrom stego_tasks.runtime.trace import StageTrace\n"
-        "with StageTrace('alloc') as t:\n    block = np.ones(200 * 2**20 // 8); block.sum()\n"
-        "    seen = psutil.Process().memory_info().rss / 2**20\n"
-        "print(json.dumps([t.record['peak_rss_mb'], seen]))"
-    )
+def _traced_in_fresh_process(before_mib: int, block_mib: int) -> dict:
+    """Run a traced block touching `block_mib` MiB in a new Python, after a peak of `before_mib` MiB.
+
+    Returns:
+        The trace record, with "seen": the RSS psutil read inside the block.
+    """
+    code = "\n".join([
+        "import json, numpy as np, psutil",
+        "from stego_tasks.runtime.trace import StageTrace",
+        f"before = np.ones({before_mib} * 2**20 // 8); before.sum(); del before",
+        "with StageTrace('alloc') as t:",
+        f"    block = np.ones({block_mib} * 2**20 // 8); block.sum()",
+        "    seen = psutil.Process().memory_info().rss / 2**20",
+        "print(json.dumps({**t.record, 'seen': seen}))",
+    ])
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    peak, seen = json.loads(out.strip().splitlines()[-1])
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_peak_rss_is_at_least_the_rss_seen_during_a_big_allocation() -> None:
+    # psutil is the independent reading. A parent as big as pytest must not leak into the
+    # child's figure (ru_maxrss would carry it over exec; VmHWM does not).
+    record = _traced_in_fresh_process(0, 200)
+    peak, seen = record["peak_rss_mb"], record["seen"]
     assert seen >= 200, f"psutil saw {seen} MiB with 200 MiB touched"
     assert peak_rss_bytes() > 0
     # The kernel folds per-thread RSS counters into the high-water mark lazily: a few MiB may lag.
@@ -82,15 +95,9 @@ def test_peak_rss_is_at_least_the_rss_seen_during_a_big_allocation() -> None:
 
 
 def test_peak_rss_is_the_blocks_own_after_a_bigger_earlier_peak() -> None:
-    code = (
-        "import json, numpy as np\nfrom stego_tasks.runtime.trace import StageTrace\n"
-        "before = np.ones(300 * 2**20 // 8); before.sum(); del before\n"
-        "with StageTrace('small') as t:\n    block = np.ones(50 * 2**20 // 8); block.sum()\n"
-        "print(json.dumps([t.record['peak_rss_mb'], t.record['peak_rss_scope']]))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    peak, scope = json.loads(out.strip().splitlines()[-1])
-    if scope == "block":
+    record = _traced_in_fresh_process(300, 50)
+    peak = record["peak_rss_mb"]
+    if record["peak_rss_scope"] == "block":
         assert peak < 250, f"a 300 MiB peak before the block leaked into its figure: {peak} MiB"
     else:
         assert peak >= 300, f"a process-wide mark must include the earlier 300 MiB: {peak} MiB"
