@@ -28,7 +28,7 @@ def count_items(n: int = 5) -> dict:
     with Progress(n, "count items", unit="it") as progress:
         for _ in range(n):
             progress.update()
-    return {"items": n, "source": "a test"}
+    return {"images": n, "source": "a test", "k": 3}
 
 
 state = stage_flow(count_items)(n=7, trace="trace/count_items.json", return_state=True)
@@ -68,11 +68,12 @@ def test_stage_and_run_artifacts_reach_the_server(tmp_path: Path, prefect_server
     assert out["stego"]["artifacts"] == ["stego-scores", "stego-report", "stego-trace"], out["stego"]
 
     trace = json.loads((project / "trace" / "count_items.json").read_text())
-    assert trace["counts"] == {"items": 7} and trace["stage"] == "count_items", f"trace {trace}"
+    assert trace["counts"] == {"images": 7} and trace["stage"] == "count_items", f"trace {trace}"
 
     (summary,) = _artifacts(prefect_server.api_url, "count-items-summary")
     assert summary["type"] == "markdown" and summary["flow_run_id"] == out["stage_flow_run"], summary
-    assert "| items | 7 |" in summary["data"] and "| source | a test |" in summary["data"], summary["data"]
+    for row in ("| images | 7 |", "| k | 3 |", "| source | a test |"):  # every number the stage returned
+        assert row in summary["data"], f"no {row!r} in {summary['data']}"
     assert f"| wall (s) | {trace['wall_s']:g} |" in summary["data"], "the markdown shows the trace's wall time"
 
     (progress,) = _artifacts(prefect_server.api_url, artifact_key("count items", "progress"))

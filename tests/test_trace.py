@@ -112,8 +112,10 @@ def test_child_processes_cpu_is_counted_apart() -> None:
 
 
 def test_counts_come_from_the_summary_and_a_failure_is_recorded(tmp_path: Path) -> None:
-    summary = {"rows": {"train": 12, "val": 3}, "weights_source": "random", "resumed": False, "steps": 30}
-    assert numeric_leaves(summary) == {"rows.train": 12, "rows.val": 3, "steps": 30}
+    summary = {"rows": {"train": 12, "val": 3}, "weights_source": "random", "resumed": False, "steps": 30,
+               "in_dim": 192, "cluster": {"miou": 27.2}, "params": {"n_classes": 5}}
+    assert numeric_leaves(summary) == {"rows.train": 12, "rows.val": 3, "steps": 30, "in_dim": 192, "cluster.miou": 27.2,
+                                       "params.n_classes": 5}
     with pytest.raises(RuntimeError), StageTrace("broken", tmp_path / "broken.json") as tracer:
         tracer.count(summary)
         raise RuntimeError("boom")

@@ -20,7 +20,9 @@
     disk_read_bytes / disk_write_bytes  the part that reached the storage layer
     device          "cpu", or the CUDA device when this process initialised CUDA, with
     gpu_peak_mb     torch.cuda.max_memory_allocated over the block
-    counts          the numbers of the stage's summary (images, crops, steps, rows, ...)
+    counts          what the stage processed, from its summary: the numbers under an item
+                    name of `COUNT_KEYS` (images, rows, steps, chunks, ...), not its scores
+                    or settings
 
 On a system without /proc (not Linux) the byte counts are null.
 """
@@ -43,6 +45,11 @@ PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
 _IO_FIELDS = {"rchar": "read_bytes", "wchar": "write_bytes", "read_bytes": "disk_read_bytes",
               "write_bytes": "disk_write_bytes"}
+# Summary keys that count processed items; `counts` keeps the numbers under one of these names.
+COUNT_KEYS = frozenset({
+    "images", "rows", "steps", "clusters", "chunks_computed", "chunks_total", "n_images", "n_labelled", "n_new",
+    "n_kept", "n_removed", "n_quarantined", "n_skipped", "n_train", "n_val",
+})
 # ru_maxrss is in kibibytes on Linux, in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
 
@@ -136,8 +143,9 @@ class StageTrace:
         return self
 
     def count(self, summary: Any) -> None:
-        """Record the numbers of the stage's summary (what it processed) as the trace's counts."""
-        self.counts = numeric_leaves(summary)
+        """Record what the stage processed: the numbers of its summary under a `COUNT_KEYS` name."""
+        self.counts = {key: value for key, value in numeric_leaves(summary).items()
+                       if COUNT_KEYS & set(key.split(".")) and "params" not in key.split(".")}
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
