@@ -10,6 +10,9 @@ outputs in place under an artifact lock (the features store is completed, a mode
 keeps its checkpoint), and its failures are a user's error or a bug, which a retry only
 repeats. DVC, not Prefect, decides when a stage runs again; chunk tasks that are safe to
 repeat (`flows/extract.py`) have retries of their own.
+
+Every stage flow also takes `trace`, the JSON file its trace goes to (`traced_stage`:
+`stego_tasks.runtime.trace`), and publishes its Prefect artifacts (`flows/artifacts.py`).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable
-from contextlib import ExitStack
 from typing import Any
 
 from prefect import Flow, flow, task
@@ -46,9 +48,7 @@ def traced_stage(stage: str, call: Callable[[], Any], trace: str | None) -> Any:
     Returns:
         What `call` returned.
     """
-    with ExitStack() as stack:
-        stack.enter_context(progress_listener(ProgressPublisher()))
-        tracer = stack.enter_context(StageTrace(stage, trace))
+    with progress_listener(ProgressPublisher()), StageTrace(stage, trace) as tracer:
         summary = call()
         tracer.count(summary)
     publish_stage(stage, summary, tracer.record)
