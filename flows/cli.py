@@ -40,10 +40,20 @@ STAGES: dict[str, tuple[str, list[str]]] = {
     "train": ("Read stored features and the kNN graph; write the head + probes, the loss log and the shift diagnostics.", ["features", "knn", "model", "loss_log", "shift_stats"]),
     "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
     "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
-    "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment"]),
+    "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment", "confusion_data", "per_class_plot"]),
     "report": ("Read a run's metrics, plots, quarantine list and model; write one self-contained HTML page "
                "(metrics, IoU bars, confusion, losses, overlays, quarantine).", []),
 }
+
+
+# Stages DVC runs on every repro (`always_changed`): a trace would differ each time, so
+# dvc.lock, the metrics and the report would be stale after every no-op repro.
+UNTRACED = frozenset({"weights"})
+
+
+def trace_of(stage: str) -> str | None:
+    """The default trace file of a stage: `<paths.trace>/<stage>.json` (a DVC metrics file); None when untraced."""
+    return None if stage in UNTRACED else f"{PATHS['trace']}/{stage}.json"
 
 
 def command_of(stage: str) -> str:
@@ -119,6 +129,8 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
         for option in options:
             sub.add_argument(f"--{option.replace('_', '-')}", dest=option, default=DEFAULTS[option],
                              help=f"(default: {DEFAULTS[option]})")
+        sub.add_argument("--trace", default=trace_of(stage), metavar="FILE",
+                         help=f"JSON file for what the run cost: wall, CPU, memory, I/O, versions (default: {trace_of(stage)})")
         sub.add_argument("--no-prefect", action="store_true", help="call the library directly, without a Prefect flow run")
         if stage == "train":
             sub.add_argument("--resume", action="store_true", help="continue from the model folder's checkpoint.pt")
@@ -152,8 +164,11 @@ def _run_stage(stage: str, args: argparse.Namespace) -> Any:
     kwargs = _stage_kwargs(stage, args)
     if args.no_prefect:
         from flows import stage_functions
+        from stego_tasks.runtime.trace import StageTrace
 
-        result = getattr(stage_functions, stage)(**kwargs)
+        with StageTrace(stage, args.trace) as tracer:
+            result = getattr(stage_functions, stage)(**kwargs)
+            tracer.count(result)
     else:
         from stego_tasks.config import load_params
 
@@ -161,7 +176,7 @@ def _run_stage(stage: str, args: argparse.Namespace) -> Any:
         module = importlib.import_module(f"flows.{stage}")
         if not os.environ.get("STEGO_DEBUG"):
             _quiet_user_errors_on_console()
-        result = getattr(module, f"{stage}_flow")(**kwargs)
+        result = getattr(module, f"{stage}_flow")(**kwargs, trace=args.trace)
     if stage == "demo_data":
         print(f"demo corpus written to {args.directory}: {result}")
     if stage == "report":

@@ -20,6 +20,7 @@ from prefect.cache_policies import NONE
 from prefect.futures import as_completed
 
 from flows import stage_functions
+from flows.stage_flow import traced_stage
 from stego_tasks.config import load_params
 from stego_tasks.data.embed import ChunkJob, extract_chunk
 from stego_tasks.extract import ChunkResults, ChunkRunner
@@ -79,14 +80,19 @@ def chunks_as_prefect_tasks(task_runner: Any) -> ChunkRunner:
 
 @flow(name="extract", log_prints=True)
 def extract_flow(
-    params_path: str = PARAMS_FILE, manifest: str = PATHS["manifest"], features: str = PATHS["features"]
+    params_path: str = PARAMS_FILE, manifest: str = PATHS["manifest"], features: str = PATHS["features"],
+    *, trace: str | None = None,
 ) -> dict[str, Any]:
-    """The extract stage as one flow run; arguments as `flows.stage_functions.extract` (but its runner)."""
+    """The extract stage as one flow run; arguments as `flows.stage_functions.extract` (but its runner).
+
+    `trace`: the JSON file to write the stage's trace to (`flows.stage_flow.traced_stage`).
+    """
     address = load_params(params_path).dask.address
     if address:
         # Connected before the store is touched: a wrong address leaves nothing behind.
         with dask_task_runner(address) as task_runner:
-            return stage_functions.extract(
+            return traced_stage("extract", lambda: stage_functions.extract(
                 params_path=params_path, manifest=manifest, features=features, runner=chunks_as_prefect_tasks(task_runner)
-            )
-    return extract_task(params_path=params_path, manifest=manifest, features=features)
+            ), trace)
+    return traced_stage("extract", lambda: extract_task(params_path=params_path, manifest=manifest, features=features),
+                        trace)

@@ -134,15 +134,16 @@ def evaluate(
     params_path: str = PARAMS, features: str = P["features"], predictions: str = P["predictions"],
     crf_out: str = P["crf_out"], scores: str = P["scores"], per_class: str = P["per_class"],
     confusion: str = P["confusion"], overlays: str = P["overlays"], assignment: str = P["assignment"],
+    confusion_data: str = P["confusion_data"], per_class_plot: str = P["per_class_plot"],
 ) -> dict[str, Any]:
-    """Scores, per-class IoU, confusion matrix and overlays."""
+    """Scores, per-class IoU, confusion matrix and overlays, and the plot data DVC draws."""
     from stego_tasks.evaluate import evaluate as run
 
     params = load_params(params_path)
     return run(
         Path(features), Path(predictions), Path(crf_out), Path(scores), Path(per_class), Path(confusion),
         Path(overlays), declared_view(params.corpus, ("n_classes", "ignore_index", "class_names")), params.evaluate,
-        Path(assignment), preset=params.preset,
+        Path(assignment), preset=params.preset, confusion_csv=Path(confusion_data), per_class_csv=Path(per_class_plot),
     )
 
 

@@ -3,7 +3,9 @@
 DVC decides what is stale; each stage it runs calls `stego <stage>`, whose own flow run
 shows in Prefect beside this one. After a run that changed anything, the flow commits
 `dvc.lock` and the metrics files (and nothing else) with a message naming the stages that
-ran, so `dvc metrics diff HEAD~1` compares the run with the one before.
+ran, so `dvc metrics diff HEAD~1` compares the run with the one before. Then it publishes
+the scores table (`stego-scores`), the report's link (`stego-report`) and what each stage
+cost (`stego-trace`) on Prefect's Artifacts page (`flows/artifacts.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
+
+from flows.artifacts import publish_run
+from stego_tasks.paths import PATHS
 
 RECORDED = ("dvc.lock", "metrics")
 
@@ -108,6 +113,12 @@ def record_run(repo: str, ran: list[str]) -> str | None:
     return _git(root, "rev-parse", "HEAD").stdout.strip()
 
 
+@task(name="publish-artifacts", cache_policy=NONE)
+def publish(repo: str, ran: list[str]) -> list[str]:
+    """Publish the run's scores table, report link and stage costs; returns the artifact keys."""
+    return publish_run(Path(repo), Path(PATHS["scores"]), Path(PATHS["report"]), Path(PATHS["trace"]), ran)
+
+
 @flow(name="stego", log_prints=True)
 def stego_flow(
     repo: str = ".", targets: list[str] | None = None, force: bool = False, record: bool = True
@@ -121,7 +132,7 @@ def stego_flow(
         record: commit dvc.lock and metrics after a run that changed them.
 
     Returns:
-        {"ran": stage names, "commit": hash or None}.
+        {"ran": stage names, "commit": hash or None, "artifacts": the keys published}.
     """
     logger = get_run_logger()
     repo = str(Path(repo).resolve())
@@ -132,4 +143,4 @@ def stego_flow(
         commit = record_run(repo, ran)
         if commit:
             logger.info("recorded the run as commit %s", commit[:10])
-    return {"ran": ran, "commit": commit}
+    return {"ran": ran, "commit": commit, "artifacts": publish(repo, ran)}

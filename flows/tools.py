@@ -17,6 +17,7 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from flows.params_tool import add_params_arguments, params_from_args
 from stego_tasks.paths import PATHS, run_path
 
 # --- stego predict -----------------------------------------------------------------------
@@ -219,5 +220,10 @@ TOOLS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         "Run the pipeline for N seeds as DVC experiments (dvc exp run -S seed=...) and write mean ± sd of "
         f"every method's accuracy and mIoU to {PATHS['seeds']} (also shown in the report).",
         add_seeds_arguments, seeds_from_args,
+    ),
+    "params": (
+        "Describe params.yaml: --explain KEY (type, range, default, the stages that read it, published values), "
+        "--schema writes stego_tasks/params.schema.json, --check-schema compares it with the generated one.",
+        add_params_arguments, params_from_args,
     ),
 }

@@ -1,9 +1,10 @@
 """STEGO as a library: the pipeline's stages over four layers that call one way (down).
 
 Layers, lowest first (`tests/test_contracts.py` checks the direction):
-  config, params_schema, paths, presets/   configuration: params blocks, artifact paths
+  config, params_schema, params_doc, paths, presets/   configuration: params blocks and
+             their JSON schema, artifact paths
   runtime/   where work runs and how it is written: atomic outputs, locks, progress,
-             devices, executors (spawn pool / Dask)
+             devices, executors (spawn pool / Dask), the stage trace and provenance
   method/    STEGO's method, arrays in and out: backbone, head, loss, neighbours, inference,
              dense CRF, metrics, probes, the trained model's files
   data/      images and corpus files, preprocessing, the manifest, the Zarr features store,

@@ -7,12 +7,16 @@ Methods scored on the validation split, all on the same pixels:
     linear_crf   linear probe + dense CRF
     kmeans       k-means on the raw backbone features, matched (the baseline)
 
-Outputs: `scores.json` (DVC metrics; also records the backbone and whether its weights
-were random), `per_class_iou.json`, `confusion.png` and `overlays/` (DVC plots).
+Outputs: `scores.json` (DVC metrics; also records the backbone, whether its weights were
+random, and what produced it: versions, GPU, git commit), `per_class_iou.json`,
+`confusion.png` and `overlays/`, and for `dvc plots show` / `dvc plots diff`: the confusion
+as rows of DVC's `confusion` template and the per-class IoU as a table (`write_plot_data`).
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import math
 from pathlib import Path
@@ -27,6 +31,7 @@ from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import open_store, same_images
 from stego_tasks.method.metrics import ScoreAccumulator
 from stego_tasks.runtime import atomic
+from stego_tasks.runtime.provenance import provenance
 from stego_tasks.tools.visualize import colorize, panel
 
 log = logging.getLogger("stego")
@@ -39,6 +44,9 @@ METHODS = {
     "linear_crf": ("linear_pred", "crf", False),
     "kmeans": ("kmeans_pred", "cluster", True),
 }
+# The confusion for DVC's `confusion` template: one (actual, predicted) row per this share of
+# the labelled validation pixels, so the drawn counts are per CONFUSION_ROWS pixels.
+CONFUSION_ROWS = 10_000
 
 
 def _clean(value: float) -> float | None:
@@ -106,6 +114,59 @@ def plot_confusion(confusion: np.ndarray, assignment: np.ndarray, class_names: l
     plt.close(figure)
 
 
+def scaled_counts(counts: np.ndarray, total: int) -> np.ndarray:
+    """Integers proportional to `counts` that sum to `total` (largest remainders; 0 stays 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.sum() <= 0:
+        return np.zeros(counts.shape, dtype=np.int64)
+    exact = counts / counts.sum() * total
+    scaled = np.floor(exact).astype(np.int64)
+    remainders = (exact - scaled).ravel()
+    short = total - int(scaled.sum())
+    flat = scaled.ravel()
+    flat[np.argsort(-remainders, kind="stable")[:short]] += 1
+    return flat.reshape(counts.shape)
+
+
+def _csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_plot_data(
+    confusion: np.ndarray | None, assignment: np.ndarray, class_names: list[str], per_class: dict[str, dict],
+    confusion_csv: Path, per_class_csv: Path,
+) -> None:
+    """The confusion and the per-class IoU as CSV files DVC draws (`dvc plots show`, `dvc plots diff`).
+
+    `confusion_csv` has columns actual, predicted: one row per 1/CONFUSION_ROWS of the
+    labelled pixels (cell counts rounded by largest remainders), the prediction named by the
+    class its cluster is matched to ("cluster N" when unmatched). `per_class_csv` has one
+    row per class and one IoU column per scored method. Without labels both hold a header only.
+
+    Args:
+        confusion: [cluster, class] pixel counts of the matched method, or None without labels.
+        assignment: cluster -> class index (-1 unmatched).
+        class_names: one name per class.
+        per_class: {method: {class name: IoU}}.
+        confusion_csv, per_class_csv: files to write, atomically.
+    """
+    rows: list[list[Any]] = []
+    if confusion is not None:
+        scaled = scaled_counts(confusion, CONFUSION_ROWS)
+        for cluster, label in zip(*np.nonzero(scaled), strict=True):
+            matched = int(assignment[cluster]) if cluster < len(assignment) else -1
+            predicted = class_names[matched] if matched >= 0 else f"cluster {cluster}"
+            rows += [[class_names[label], predicted]] * int(scaled[cluster, label])
+    atomic.write_text(confusion_csv, _csv_text(["actual", "predicted"], rows))
+    methods = list(per_class)
+    table = [[name, *(per_class[m].get(name) for m in methods)] for name in class_names] if methods else []
+    atomic.write_text(per_class_csv, _csv_text(["class", *methods], table))
+
+
 def write_overlays(
     out_dir: Path, images: zarr.Array, labels: zarr.Array, predictions: np.ndarray, assignment: np.ndarray,
     corpus: CorpusParams, n: int,
@@ -140,6 +201,8 @@ def evaluate(
     params: EvaluateParams,
     assignment_path: Path | None = None,
     preset: str = "custom",
+    confusion_csv: Path | None = None,
+    per_class_csv: Path | None = None,
 ) -> dict[str, Any]:
     """Score all methods and draw the report plots.
 
@@ -155,6 +218,7 @@ def evaluate(
         assignment_path: JSON to write the Hungarian cluster -> class map of the cluster
             probe to (`cluster_to_class` null without labels); `stego predict` names classes with it.
         preset: the params file's `preset`, recorded in the scores.
+        confusion_csv, per_class_csv: the plot data of `write_plot_data` (skipped when None).
 
     Returns:
         The scores dict written to `scores_path`.
@@ -182,8 +246,10 @@ def evaluate(
         "weights_source": root_attrs.get("weights_source"),
         "preprocess": root_attrs.get("preprocess"),
         "protocol": dict(stores["cluster"].attrs.get("protocol") or {}),
+        "provenance": provenance(),  # what produced these numbers: versions, GPU, git commit
     }
     per_class: dict[str, dict[str, float | None]] = {}
+    best_confusion = None
     if not has_labels:
         log.warning("evaluate: the validation images have no labels; writing predictions only")
         assignment = np.arange(n_clusters)
@@ -193,8 +259,8 @@ def evaluate(
             scores[method] = {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"])}
             per_class[method] = {name: _clean(v) for name, v in zip(names, result["iou"], strict=True)}
         best = results["cluster_crf"] if "cluster_crf" in results else results["cluster"]
-        assignment = best["assignment"]
-        plot_confusion(best["confusion"], assignment, names, confusion_path)
+        assignment, best_confusion = best["assignment"], best["confusion"]
+        plot_confusion(best_confusion, assignment, names, confusion_path)
         log.info(
             "evaluate: cluster mIoU %.1f (crf %.1f), k-means baseline %.1f, linear %.1f",
             *(scores.get(m, {}).get("miou") or float("nan") for m in ("cluster", "cluster_crf", "kmeans", "linear")),
@@ -203,8 +269,10 @@ def evaluate(
     write_overlays(overlays_dir, val["images"], labels, stores[source]["cluster_pred"], assignment, corpus, params.n_overlays)
     if not has_labels:
         _blank_confusion(confusion_path)
+    if confusion_csv is not None and per_class_csv is not None:
+        write_plot_data(best_confusion, assignment, names, per_class, confusion_csv, per_class_csv)
     atomic.write_json(scores_path, scores)
-    atomic.write_json(per_class_path, per_class)
+    atomic.write_json(per_class_path, {**per_class, "provenance": scores["provenance"]})
     if assignment_path is not None:
         mapping = [int(c) for c in assignment] if has_labels else None
         atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": names, "method": "cluster_crf"})

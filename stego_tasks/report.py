@@ -15,7 +15,10 @@ the page can be mailed, archived or opened offline. The same inputs give the sam
     artifacts/model/model.json   backbone, weights source, training params
     artifacts/model/shift_stats.json  correlation distributions and shifts (train stage)
     metrics/seeds.json           mean and sd over seeds (`stego seeds`), when present
+    metrics/trace/<stage>.json   stage timeline and resource table (every stage but this one)
+    dvc.yaml                     the pipeline's DAG (read as it stands: DVC cannot make it a dep)
     params.yaml                  the params used
+Provenance (versions, CUDA, GPU, git commit) comes from scores.json's `provenance`.
 """
 
 from __future__ import annotations
@@ -28,15 +31,25 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from stego_tasks.config import ReportParams
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
+from stego_tasks.tools.report_dag import dag_section
 from stego_tasks.tools.report_protocol import (
     SEEDS,
     SHIFT_STATS,
     protocol_section,
     seeds_section,
     shift_section,
+)
+from stego_tasks.tools.report_trace import (
+    PROVENANCE,
+    TRACE_DIR,
+    provenance_section,
+    timeline_section,
+    trace_records,
 )
 from stego_tasks.tools.run_summary import METHODS
 from stego_tasks.tools.visualize import loss_plot_png, read_loss_log
@@ -48,6 +61,8 @@ INPUTS: dict[str, str] = {
     "params": PARAMS_FILE,
     "shift_stats": SHIFT_STATS,
     "seeds": SEEDS,
+    "trace": TRACE_DIR,  # the other stages' trace files in it
+    "pipeline": "dvc.yaml",
 }
 METHOD_ROWS = METHODS  # one list of methods and labels for the page and the end-of-run table
 DASH = "\u2013"
@@ -168,7 +183,9 @@ def _metrics_section(scores: dict | None) -> str:
 
 def _class_order(per_class: dict[str, dict], model: dict) -> list[str]:
     names = [str(name) for name in model.get("class_names") or []]
-    for table in per_class.values():
+    for method, table in per_class.items():
+        if method == PROVENANCE:
+            continue
         names += [name for name in table if name not in names]
     return names
 
@@ -183,7 +200,7 @@ def _bar_cell(value: Any, kind: str) -> str:
 
 def _per_class_section(per_class: dict | None, model: dict) -> str:
     head = "<h2>Per-class IoU</h2>"
-    tables = {k: v for k, v in (per_class or {}).items() if isinstance(v, dict)}
+    tables = {k: v for k, v in (per_class or {}).items() if isinstance(v, dict) and k != PROVENANCE}
     if not tables:
         missing = per_class is None
         return head + _note(f"No per-class IoU: {INPUTS['per_class']} is missing." if missing
@@ -279,6 +296,13 @@ def _params_section(run_dir: Path, model: dict | None) -> str:
     return head + ("".join(blocks) or _note(f"No params: {INPUTS['params']} and {INPUTS['model']} are missing."))
 
 
+def _dag_section(run_dir: Path) -> str:
+    pipeline, params = run_dir / INPUTS["pipeline"], run_dir / INPUTS["params"]
+    values = yaml.safe_load(params.read_text(encoding="utf-8")) if params.is_file() else None
+    return dag_section(pipeline.read_text(encoding="utf-8") if pipeline.is_file() else None,
+                       values if isinstance(values, dict) else None)
+
+
 def render(run_dir: Path, params: ReportParams | None = None) -> str:
     """The report page for a run folder, as HTML text.
 
@@ -310,6 +334,7 @@ def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
     per_class = _read_json(run_dir / INPUTS["per_class"])
     scores = scores if isinstance(scores, dict) else None
     model = model if isinstance(model, dict) else None
+    traces = trace_records(run_dir)
     is_random = bool(_weights(scores or {}, model or {})[0])
     title, header = _header(scores or {}, model or {})
     sections = [
@@ -323,6 +348,9 @@ def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
         _loss_section(run_dir),
         _overlays_section(run_dir, params.max_overlays),
         _quarantine_section(run_dir, params.max_quarantine_rows),
+        _dag_section(run_dir),
+        timeline_section(traces),
+        provenance_section(scores, traces),
         _params_section(run_dir, model),
     ]
     page = (

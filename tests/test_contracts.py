@@ -281,7 +281,10 @@ ORDER_ONLY = {
     ("extract", PATHS["weights"]): "a changed checkpoint content makes extract stale (extract hashes the file itself too)",
 }
 # Files `stego report` reads that no pipeline stage writes (a dep on them fails while absent).
-OUTSIDE_PIPELINE = {PATHS["seeds"]: "written by `stego seeds`, which runs the pipeline itself"}
+OUTSIDE_PIPELINE = {
+    PATHS["seeds"]: "written by `stego seeds`, which runs the pipeline itself",
+    "dvc.yaml": "the DAG on the page; DVC refuses its own stage file as a dependency (DependencyIsStageFileError)",
+}
 
 
 def _resolved_stages() -> dict[str, dict[str, object]]:
@@ -302,6 +305,11 @@ def _normal(path: object) -> str:
     return PurePosixPath(str(path)).as_posix()
 
 
+def _within(path: str, folder: str) -> bool:
+    """`path` is `folder` or lies inside it."""
+    return path == folder or path.startswith(f"{folder}/")
+
+
 def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[str]:
     """What is wrong between the paths `cmd` gives stage `stage` and its DVC deps and outs ([] when nothing)."""
     words = shlex.split(cmd)
@@ -312,10 +320,11 @@ def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[
         run = Path(args.run)
         assert run == Path("."), f"the report stage must describe its own run, not {run}"
         wanted = {_normal(path) for path in INPUTS.values()} - {PARAMS_FILE}
-        covered = {path for path in wanted if any(path == dep or path.startswith(f"{dep}/") for dep in deps)}
+        # A folder it reads (the stage traces) is covered by deps on files in it, and reads them.
+        covered = {path for path in wanted if any(_within(path, dep) or _within(dep, path) for dep in deps)}
         problems += [f"reads {path} without a dep on it" for path in sorted(wanted - covered - set(OUTSIDE_PIPELINE))]
         problems += [f"has dep {dep}, which it does not read" for dep in sorted(deps)
-                     if not any(path == dep or path.startswith(f"{dep}/") for path in wanted)]
+                     if not any(_within(path, dep) or _within(dep, path) for path in wanted)]
         given = {_normal(args.out)}
     else:
         given = {_normal(getattr(args, option)) for option in STAGES[stage][1]}
@@ -325,6 +334,8 @@ def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[
         problems += [f"is given {path}, neither an out nor a dep" for path in sorted(reads - deps)]
         problems += [f"has dep {dep}, which it is not given" for dep in sorted(deps - given)
                      if (stage, dep) not in ORDER_ONLY]
+    if args.trace:  # every stage but the always-changed checks writes its trace (stego_tasks/runtime/trace.py)
+        given.add(_normal(args.trace))
     problems += [f"writes {path}, not a DVC out" for path in sorted(given - deps - outs)]
     problems += [f"has out {out}, which it is not told to write" for out in sorted(outs - given)]
     return problems
@@ -513,6 +524,8 @@ def test_each_stage_flow_takes_its_stage_functions_typed_parameters(stage: str) 
     flow = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
     assert isinstance(flow, Flow) and flow.name == stage, f"flows/{stage}.py: {stage}_flow"
     want = {name: p for name, p in inspect.signature(getattr(stage_functions, stage)).parameters.items() if name != "runner"}
+    # Every flow takes one keyword more: the file its trace is written to (flows/stage_flow.py).
+    want["trace"] = inspect.Parameter("trace", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")
     got = inspect.signature(flow.fn).parameters
     assert list(got) == list(want), f"flow {stage} takes {list(got)}, its stage function {list(want)}"
     for name, parameter in want.items():

@@ -6,6 +6,7 @@ comes from a naive count over pixels and a search over all cluster-to-class matc
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 from pathlib import Path
@@ -89,7 +90,7 @@ def _run(tmp: Path, corpus: CorpusParams, n_overlays: int = 2) -> tuple[dict, di
     scores = evaluate(
         tmp / "features.zarr", tmp / "cluster.zarr", tmp / "crf.zarr", out / "scores.json", out / "per_class_iou.json",
         out / "confusion.png", out / "overlays", corpus, EvaluateParams(n_overlays=n_overlays),
-        out / "assignment.json",
+        out / "assignment.json", confusion_csv=out / "confusion.csv", per_class_csv=out / "per_class_iou.csv",
     )
     on_disk = json.loads((out / "scores.json").read_text())
     assert on_disk == scores, "scores.json differs from the returned scores"
@@ -115,7 +116,15 @@ def test_scores_equal_a_brute_force_matching(tmp_path, case):
     assert scores["backbone"] == "vit_tiny_patch16_224", f"backbone {scores['backbone']}"
     assert scores["backbone_weights"] == "random", f"backbone_weights {scores['backbone_weights']}"
     assert scores["n_images"] == N_IMAGES, f"n_images {scores['n_images']}"
-    assert set(per_class) == set(METHODS), f"methods {sorted(per_class)}"
+    assert set(per_class) == set(METHODS) | {"provenance"}, f"methods {sorted(per_class)}"
+    assert per_class["provenance"] == scores["provenance"], "both metrics files name what produced them"
+    with (tmp_path / "reports" / "per_class_iou.csv").open() as handle:
+        plotted = list(csv.DictReader(handle))
+    assert [row["class"] for row in plotted] == list(names[:n_classes]), "one plot row per class"
+    for row in plotted:
+        for method in METHODS:
+            want = per_class[method][row["class"]]
+            assert (row[method] == "" if want is None else float(row[method]) == want), f"plot {method}/{row['class']}"
     for method, (array, store, matched) in METHODS.items():
         n_ids = n_classes + extra if method.startswith("cluster") else n_classes
         accuracy, miou, ious, _ = _brute_force(preds[store][array], labels, corpus, n_ids, matched)
@@ -196,10 +205,10 @@ def test_unlabelled_validation_set_writes_predictions_only(tmp_path):
     group = zarr.open_group(str(tmp_path / "features.zarr"), mode="a")["val"]
     group["labels"][:] = 255
     scores, per_class, out = _run(tmp_path, corpus)
-    assert set(scores) == {"backbone", "backbone_weights", "n_images", "preset", "weights_source", "preprocess", "protocol"}, (
-        f"scores without labels {scores}"
-    )
-    assert per_class == {}, f"per-class IoU without labels {per_class}"
+    assert set(scores) == {"backbone", "backbone_weights", "n_images", "preset", "weights_source", "preprocess", "protocol",
+                           "provenance"}, f"scores without labels {scores}"
+    assert per_class == {"provenance": scores["provenance"]}, f"per-class IoU without labels {per_class}"
+    assert (out / "confusion.csv").read_text() == "actual,predicted\n", "no labels: a confusion plot without rows"
     assignment = json.loads((out / "assignment.json").read_text())
     assert assignment["cluster_to_class"] is None, f"no labels, no assignment: {assignment}"
     with Image.open(out / "confusion.png") as image:

@@ -23,6 +23,8 @@ from conftest import (
     stop_process_group,
 )
 
+from stego_tasks.paths import PATHS
+
 PREFECT = str(VENV_BIN / "prefect")
 RECORDED = {"dvc.lock", "metrics/scores.json", "metrics/per_class_iou.json"}
 
@@ -78,7 +80,9 @@ def test_stego_flow_reruns_stale_stages_and_commits_only_its_outputs(
     head_before = _git_lines(project_copy, project_env, "rev-parse", "HEAD")
     with prefect_test_harness(server_startup_timeout=None):
         idle = stego_flow(repo=str(project_copy))
-        assert idle == {"ran": [], "commit": None}, f"an up-to-date project gave {idle}"
+        assert idle == {"ran": [], "commit": None, "artifacts": ["stego-scores", "stego-report", "stego-trace"]}, (
+            f"an up-to-date project gave {idle}"
+        )
         assert _git_lines(project_copy, project_env, "rev-parse", "HEAD") == head_before, "a no-op run committed"
 
         set_params(project_copy, {("crf", "iterations"): 5})
@@ -89,7 +93,8 @@ def test_stego_flow_reruns_stale_stages_and_commits_only_its_outputs(
     head = _git_lines(project_copy, project_env, "rev-parse", "HEAD")
     assert result["commit"] and head == [result["commit"]], f"flow reported commit {result['commit']}, HEAD is {head}"
     committed = set(_git_lines(project_copy, project_env, "show", "--name-only", "--format=", "HEAD"))
-    assert committed == RECORDED, f"the run's commit holds {sorted(committed)}, expected {sorted(RECORDED)}"
+    traces = {f"{PATHS['trace']}/{stage}.json" for stage in expected}  # each stage that ran wrote its trace
+    assert committed == RECORDED | traces, f"the run's commit holds {sorted(committed)}, expected {sorted(RECORDED | traces)}"
     status = _git_lines(project_copy, project_env, "status", "--porcelain", "--", "params.yaml", "dvc.lock", "metrics")
     assert status == [" M params.yaml"], f"after the run git status says {status}; params.yaml must stay modified only"
     message = _git_lines(project_copy, project_env, "log", "-1", "--format=%s")[0]

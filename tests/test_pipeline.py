@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from conftest import VENV_BIN, always_changed, downstream, dvc_repro, run, set_params, stage_graph
 
+from stego_tasks.paths import PATHS
+
 pytestmark = pytest.mark.slow
 
 CORE_STAGES = ["demo_data", "ingest", "validate", "extract", "knn", "train", "cluster", "crf", "evaluate"]
@@ -58,6 +60,28 @@ def test_first_run_runs_every_stage_and_writes_scores(reproduced_project: Path) 
     assert scores["n_images"] == 3, f"the tiny corpus has 3 validation images, scores count {scores['n_images']}"
 
 
+def test_metrics_show_lists_every_stages_cost_and_what_produced_it(reproduced_project: Path) -> None:
+    """`dvc metrics show` has wall, CPU and peak memory per stage, the torch version and the git commit."""
+    shown = json.loads(run([str(VENV_BIN / "dvc"), "metrics", "show", "--json"], reproduced_project).stdout)
+    metrics = shown[""]["data"]
+    head_before_run = run(["git", "rev-parse", "HEAD~1"], reproduced_project).stdout.strip()  # the run's own commit is HEAD
+    for stage in set(stage_graph(reproduced_project)) - always_changed(reproduced_project):  # checks are untraced
+        trace = metrics.get(f"{PATHS['trace']}/{stage}.json", {}).get("data")
+        assert trace, f"dvc metrics show lists no trace of stage {stage}: {sorted(metrics)}"
+        assert trace["wall_s"] > 0 and trace["cpu_s"] > 0 and trace["peak_rss_mb"] > 0, f"{stage} trace {trace}"
+        assert trace["provenance"]["packages"]["torch"], f"{stage}: no torch version"
+        assert trace["provenance"]["git_commit"] == head_before_run, f"{stage} ran at {trace['provenance']['git_commit']}"
+    assert metrics[PATHS["scores"]]["data"]["provenance"]["git_commit"] == head_before_run, "scores.json names its commit"
+    counts = metrics[f"{PATHS['trace']}/train.json"]["data"]["counts"]
+    assert counts.get("steps") == 30, f"train trace counts {counts} (the tiny project trains 30 steps)"
+
+
+def test_dvc_plots_show_draws_the_confusion_from_data(reproduced_project: Path) -> None:
+    shown = json.loads(run([str(VENV_BIN / "dvc"), "plots", "show", "--json"], reproduced_project).stdout)["data"]
+    rows = shown[PATHS["confusion_data"]][0]["content"]["data"]["values"]
+    assert len(rows) == 10_000 and {"actual", "predicted"} <= set(rows[0]), f"confusion rows: {len(rows)}, {rows[:1]}"
+
+
 def test_noop_repro_runs_nothing(project_copy: Path, project_env: dict[str, str]) -> None:
     """With nothing changed, `dvc repro` runs no stage and says so."""
     result = dvc_repro(project_copy, project_env)
@@ -79,7 +103,13 @@ def test_crf_param_reruns_crf_and_evaluate_only(project_copy: Path, project_env:
     commit_run(project_copy, project_env, "crf.iterations 5")
     diff = run([str(VENV_BIN / "dvc"), "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json"], project_copy, project_env)
     metrics = json.loads(diff.stdout)
-    assert set(metrics) == {"metrics/scores.json", "metrics/per_class_iou.json"}, f"metrics diff files: {sorted(metrics)}"
+    traces = {stage: f"{PATHS['trace']}/{stage}.json" for stage in set(stage_graph(project_copy)) - always_changed(project_copy)}
+    assert set(metrics) == {"metrics/scores.json", "metrics/per_class_iou.json", *traces.values()}, (
+        f"metrics diff files: {sorted(metrics)}"
+    )
+    for stage, path in traces.items():  # a stage that ran has a new trace; one that did not keeps its own
+        started = metrics[path]["started"]
+        assert (started["old"] != started["new"]) == (stage in ran), f"trace of {stage} (ran: {stage in ran}): {started}"
     scores = metrics["metrics/scores.json"]
     for method in METHODS:
         for key in ("miou", "accuracy"):
@@ -88,7 +118,10 @@ def test_crf_param_reruns_crf_and_evaluate_only(project_copy: Path, project_env:
             assert entry["diff"] == pytest.approx(entry["new"] - entry["old"]), f"{method}.{key}: diff != new - old"
     assert scores.get("backbone_weights") == {"old": "random", "new": "random"}, f"weights entry: {scores.get('backbone_weights')}"
     # Text entries (backbone names) carry old/new but no diff.
-    moved = {name for file in metrics.values() for name, entry in file.items() if entry.get("diff", 0) != 0}
+    moved = {name for path in ("metrics/scores.json", "metrics/per_class_iou.json")
+             for name, entry in metrics[path].items() if entry.get("diff", 0) != 0 and not name.startswith("provenance.")}
+    # What produced them moved too: this run's tree had an uncommitted params.yaml.
+    assert metrics["metrics/scores.json"]["provenance.git_dirty"]["new"] is True, "the dirty tree is recorded"
     assert moved, "changing crf.iterations from 10 to 5 moved no score at all"
     assert all(name.startswith(CRF_METHODS) for name in moved), f"a crf param moved non-CRF scores: {sorted(moved)}"
 

@@ -271,9 +271,12 @@ def test_malformed_json_is_one_sentence(run_dir: Path) -> None:
 def test_cli_arguments(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     defaults = _parser("report").parse_args(["report"])
     assert (defaults.run, defaults.out) == (Path("."), Path("reports/report.html")), "documented defaults"
-    out = tmp_path / "reports" / "report.html"
-    assert main(["report", "--no-prefect", "--run", str(run_dir), "--out", str(out)]) == 0, "exit status 0"
+    assert defaults.trace == "metrics/trace/report.json", "the trace's documented default"
+    out, trace = tmp_path / "reports" / "report.html", tmp_path / "trace" / "report.json"
+    assert main(["report", "--no-prefect", "--run", str(run_dir), "--out", str(out), "--trace", str(trace)]) == 0, "exit 0"
     assert out.read_text(encoding="utf-8") == render(run_dir), "the CLI writes the rendered page"
+    record = json.loads(trace.read_text())
+    assert record["stage"] == "report" and record["status"] == "completed" and record["wall_s"] > 0, record
     printed = capsys.readouterr().out
     assert str(out) in printed and "RANDOM" in printed, f"the summary names the page and random weights: {printed!r}"
 

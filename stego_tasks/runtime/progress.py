@@ -1,13 +1,38 @@
-"""Progress for long stages: a tqdm bar on a terminal, plain periodic log lines otherwise."""
+"""Progress for long stages: a tqdm bar on a terminal, plain periodic log lines otherwise.
+
+Callers outside the library (a Prefect flow publishing a progress artifact) can follow every
+`Progress` with `progress_listener(callback)`: the callback gets (desc, count, total) when a
+bar starts, on every update and when it closes, from the thread that counts.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 log = logging.getLogger("stego")
+
+ProgressCallback = Callable[[str, int, int], None]
+_LISTENERS: list[ProgressCallback] = []
+
+
+@contextmanager
+def progress_listener(callback: ProgressCallback) -> Iterator[None]:
+    """Call `callback(desc, count, total)` for every `Progress` counting inside the block."""
+    _LISTENERS.append(callback)
+    try:
+        yield
+    finally:
+        _LISTENERS.remove(callback)
+
+
+def _tell(desc: str, count: int, total: int) -> None:
+    for callback in tuple(_LISTENERS):
+        callback(desc, count, total)
 
 
 class Progress:
@@ -39,10 +64,12 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        _tell(desc, 0, total)
 
     def update(self, n: int = 1, **postfix: float) -> None:
         """Record `n` more finished items; `postfix` values (e.g. loss) are shown too."""
         self.count += n
+        _tell(self.desc, self.count, self.total)
         if self._bar is not None:
             self._bar.update(n)
             if postfix:
@@ -67,6 +94,7 @@ class Progress:
 
     def close(self) -> None:
         """Finish the bar (or write the final log line)."""
+        _tell(self.desc, self.count, self.total)
         if self._bar is not None:
             self._bar.close()
         elif self._logged_count != self.count:
