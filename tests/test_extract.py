@@ -402,11 +402,36 @@ def test_any_number_of_decoders_gives_the_single_decoder_store(base, tmp_path):
         assert np.array_equal(a[name], b[name]), f"{name}: 1 decoder (chunks of 2) vs 2 decoders (chunks of 4)"
 
 
-def test_decode_workers_is_not_part_of_the_fingerprint(base, tmp_path):
+def test_decode_workers_and_writers_are_not_part_of_the_fingerprint(base, tmp_path):
     copy = _copy(base, tmp_path)
-    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu", decode_workers=7)
+    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu", decode_workers=7, writers=5)
     summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, DASK)
-    assert summary.chunks_computed == {"train": 0, "val": 0}, f"a decoder count re-extracted chunks: {summary}"
+    assert summary.chunks_computed == {"train": 0, "val": 0}, f"a decoder or writer count re-extracted chunks: {summary}"
+
+
+def _store_files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def test_any_number_of_writers_gives_the_single_writer_store_byte_for_byte(base, tmp_path):
+    # batch_size 1: 6 + 3 chunks, so with 4 writers several are written at once and finish
+    # out of order; the same process and thread count make the features bit-identical.
+    files = {}
+    for writers in (1, 4):
+        params = ExtractParams(resolution=32, val_resolution=48, batch_size=1, device="cpu", writers=writers)
+        store = tmp_path / f"writers-{writers}.zarr"
+        summary = extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DASK)
+        assert summary.chunks_computed == {"train": N_TRAIN, "val": N_VAL}, f"{writers} writers: {summary}"
+        files[writers] = _store_files(store)
+    assert sorted(files[4]) == sorted(files[1]), f"files in one store only: {sorted(set(files[4]) ^ set(files[1]))}"
+    differ = [name for name in files[1] if files[4][name] != files[1][name]]
+    assert not differ, f"4 writers vs 1: files differ byte for byte: {differ}"
+
+
+@pytest.mark.parametrize("writers", [0, -1, "many"])
+def test_a_bad_writer_count_is_refused_in_one_sentence(writers):
+    with pytest.raises(ValueError, match=r"^extract\.writers must be a positive integer or 'auto', got .+\.$"):
+        ExtractParams(writers=writers)
 
 
 @pytest.mark.parametrize("compression", ["none", "blosc-lz4", "blosc-zstd"])
