@@ -9,6 +9,7 @@ its worker imports torch and builds the backbone once.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.manifest import read_manifest
 from stego_tasks.data.preprocess import five_crop_boxes, preprocess, resize_center_crop
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.extract import ExtractSummary, extract
+from stego_tasks.extract import ExtractSummary, extract, resolve_writers
 from stego_tasks.ingest import ingest
 from stego_tasks.method.backbone import Backbone, create_backbone, normalize
 from stego_tasks.method.weights import WeightsNotFoundError
@@ -426,6 +427,11 @@ def test_any_number_of_writers_gives_the_single_writer_store_byte_for_byte(base,
     assert sorted(files[4]) == sorted(files[1]), f"files in one store only: {sorted(set(files[4]) ^ set(files[1]))}"
     differ = [name for name in files[1] if files[4][name] != files[1][name]]
     assert not differ, f"4 writers vs 1: files differ byte for byte: {differ}"
+
+
+def test_auto_writers_are_the_cores_this_process_may_run_on():
+    assert resolve_writers("auto") == len(os.sched_getaffinity(0)), "auto must follow the process's CPU affinity"
+    assert resolve_writers(3) == 3, "an explicit count is kept"
 
 
 @pytest.mark.parametrize("writers", [0, -1, "many"])
