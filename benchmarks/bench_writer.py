@@ -11,6 +11,8 @@ done flags included. Same-run baselines:
   - codec alone on N threads: the features' codec encoding the same rows on N threads,
     nothing else (none: a copy). It says how far this machine let N threads scale at that
     moment, which on a shared machine is often less than its core count.
+Also per run: cores busy (the process's CPU seconds over wall seconds: what the machine
+gave) and rows per CPU second (flat across writer counts when threads add no overhead).
 Goal: 2 writers >= 1.7x one (zstd, 2 CPUs).
 
 Extraction end to end (`--extract-images` > 0): the real `extract` stage (plan, checks,
@@ -199,11 +201,13 @@ def bench_writer(args, tmp: Path, arrays: dict, stamp) -> list[list]:
 
     rows_per_run = args.chunks * BATCH * 5
     times: dict[tuple[str, str, int], list[float]] = {}
+    cpu: dict[tuple[str, str, int], list[float]] = {}  # CPU seconds of the process (all threads)
     for repeat in range(args.repeats):
         note(f"writer repeat {repeat + 1}/{args.repeats}")
         for codec in args.codecs:
             runs = [("zarr", 1)] + [(kind, n) for n in args.writers for kind in ("writer", "codec")]
             for kind, n in runs:
+                began = time.process_time()
                 if kind == "zarr":
                     seconds = write_zarr(tmp / "zarr.zarr", codec, arrays, args.chunks)
                 elif kind == "writer":
@@ -211,21 +215,27 @@ def bench_writer(args, tmp: Path, arrays: dict, stamp) -> list[list]:
                 else:
                     seconds = codec_alone(codec, arrays, args.chunks, n)
                 times.setdefault((codec, kind, n), []).append(seconds)
+                cpu.setdefault((codec, kind, n), []).append(time.process_time() - began)
                 emit({**stamp(), "measure": kind, "codec": codec, "threads": n, "repeat": repeat,
-                      "rows_per_s": round(rows_per_run / seconds, 1)})
+                      "rows_per_s": round(rows_per_run / seconds, 1), "cores_busy": round(cpu[(codec, kind, n)][-1] / seconds, 2)})
     table = []
     for codec in args.codecs:
         rate = {key[1:]: rows_per_run / median(value) for key, value in times.items() if key[0] == codec}
+        # What the machine gave: cores busy (CPU s / wall s) and rows per CPU second, medians.
+        busy = {key[1:]: median(c / t for c, t in zip(cpu[key], times[key], strict=True)) for key in times if key[0] == codec}
+        per_cpu = {key[1:]: median(rows_per_run / c for c in cpu[key]) for key in times if key[0] == codec}
         one = rate[("writer", 1)]
         for n in args.writers:
             ratio, machine_ratio = rate[("writer", n)] / one, rate[("codec", n)] / rate[("codec", 1)]
             goal = f">= {GOAL_SCALING}" if codec == "zstd" and n == 2 else ""
-            table.append([codec, n, rate[("writer", n)], ratio, rate[("writer", n)] / rate[("zarr", 1)], machine_ratio,
-                          goal and f"{goal} ({'met' if ratio >= GOAL_SCALING else 'MISSED'})"])
+            table.append([codec, n, rate[("writer", n)], ratio, rate[("writer", n)] / rate[("zarr", 1)], busy[("writer", n)],
+                          per_cpu[("writer", n)], machine_ratio, goal and f"{goal} ({'met' if ratio >= GOAL_SCALING else 'MISSED'})"])
             emit({**stamp(), "measure": "summary", "codec": codec, "writers": n, "rows_per_s": round(rate[("writer", n)], 1),
                   "vs_one_writer": round(ratio, 3), "vs_zarr_write": round(rate[("writer", n)] / rate[("zarr", 1)], 3),
-                  "codec_alone_scaling": round(machine_ratio, 3)})
-        table.append([codec, "zarr's write (before)", rate[("zarr", 1)], rate[("zarr", 1)] / one, 1.0, "", ""])
+                  "codec_alone_scaling": round(machine_ratio, 3), "cores_busy": round(busy[("writer", n)], 2),
+                  "rows_per_cpu_s": round(per_cpu[("writer", n)], 1)})
+        table.append([codec, "zarr's write (before)", rate[("zarr", 1)], rate[("zarr", 1)] / one, 1.0, busy[("zarr", 1)],
+                      per_cpu[("zarr", 1)], "", ""])
     return table
 
 
@@ -276,7 +286,8 @@ def main() -> None:
         print_table(
             f"writer: {args.chunks} chunks of 40 rows ({tuple(arrays['feats'].shape[1:])} float16 features, "
             f"{row_kib:.0f} KiB raw per row), median of {args.repeats} interleaved repeats",
-            ["codec", "writers", "rows/s", "vs 1 writer", "vs zarr's write", "codec alone, N threads vs 1", "goal"], table,
+            ["codec", "writers", "rows/s", "vs 1 writer", "vs zarr's write", "cores busy", "rows per CPU s",
+             "codec alone, N threads vs 1", "goal"], table,
         )
         if args.extract_images:
             rows = bench_extract(args, tmp, arrays, stamp)
