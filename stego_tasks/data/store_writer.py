@@ -8,6 +8,8 @@ release the GIL), then handed to the store whole. The bytes are the ones
 `array[rows] = values` would store (tests/test_store_writer.py compares them file by
 file): fill-valued chunks (and inner chunks of a shard) are left out, a shard's inner
 chunks are laid out in zarr's Morton order with its index encoded by the index codecs.
+Those codec methods and the shard index are zarr 3.1 internals: an upgrade that changes
+them fails those tests rather than changing a store silently.
 
 `SplitWriter.write` is safe to call from many threads, each with its own chunk. The
 split's shared bookkeeping (the digests row and the `done` flag, `done` being one zarr
@@ -35,7 +37,7 @@ from zarr.core.sync import sync
 from stego_tasks.data.store_integrity import DIGESTS, chunk_key, object_digest
 
 
-def _encode_with(codecs: Sequence[Codec], value: NDBuffer, spec: ArraySpec) -> Buffer:
+def _encode_with(codecs: Sequence[Codec], value: NDBuffer, spec: ArraySpec) -> Buffer | None:
     """Run `value` through a zarr codec chain (array-array, array-bytes, bytes-bytes) in this thread."""
     array_array, array_bytes, bytes_bytes = codecs_from_list(list(codecs))
     for codec in array_array:
