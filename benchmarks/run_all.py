@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("crf", "knn", "extract", "train", "dvc", "integrity", "reader", "decode", "trace")
+BENCHMARKS = ("crf", "knn", "extract", "train", "dvc", "integrity", "reader", "decode", "trace", "writer")
 QUICK = {
     "crf": ["--images", "32", "--repeats", "2"],
     "knn": ["--sizes", "10000", "--repeats", "2"],
@@ -29,6 +29,7 @@ QUICK = {
     "reader": ["--resolution", "112", "--crops", "200", "--feature-crops", "10", "--repeats", "2", "--loss-steps", "5"],
     "decode": ["--images", "8", "--repeats", "2"],
     "trace": ["--rows", "5000", "--repeats", "2", "--updates", "20000"],
+    "writer": ["--chunks", "4", "--repeats", "2", "--extract-images", "16"],
 }
 
 

@@ -106,6 +106,9 @@ class ExtractParams:
     # Threads decoding and preprocessing images ahead of the backbone; where work runs, not
     # what it computes: not in the store's fingerprint, not a DVC param (dvc.yaml).
     decode_workers: int = 2
+    # Threads encoding and writing finished chunks ("auto": the cores this process may run
+    # on); like decode_workers, where work runs: the store is byte for byte the same.
+    writers: int | typing.Literal["auto"] = "auto"
     # Codec of the stored features (feats, feats_flip); all lossless. zstd: zarr's default;
     # none: about 10 % larger, fastest to read and write; blosc-lz4 / blosc-zstd: byte- or
     # bit-shuffled, smaller (benchmarks/results.md). Part of the fingerprint: a change rebuilds.
@@ -114,6 +117,8 @@ class ExtractParams:
     def __post_init__(self) -> None:
         if self.preprocess not in ("reference", "antialias"):
             raise ValueError(f"extract.preprocess must be 'reference' or 'antialias', got {self.preprocess!r}.")
+        if self.writers != "auto" and (isinstance(self.writers, bool) or not isinstance(self.writers, int) or self.writers < 1):
+            raise ValueError(f"extract.writers must be a positive integer or 'auto', got {self.writers!r}.")
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,11 @@ a deleted or damaged chunk is computed again. A change of backbone or preprocess
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +47,6 @@ from stego_tasks.data.feature_store import (
     pending_chunks,
     split_fingerprint,
     split_resolution,
-    write_chunk,
 )
 from stego_tasks.data.manifest import read_manifest, resolve_in_corpus
 from stego_tasks.data.store_labels import (
@@ -55,6 +55,7 @@ from stego_tasks.data.store_labels import (
     stale_label_chunks,
     write_labels,
 )
+from stego_tasks.data.store_writer import SplitWriter
 from stego_tasks.method.backbone import Backbone
 from stego_tasks.method.weights import weights_argument
 from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
@@ -65,9 +66,17 @@ from stego_tasks.runtime.room import room_guard
 log = logging.getLogger("stego")
 
 # Extract-block keys that change nothing the stage writes (`decode_workers`: how many threads
-# decode; the store is the same for any count), so they are neither in the store's
-# fingerprint nor declared as DVC params: changing them re-runs nothing.
-NO_EFFECT_KEYS = frozenset({"decode_workers"})
+# decode; `writers`: how many threads encode and write chunks; the store is byte for byte the
+# same for any count), so they are neither in the store's fingerprint nor declared as DVC
+# params: changing them re-runs nothing.
+NO_EFFECT_KEYS = frozenset({"decode_workers", "writers"})
+
+
+def resolve_writers(writers: int | str) -> int:
+    """`extract.writers` as a thread count: "auto" is the cores this process may run on."""
+    if writers == "auto":
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return int(writers)  # a positive integer: `ExtractParams` refuses anything else
 
 
 # --- the stage -----------------------------------------------------------------------
@@ -101,6 +110,8 @@ class ExtractionPlan:
         jobs: pending chunks of both splits, train first.
         summary: rows and chunk counts per split.
         attrs: what `finish` records on the root (backbone, weights, resolutions).
+        writers: chunks encoded and written at once (`extract.writers`, resolved).
+        split_writers: each split's `SplitWriter` (made when the split is laid out).
     """
 
     root: zarr.Group
@@ -113,18 +124,20 @@ class ExtractionPlan:
     relabel: list[ChunkJob] = field(default_factory=list)
     label_keys: dict[str, np.ndarray] = field(default_factory=dict)
     store_path: str = "the features store"
+    writers: int = 1
+    split_writers: dict[str, SplitWriter] = field(default_factory=dict)
 
     def write(self, job: ChunkJob, arrays: dict[str, np.ndarray]) -> None:
-        """Store one finished chunk and mark it done (out of room: one `OutOfRoomError` sentence)."""
+        """Store one finished chunk and mark it done (safe from several threads, one chunk each).
+
+        Out of room: one `OutOfRoomError` sentence naming the chunk; finished chunks are kept.
+        """
         split = job.split
         with room_guard(
             f"chunk {job.index} of {split} into {self.store_path}", sum(a.nbytes for a in arrays.values()),
             "every chunk finished before it is kept", "rerun `stego extract`, which computes only the missing chunks",
         ):
-            write_chunk(
-                self.groups[split], job.index, self.rows_per_chunk[split], self.row_ids[split], arrays,
-                self.label_keys[split],
-            )
+            self.split_writers[split].write(job.index, arrays)
 
     def write_labels(self, job: ChunkJob, labels: np.ndarray) -> None:
         """Replace the labels of a done chunk whose label files changed."""
@@ -207,9 +220,10 @@ def plan_extraction(
     jobs_by_split = {
         split: list(_jobs_for_split(manifest, split, corpus, params, backbone, device, threads)) for split in SPLITS
     }
+    writers = resolve_writers(params.writers)
     root = open_for_writing(store_path)
     plan = ExtractionPlan(
-        root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[], store_path=str(store_path),
+        root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[], store_path=str(store_path), writers=writers,
         summary=ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source),
         attrs={
             "backbone": backbone.name,
@@ -241,6 +255,7 @@ def plan_extraction(
         todo = [job for job in jobs_by_split[split] if job.index in pending]
         plan.groups[split], plan.row_ids[split], plan.rows_per_chunk[split] = group, row_ids, rows_per_chunk
         plan.label_keys[split] = label_keys
+        plan.split_writers[split] = SplitWriter(group, rows_per_chunk, row_ids, label_keys)
         plan.jobs.extend(todo)
         plan.relabel.extend(job for job in jobs_by_split[split] if job.index in stale)
         plan.summary.rows[split] = len(row_ids)
@@ -331,19 +346,22 @@ def run_plan(plan: ExtractionPlan, runner: ChunkRunner) -> None:
 
     try:
         if plan.jobs:
-            # Only this process writes, one chunk at a time in arrival order, on a thread of
-            # its own: a chunk's write (encode, files, digests) overlaps the next chunk's
-            # forward instead of holding up a fast backbone. At most one write is in flight,
-            # and it finishes before the stage stops, so a kill still leaves only whole
-            # chunks marked done.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stego-write") as writer:
-                writing: tuple[Future, ChunkJob] | None = None
+            # Only this process writes, on `plan.writers` threads of its own: each result is
+            # encoded and written as it arrives (zstd, blosc and crc32 release the GIL, so
+            # writers scale with cores) while the next chunks run through the backbone. At
+            # most `writers` chunks wait or are written at once (memory); a failed write stops
+            # the stage once the writes in flight finish. Each chunk's done flag is set after
+            # its data (`SplitWriter`), so a kill still leaves only whole chunks marked done.
+            with ThreadPoolExecutor(max_workers=plan.writers, thread_name_prefix="stego-write") as pool:
+                writing: dict[Future, ChunkJob] = {}
                 for job, arrays in runner(plan.jobs):
-                    if writing is not None:
-                        written(*writing)
-                    writing = (writer.submit(plan.write, job, arrays), job)
-                if writing is not None:
-                    written(*writing)
+                    while len(writing) >= plan.writers:
+                        for future in wait(writing, return_when=FIRST_COMPLETED).done:
+                            written(future, writing.pop(future))
+                    writing[pool.submit(plan.write, job, arrays)] = job
+                while writing:
+                    for future in wait(writing, return_when=FIRST_COMPLETED).done:
+                        written(future, writing.pop(future))
     finally:
         for bar in bars.values():
             bar.close()

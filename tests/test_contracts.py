@@ -138,7 +138,7 @@ def test_every_stage_command_is_a_stego_command_of_its_own_name() -> None:
 NO_EFFECT: dict[str, str] = {
     "dask": "the dask block picks the cluster the chunks run on; a test proves the stores equal",
     "crf.workers": "the size of the CRF process pool; each image is refined alone",
-    **{f"extract.{key}": "threads decoding images ahead of the backbone" for key in extract_module.NO_EFFECT_KEYS},
+    **{f"extract.{key}": "threads decoding images or writing chunks" for key in extract_module.NO_EFFECT_KEYS},
     **{f"train.{key}": "threads reading batches ahead of each step" for key in train_module.NO_EFFECT_KEYS},
 }
 # The library function each stage function calls (module, attribute).

@@ -9,6 +9,7 @@ its worker imports torch and builds the backbone once.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.manifest import read_manifest
 from stego_tasks.data.preprocess import five_crop_boxes, preprocess, resize_center_crop
 from stego_tasks.demo_data import make_demo_corpus
-from stego_tasks.extract import ExtractSummary, extract
+from stego_tasks.extract import ExtractSummary, extract, resolve_writers
 from stego_tasks.ingest import ingest
 from stego_tasks.method.backbone import Backbone, create_backbone, normalize
 from stego_tasks.method.weights import WeightsNotFoundError
@@ -402,11 +403,41 @@ def test_any_number_of_decoders_gives_the_single_decoder_store(base, tmp_path):
         assert np.array_equal(a[name], b[name]), f"{name}: 1 decoder (chunks of 2) vs 2 decoders (chunks of 4)"
 
 
-def test_decode_workers_is_not_part_of_the_fingerprint(base, tmp_path):
+def test_decode_workers_and_writers_are_not_part_of_the_fingerprint(base, tmp_path):
     copy = _copy(base, tmp_path)
-    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu", decode_workers=7)
+    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu", decode_workers=7, writers=5)
     summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, DASK)
-    assert summary.chunks_computed == {"train": 0, "val": 0}, f"a decoder count re-extracted chunks: {summary}"
+    assert summary.chunks_computed == {"train": 0, "val": 0}, f"a decoder or writer count re-extracted chunks: {summary}"
+
+
+def _store_files(store: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*")) if p.is_file()}
+
+
+def test_any_number_of_writers_gives_the_single_writer_store_byte_for_byte(base, tmp_path):
+    # batch_size 1: 6 + 3 chunks, so with 4 writers several are written at once and finish
+    # out of order; the same process and thread count make the features bit-identical.
+    files = {}
+    for writers in (1, 4):
+        params = ExtractParams(resolution=32, val_resolution=48, batch_size=1, device="cpu", writers=writers)
+        store = tmp_path / f"writers-{writers}.zarr"
+        summary = extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DASK)
+        assert summary.chunks_computed == {"train": N_TRAIN, "val": N_VAL}, f"{writers} writers: {summary}"
+        files[writers] = _store_files(store)
+    assert sorted(files[4]) == sorted(files[1]), f"files in one store only: {sorted(set(files[4]) ^ set(files[1]))}"
+    differ = [name for name in files[1] if files[4][name] != files[1][name]]
+    assert not differ, f"4 writers vs 1: files differ byte for byte: {differ}"
+
+
+def test_auto_writers_are_the_cores_this_process_may_run_on():
+    assert resolve_writers("auto") == len(os.sched_getaffinity(0)), "auto must follow the process's CPU affinity"
+    assert resolve_writers(3) == 3, "an explicit count is kept"
+
+
+@pytest.mark.parametrize("writers", [0, -1, "many"])
+def test_a_bad_writer_count_is_refused_in_one_sentence(writers):
+    with pytest.raises(ValueError, match=r"^extract\.writers must be a positive integer or 'auto', got .+\.$"):
+        ExtractParams(writers=writers)
 
 
 @pytest.mark.parametrize("compression", ["none", "blosc-lz4", "blosc-zstd"])

@@ -1,5 +1,5 @@
-"""End-to-end on the tiny DVC project: the keys that only say how many threads read or decode
-(`train.readers`, `extract.decode_workers`) make no stage stale (but `report`, which reads
+"""End-to-end on the tiny DVC project: the keys that only say how many threads read, decode or
+write (`train.readers`, `extract.decode_workers`, `extract.writers`) make no stage stale (but `report`, which reads
 params.yaml whole), while a key beside them in
 the same block (`extract.compression`) still does.
 """
@@ -15,12 +15,14 @@ from conftest import always_changed, dvc_repro, set_params
 pytestmark = pytest.mark.slow
 
 
-def test_reader_and_decoder_counts_make_no_stage_stale(project_copy: Path, project_env: dict[str, str]) -> None:
-    set_params(project_copy, {("train", "readers"): 5, ("extract", "decode_workers"): 3})
+def test_reader_decoder_and_writer_counts_make_no_stage_stale(project_copy: Path, project_env: dict[str, str]) -> None:
+    set_params(project_copy, {("train", "readers"): 5, ("extract", "decode_workers"): 3, ("extract", "writers"): 3})
     result = dvc_repro(project_copy, project_env)
     ran = re.findall(r"^Running stage '([^']+)':", result.stdout, flags=re.MULTILINE)
     # `report` depends on params.yaml as a whole file (the page shows it), so it alone re-runs.
-    assert set(ran) <= {"report"} | always_changed(project_copy), f"changing train.readers / extract.decode_workers ran {ran}:\n{result.stdout}"
+    assert set(ran) <= {"report"} | always_changed(project_copy), (
+        f"changing train.readers / extract.decode_workers / extract.writers ran {ran}:\n{result.stdout}"
+    )
 
 
 def test_a_compression_change_is_stale_for_extract(project_copy: Path, project_env: dict[str, str]) -> None:

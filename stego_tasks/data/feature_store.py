@@ -42,7 +42,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
 from stego_tasks.config import ExtractParams
 from stego_tasks.data.store_integrity import (
@@ -53,7 +52,6 @@ from stego_tasks.data.store_integrity import (
     StoreDamagedError,
     chunk_key,
     chunk_problems,
-    delete_objects,
     digests_of,
     ensure_digests,
     opens,
@@ -63,7 +61,6 @@ from stego_tasks.data.store_integrity import (
 
 # Integrity is its own module (`store_integrity`); its public names are also reached from here,
 # where every reader of the features store already imports.
-from stego_tasks.data.store_labels import write_label_keys
 
 if TYPE_CHECKING:  # an annotation only: reading a store must not load timm
     from stego_tasks.method.backbone import Backbone
@@ -311,29 +308,6 @@ def _decodes(group: zarr.Group, index: int, rows_per_chunk: int) -> bool:
     except Exception:  # noqa: BLE001 - any codec error means the chunk is damaged
         return False
     return True
-
-
-def write_chunk(
-    group: zarr.Group, index: int, rows_per_chunk: int, row_ids: np.ndarray, arrays: dict,
-    label_keys: np.ndarray | None = None,
-) -> None:
-    """Write one computed chunk's arrays, then its digests, its label keys and last its `done` flag."""
-    start = index * rows_per_chunk
-    rows = slice(start, start + arrays["feats"].shape[0])
-    # A chunk computed again may be damaged on disk, and zarr reads a chunk (or shard) before
-    # writing part of it: remove its objects first, so the write starts from nothing.
-    names = group[DIGESTS].attrs["arrays"] if DIGESTS in group else []
-    sync(delete_objects(group.store, [chunk_key(group[name], index) for name in names]))
-    for name, values in arrays.items():
-        if name in group:
-            group[name][rows] = values
-    group["image_ids"][rows] = row_ids[rows]
-    if DIGESTS in group:
-        record_chunk(group, index)
-    if label_keys is not None:
-        write_label_keys(group, index, rows_per_chunk, label_keys)
-    # Mark done last: a kill before this line leaves the chunk pending, never half-trusted.
-    group["done"][index] = True
 
 
 def read_split(store_path: Path, split: str, arrays: Iterable[str] | None = None) -> zarr.Group:

@@ -80,7 +80,8 @@ def _storage_grid(array: zarr.Array) -> list[tuple[int, ...]]:
     return [tuple(int(c) for c in coords) for coords in np.ndindex(*grid)] if grid else [()]
 
 
-def _digest(data: Any) -> tuple[int, int]:
+def object_digest(data: Any) -> tuple[int, int]:
+    """(size, crc32) of one stored object's bytes, as the digests record it."""
     view = memoryview(data).cast("B")
     return len(view), zlib.crc32(view)
 
@@ -92,7 +93,7 @@ async def _digest_all(store: Any, keys: Sequence[str]) -> list[tuple[int, int] |
     async def one(key: str) -> tuple[int, int] | None:
         async with limit:
             buffer = await store.get(key, prototype=prototype)
-            return None if buffer is None else _digest(buffer.as_numpy_array())
+            return None if buffer is None else object_digest(buffer.as_numpy_array())
 
     return list(await asyncio.gather(*(one(key) for key in keys)))
 
@@ -100,10 +101,6 @@ async def _digest_all(store: Any, keys: Sequence[str]) -> list[tuple[int, int] |
 def digests_of(store: Any, keys: Sequence[str]) -> list[tuple[int, int] | None]:
     """(size, crc32) of each stored object, None where it is absent."""
     return sync(_digest_all(store, list(keys))) if keys else []
-
-
-async def delete_objects(store: Any, keys: Sequence[str]) -> None:
-    await asyncio.gather(*(store.delete(key) for key in keys))
 
 
 def _problem(key: str, found: tuple[int, int] | None, recorded: Sequence[int]) -> str | None:

@@ -30,6 +30,7 @@ On a system without /proc (not Linux) the byte counts are null.
 from __future__ import annotations
 
 import datetime
+import logging
 import resource
 import sys
 import time
@@ -52,6 +53,8 @@ COUNT_KEYS = frozenset({
 })
 # ru_maxrss is in kibibytes on Linux, in bytes on macOS.
 _MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024
+
+log = logging.getLogger("stego")
 
 
 def io_counters(path: Path = PROC_IO) -> dict[str, int] | None:
@@ -177,4 +180,10 @@ class StageTrace:
         }
         self.record = record
         if self.path is not None:
-            atomic.write_json(self.path, record)
+            try:
+                atomic.write_json(self.path, record)
+            except Exception:
+                if exc_type is None:
+                    raise
+                # The stage's own failure is the one to report (a full disk fails both writes).
+                log.warning("could not write the trace %s of the failed stage %s", self.path, self.stage)
