@@ -37,7 +37,10 @@ STAGES: dict[str, tuple[str, list[str]]] = {
     "train": ("Read stored features and the kNN graph; write the head + probes, the loss log and the shift diagnostics.", ["features", "knn", "model", "loss_log", "shift_stats"]),
     "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
     "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
-    "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment"]),
+    "evaluate": ("Read labels (when there are any), predictions and the cluster names file; write metrics JSON (with the "
+                 "label-free signals), confusion matrix, overlays and the cluster gallery.",
+                 ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment",
+                  "gallery", "cluster_names"]),
     "report": ("Read a run's metrics, plots, quarantine list and model; write one self-contained HTML page "
                "(metrics, IoU bars, confusion, losses, overlays, quarantine).", []),
 }

@@ -127,15 +127,16 @@ def evaluate(
     params_path: str = PARAMS, features: str = P["features"], predictions: str = P["predictions"],
     crf_out: str = P["crf_out"], scores: str = P["scores"], per_class: str = P["per_class"],
     confusion: str = P["confusion"], overlays: str = P["overlays"], assignment: str = P["assignment"],
+    gallery: str = P["gallery"], cluster_names: str = P["cluster_names"],
 ) -> dict[str, Any]:
-    """Scores, per-class IoU, confusion matrix and overlays."""
+    """Scores (and label-free signals), per-class IoU, confusion matrix, overlays and the cluster gallery."""
     from stego_tasks.evaluate import evaluate as run
 
     params = load_params(params_path)
     return run(
         Path(features), Path(predictions), Path(crf_out), Path(scores), Path(per_class), Path(confusion),
         Path(overlays), declared_view(params.corpus, ("n_classes", "ignore_index", "class_names")), params.evaluate,
-        Path(assignment), preset=params.preset,
+        Path(assignment), preset=params.preset, gallery_dir=Path(gallery), names_path=Path(cluster_names),
     )
 
 

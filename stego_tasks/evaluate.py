@@ -8,7 +8,9 @@ Methods scored on the validation split, all on the same pixels:
     kmeans       k-means on the raw backbone features, matched (the baseline)
 
 Outputs: `scores.json` (DVC metrics; also records the backbone and whether its weights
-were random), `per_class_iou.json`, `confusion.png` and `overlays/` (DVC plots).
+were random, and the label-free signals under `label_free`, with or without labels),
+`per_class_iou.json`, `confusion.png` and `overlays/` (DVC plots), and the cluster gallery
+(`tools/gallery.py`), whose clusters carry the names of `cluster_names.yaml`.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import open_store
 from stego_tasks.method.metrics import ScoreAccumulator
 from stego_tasks.runtime import atomic
+from stego_tasks.tools.cluster_names import ClusterNames, load_names
+from stego_tasks.tools.gallery import cluster_entries, collect, label_free_scores, write_gallery
 from stego_tasks.tools.visualize import colorize, panel
 
 log = logging.getLogger("stego")
@@ -108,9 +112,11 @@ def plot_confusion(confusion: np.ndarray, assignment: np.ndarray, class_names: l
 
 def write_overlays(
     out_dir: Path, images: zarr.Array, labels: zarr.Array, predictions: np.ndarray, assignment: np.ndarray,
-    corpus: CorpusParams, n: int,
+    corpus: CorpusParams, n: int, has_labels: bool = True,
 ) -> list[Path]:
     """Image | ground truth | matched prediction panels for the first `n` images (one folder, atomically).
+
+    Without labels a panel is image | prediction (cluster colours): no empty truth tile.
 
     Returns:
         The written PNG paths.
@@ -122,7 +128,8 @@ def write_overlays(
         for index in range(min(n, images.shape[0])):
             truth = labels[index].astype(np.int64)
             prediction = lookup[predictions[index].astype(np.int64)]
-            picture = panel([images[index], colorize(truth, corpus.ignore_index), colorize(prediction, 255)])
+            truth_tile = [colorize(truth, corpus.ignore_index)] if has_labels else []
+            picture = panel([images[index], *truth_tile, colorize(prediction, 255)])
             Image.fromarray(picture).save(tmp / f"{index:04d}.png")
             written.append(out_dir / f"{index:04d}.png")
     return written
@@ -140,6 +147,8 @@ def evaluate(
     params: EvaluateParams,
     assignment_path: Path | None = None,
     preset: str = "custom",
+    gallery_dir: Path | None = None,
+    names_path: Path | None = None,
 ) -> dict[str, Any]:
     """Score all methods and draw the report plots.
 
@@ -155,6 +164,8 @@ def evaluate(
         assignment_path: JSON to write the Hungarian cluster -> class map of the cluster
             probe to (`cluster_to_class` null without labels); `stego predict` names classes with it.
         preset: the params file's `preset`, recorded in the scores.
+        gallery_dir: folder to write the cluster gallery to (None: not written).
+        names_path: the names file (`cluster_names.yaml`); its names label the gallery.
 
     Returns:
         The scores dict written to `scores_path`.
@@ -166,10 +177,13 @@ def evaluate(
     }
     root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
     n_clusters = int(stores["cluster"].attrs["n_clusters"])
-    names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]
+    class_names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]
     labels = val["labels"]
     has_labels = bool(np.any(_labels_for_metrics(labels[:], corpus) >= 0) and np.any(labels[:] < corpus.n_classes))
+    # A bad names file is refused before any work.
+    names = load_names(names_path, n_clusters) if names_path is not None else ClusterNames(n_clusters)
     scores: dict[str, Any] = {
+        "has_labels": has_labels,
         "backbone": root_attrs.get("backbone"),
         "backbone_weights": "random" if root_attrs.get("weights_source") == "random" else "pretrained",
         "n_images": int(labels.shape[0]),
@@ -186,23 +200,34 @@ def evaluate(
         results = score_methods(stores, labels, corpus, n_clusters)
         for method, result in results.items():
             scores[method] = {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"])}
-            per_class[method] = {name: _clean(v) for name, v in zip(names, result["iou"], strict=True)}
+            per_class[method] = {name: _clean(v) for name, v in zip(class_names, result["iou"], strict=True)}
         best = results["cluster_crf"] if "cluster_crf" in results else results["cluster"]
         assignment = best["assignment"]
-        plot_confusion(best["confusion"], assignment, names, confusion_path)
+        plot_confusion(best["confusion"], assignment, class_names, confusion_path)
         log.info(
             "evaluate: cluster mIoU %.1f (crf %.1f), k-means baseline %.1f, linear %.1f",
             *(scores.get(m, {}).get("miou") or float("nan") for m in ("cluster", "cluster_crf", "kmeans", "linear")),
         )
     source = "crf" if "cluster_pred" in stores["crf"] else "cluster"
-    write_overlays(overlays_dir, val["images"], labels, stores[source]["cluster_pred"], assignment, corpus, params.n_overlays)
+    final = stores[source]["cluster_pred"]
+    write_overlays(overlays_dir, val["images"], labels, final, assignment, corpus, params.n_overlays, has_labels)
     if not has_labels:
         _blank_confusion(confusion_path)
+    kmeans = stores["cluster"]["kmeans_pred"] if "kmeans_pred" in stores["cluster"] else None
+    stats = collect(final, stores["cluster"]["cluster_logits"], stores["cluster"]["cluster_pred"], kmeans)
+    scores["label_free"] = label_free_scores(stats)
+    log.info("evaluate: label-free %s", scores["label_free"])
+    if gallery_dir is not None:
+        matched = [class_names[c] if c >= 0 else None for c in assignment] if has_labels else None
+        entries = cluster_entries(stats, names, matched, params.gallery_examples)
+        write_gallery(gallery_dir, val["images"], final, entries,
+                      {"n_images": stats.n_images, "has_labels": has_labels, "map": source, "names_file": names.source})
     atomic.write_json(scores_path, scores)
     atomic.write_json(per_class_path, per_class)
     if assignment_path is not None:
         mapping = [int(c) for c in assignment] if has_labels else None
-        atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": names, "method": "cluster_crf"})
+        atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": class_names if has_labels else [],
+                                            "method": "cluster_crf"})
     return scores
 
 
