@@ -213,8 +213,9 @@ def evaluate(
     write_overlays(overlays_dir, val["images"], labels, final, assignment, corpus, params.n_overlays, has_labels)
     if not has_labels:
         _blank_confusion(confusion_path)
-    kmeans = stores["cluster"]["kmeans_pred"] if "kmeans_pred" in stores["cluster"] else None
-    stats = collect(final, stores["cluster"]["cluster_logits"], stores["cluster"]["cluster_pred"], kmeans)
+    kmeans = stores["cluster"].get("kmeans_pred")
+    cluster_store = stores["cluster"]
+    stats = collect(final, cluster_store.get("cluster_logits"), cluster_store["cluster_pred"], kmeans, n_clusters)
     scores["label_free"] = label_free_scores(stats)
     log.info("evaluate: label-free %s", scores["label_free"])
     if gallery_dir is not None:

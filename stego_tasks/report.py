@@ -32,7 +32,12 @@ from typing import Any
 from stego_tasks.config import ReportParams
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
-from stego_tasks.tools.report_gallery import GALLERY, GALLERY_CSS, gallery_section, label_free_section
+from stego_tasks.tools.report_gallery import (
+    GALLERY,
+    GALLERY_CSS,
+    gallery_section,
+    label_free_section,
+)
 from stego_tasks.tools.report_protocol import (
     SEEDS,
     SHIFT_STATS,

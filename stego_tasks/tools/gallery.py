@@ -47,7 +47,8 @@ class ClusterStats:
     Attributes:
         pixels: int64 [K] pixels of k in the final map.
         per_image: float64 [N, K] share of each image's pixels in k (final map).
-        confidence: float64 [K] sum over k's pixels of the probe's max probability.
+        confidence: float64 [K] sum over k's pixels of the probe's max probability (None
+            without the probe's probabilities).
         prob_mass: float64 [K, K] row k: the probe's probabilities summed over k's pixels.
         kmeans_table: int64 [K, 256] probe map (before CRF) against the k-means map.
         confidence_total: sum of the max probability over all pixels.
@@ -55,7 +56,7 @@ class ClusterStats:
 
     pixels: np.ndarray
     per_image: np.ndarray
-    confidence: np.ndarray
+    confidence: np.ndarray | None
     prob_mass: np.ndarray
     kmeans_table: np.ndarray | None
     confidence_total: float = 0.0
@@ -65,35 +66,41 @@ class ClusterStats:
         return self.per_image.shape[0]
 
 
-def collect(final: zarr.Array, logits: zarr.Array, probe: zarr.Array, kmeans: zarr.Array | None) -> ClusterStats:
+def collect(
+    final: zarr.Array, logits: zarr.Array | None, probe: zarr.Array, kmeans: zarr.Array | None, n_clusters: int
+) -> ClusterStats:
     """One pass over the val maps, a few images at a time.
 
     Args:
         final: uint8 [N, R, R] the final cluster map (CRF when it ran).
-        logits: float16 [N, K, R, R] the probe's log-probabilities (cluster stage).
+        logits: float16 [N, K, R, R] the probe's log-probabilities (cluster stage), or None
+            (then no confidence and no runner-up).
         probe: uint8 [N, R, R] the probe's argmax before the CRF.
         kmeans: uint8 [N, R, R] the k-means baseline, or None.
+        n_clusters: K.
     """
-    n_images, k = logits.shape[0], logits.shape[1]
-    pixels_per_image = int(np.prod(logits.shape[2:]))
+    n_images, k = final.shape[0], n_clusters
+    pixels_per_image = int(np.prod(final.shape[1:]))
     stats = ClusterStats(
-        pixels=np.zeros(k, np.int64), per_image=np.zeros((n_images, k)), confidence=np.zeros(k),
+        pixels=np.zeros(k, np.int64), per_image=np.zeros((n_images, k)),
+        confidence=np.zeros(k) if logits is not None else None,
         prob_mass=np.zeros((k, k)), kmeans_table=np.zeros((k, 256), np.int64) if kmeans is not None else None,
     )
     batch = max(1, ELEMENTS_PER_BATCH // (k * pixels_per_image))
     for start in range(0, n_images, batch):
         rows = slice(start, min(start + batch, n_images))
         labels = final[rows].astype(np.int64)
-        probs = np.exp(logits[rows].astype(np.float32)).transpose(0, 2, 3, 1).reshape(-1, k)
         flat = labels.reshape(-1)
-        best = probs.max(1)
         stats.pixels += np.bincount(flat, minlength=k)
         for offset, image in enumerate(labels):
             stats.per_image[start + offset] = np.bincount(image.reshape(-1), minlength=k) / pixels_per_image
-        stats.confidence += np.bincount(flat, weights=best, minlength=k)
-        stats.confidence_total += float(best.sum(dtype=np.float64))
-        for column in range(k):
-            stats.prob_mass[:, column] += np.bincount(flat, weights=probs[:, column], minlength=k)
+        if logits is not None:
+            probs = np.exp(logits[rows].astype(np.float32)).transpose(0, 2, 3, 1).reshape(-1, k)
+            best = probs.max(1)
+            stats.confidence += np.bincount(flat, weights=best, minlength=k)
+            stats.confidence_total += float(best.sum(dtype=np.float64))
+            for column in range(k):
+                stats.prob_mass[:, column] += np.bincount(flat, weights=probs[:, column], minlength=k)
         if stats.kmeans_table is not None:
             stats.kmeans_table += contingency(probe[rows], kmeans[rows], k, 256)
     return stats
@@ -111,8 +118,9 @@ def label_free_scores(stats: ClusterStats) -> dict[str, Any]:
         "used_clusters": int((stats.pixels > 0).sum()),
         "size_balance": _round(size_balance(stats.pixels)),
         "largest_share": _round(stats.pixels.max() / total),
-        "mean_confidence": _round(stats.confidence_total / total),
     }
+    if stats.confidence is not None:
+        scores["mean_confidence"] = _round(stats.confidence_total / total)
     if stats.kmeans_table is not None:
         scores["kmeans_ami"] = _round(adjusted_mutual_info(stats.kmeans_table))
         scores["kmeans_ari"] = _round(adjusted_rand_index(stats.kmeans_table))
@@ -122,7 +130,7 @@ def label_free_scores(stats: ClusterStats) -> dict[str, Any]:
 def cluster_entries(stats: ClusterStats, names: ClusterNames, matched: list[str | None] | None, n_examples: int) -> list[dict]:
     """Per cluster: id, name, shares, mean confidence, runner-up, example images (most present first)."""
     total = max(int(stats.pixels.sum()), 1)
-    nearest = runner_up(stats.prob_mass)
+    nearest = runner_up(stats.prob_mass) if stats.confidence is not None else np.full(stats.pixels.size, -1)
     entries = []
     for k in range(stats.pixels.size):
         shares = stats.per_image[:, k]
@@ -137,7 +145,8 @@ def cluster_entries(stats: ClusterStats, names: ClusterNames, matched: list[str 
             "pixel_share": _round(stats.pixels[k] / total),
             "image_share": _round((shares > 0).mean()) if stats.n_images else 0.0,
             "images_with": int((shares > 0).sum()),
-            "mean_confidence": _round(stats.confidence[k] / stats.pixels[k]) if stats.pixels[k] else None,
+            "mean_confidence": (_round(stats.confidence[k] / stats.pixels[k])
+                                if stats.confidence is not None and stats.pixels[k] else None),
             "nearest": int(nearest[k]) if nearest[k] >= 0 else None,
             "examples": order,
             "example_shares": [_round(shares[i]) for i in order],
