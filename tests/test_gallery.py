@@ -153,3 +153,20 @@ def test_outline_is_the_region_pixels_with_a_neighbour_outside() -> None:
             outside = any(not (0 <= i + di < 9 and 0 <= j + dj < 11) or not mask[i + di, j + dj]
                           for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)))
             assert edge[i, j] == (mask[i, j] and outside), f"pixel {i},{j}"
+
+
+def test_evaluate_replaces_its_own_gallery_but_no_other_folder(tmp_path: Path) -> None:
+    _write_run(tmp_path)
+    _evaluate(tmp_path, "names: {}\n")
+    _evaluate(tmp_path, "names:\n  2: water\n")  # a rename: evaluate runs again over its own gallery
+    gallery = json.loads((tmp_path / PATHS["gallery"] / "gallery.json").read_text())
+    assert gallery["clusters"][2]["name"] == "water", "the second run's names"
+    other = tmp_path / "mine"
+    (other / "notes.txt").parent.mkdir()
+    (other / "notes.txt").write_text("keep")
+    corpus = CorpusParams(root="unused", n_classes=5, ignore_index=255)
+    with pytest.raises(ValueError, match="refusing"):
+        evaluate(tmp_path / PATHS["features"], tmp_path / PATHS["predictions"], tmp_path / PATHS["crf_out"],
+                 tmp_path / "s.json", tmp_path / "p.json", tmp_path / "c.png", tmp_path / "o", corpus,
+                 EvaluateParams(), tmp_path / "a.json", gallery_dir=other)
+    assert (other / "notes.txt").read_text() == "keep"

@@ -203,4 +203,5 @@ def write_gallery(out_dir: Path, images: zarr.Array, final: zarr.Array, entries:
             pictures = [example_picture(images[i], final[i], entry["id"]) for i in entry["examples"]]
             Image.fromarray(_strip(pictures)).save(tmp / entry["file"], optimize=True)
         atomic.write_json(tmp / "gallery.json", {**info, "clusters": entries})
+        atomic.mark_folder(tmp, "gallery")  # so the next evaluate may replace it
     return out_dir / "gallery.json"
