@@ -263,7 +263,7 @@ def load_run(
     project = project_of(run_dir, model_dir)
     mapping, names = _read_assignment(run_path(project, "assignment"), model.cluster_probe.n_clusters, info)
     settings = run_settings(project)
-    names = load_names(run_path(project, "cluster_names"), model.cluster_probe.n_clusters)
+    user_names = load_names(run_path(project, "cluster_names"), model.cluster_probe.n_clusters)
     torch_device = resolve_device(device)
     return Run(
         model=model.to(torch_device).eval(),
@@ -277,5 +277,5 @@ def load_run(
         class_names=names,
         model_dir=model_dir.resolve(),
         preprocess=str(info.get("preprocess") or "antialias"),
-        names=None if names.is_empty else names,
+        names=None if user_names.is_empty else user_names,
     )
