@@ -115,7 +115,10 @@ def test_gallery_numbers_are_counts_over_the_final_map(tmp_path: Path) -> None:
 def test_report_of_a_run_without_labels_shows_every_cluster_and_the_label_free_signals(tmp_path: Path) -> None:
     _write_run(tmp_path)
     _evaluate(tmp_path, "names: {}\nignore: []\n")
+    seeds = {"seeds": [0, 1, 2], "methods": {}, "label_free": {"seed_ami": {"mean": 0.6123, "sd": 0.05, "n": 3}}}
+    (tmp_path / PATHS["seeds"]).write_text(json.dumps(seeds))
     page = render(tmp_path)
+    assert 'data-signal="seed_ami"' in page and "0.612" in page, "the seeds' agreement is shown"
     for k in range(K):
         start = page.index(f'id="cluster-{k}"')
         card = page[start:page.index("</div>", start)]
