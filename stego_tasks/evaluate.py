@@ -6,6 +6,8 @@ Methods scored on the validation split, all on the same pixels:
     linear       linear probe, no matching                 (supervised upper reference)
     linear_crf   linear probe + dense CRF
     kmeans       k-means on the raw backbone features, matched (the baseline)
+    named        the cluster map (CRF) named by `cluster_names.yaml`, when some names are class
+                 names: the user's naming scored (merges allowed; not Hungarian-matched)
 
 Outputs: `scores.json` (DVC metrics; also records the backbone and whether its weights
 were random, and the label-free signals under `label_free`, with or without labels),
@@ -27,7 +29,7 @@ from PIL import Image
 from stego_tasks.config import CorpusParams, EvaluateParams
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import open_store
-from stego_tasks.method.metrics import ScoreAccumulator
+from stego_tasks.method.metrics import ScoreAccumulator, mapped_scores
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.cluster_names import ClusterNames, load_names
 from stego_tasks.tools.gallery import cluster_entries, collect, label_free_scores, write_gallery
@@ -204,6 +206,9 @@ def evaluate(
         best = results["cluster_crf"] if "cluster_crf" in results else results["cluster"]
         assignment = best["assignment"]
         plot_confusion(best["confusion"], assignment, class_names, confusion_path)
+        named = _named_scores(best["confusion"], names, class_names)
+        if named is not None:
+            scores["named"] = named
         log.info(
             "evaluate: cluster mIoU %.1f (crf %.1f), k-means baseline %.1f, linear %.1f",
             *(scores.get(m, {}).get("miou") or float("nan") for m in ("cluster", "cluster_crf", "kmeans", "linear")),
@@ -230,6 +235,22 @@ def evaluate(
         atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": class_names if has_labels else [],
                                             "method": "cluster_crf"})
     return scores
+
+
+def _named_scores(confusion: np.ndarray, names: ClusterNames, class_names: list[str]) -> dict[str, Any] | None:
+    """The user's naming scored against the labels: clusters named like a class predict it (merges allowed).
+
+    None when no name in the names file is a class name. Clusters with other names, unnamed
+    or ignored ones predict no class, so their pixels count as errors.
+    """
+    index = {name: j for j, name in enumerate(class_names)}
+    mapping = np.array([index.get(names.names.get(c, ""), -1) if c not in names.ignore else -1
+                        for c in range(confusion.shape[0])])
+    if not (mapping >= 0).any():
+        return None
+    result = mapped_scores(confusion, mapping)
+    return {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"]),
+            "named_clusters": int((mapping >= 0).sum())}
 
 
 def _blank_confusion(path: Path) -> None:

@@ -165,7 +165,9 @@ def _metrics_section(scores: dict | None) -> str:
     if not any(isinstance(scores.get(method), dict) for method, _ in METHOD_ROWS):
         return head + _note("No scores: the validation images have no labels, so nothing could be scored.")
     rows = []
-    for method, label in METHOD_ROWS:
+    # The user's naming (cluster_names.yaml) is scored only where names are class names.
+    named = [("named", "cluster + CRF, your names")] if isinstance(scores.get("named"), dict) else []
+    for method, label in (*METHOD_ROWS, *named):
         entry = scores.get(method) if isinstance(scores.get(method), dict) else {}
         cells = "".join(
             f'<td class="num" data-metric="{key}">{format_number(entry.get(key))}</td>' for key in ("accuracy", "miou")

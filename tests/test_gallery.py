@@ -173,3 +173,17 @@ def test_evaluate_replaces_its_own_gallery_but_no_other_folder(tmp_path: Path) -
                  tmp_path / "s.json", tmp_path / "p.json", tmp_path / "c.png", tmp_path / "o", corpus,
                  EvaluateParams(), tmp_path / "a.json", gallery_dir=other)
     assert (other / "notes.txt").read_text() == "keep"
+
+
+def test_with_labels_the_users_names_are_scored_and_the_gallery_shows_matched_classes(tmp_path: Path) -> None:
+    arrays = _write_run(tmp_path)
+    labels = (arrays["final"] % 3).astype(np.uint8)  # classes 0..2 ("sky", "grass", "road")
+    zarr.open_group(str(tmp_path / PATHS["features"]), mode="a")["val"]["labels"][:] = labels
+    scores = _evaluate(tmp_path, "names:\n  0: sky\n  3: sky\n  1: grass\n  2: road\nignore: [4]\n")
+    # Clusters 0 and 3 named sky (class 0), 1 grass, 2 road: exactly the labels' rule except cluster 4.
+    predicted = np.array([0, 1, 2, 0, -1])[arrays["final"]]
+    assert scores["named"]["accuracy"] == pytest.approx(100 * np.mean(predicted == labels), abs=1e-3)
+    gallery = json.loads((tmp_path / PATHS["gallery"] / "gallery.json").read_text())
+    assert gallery["has_labels"] and all(e["matched_class"] in (*DEMO_NAMES, None) for e in gallery["clusters"])
+    page = render(tmp_path)
+    assert 'data-method="named"' in page and "<th>matched class</th>" in page
