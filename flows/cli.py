@@ -3,7 +3,7 @@
 `stego <stage>` -> `flows/<stage>.py` (the flow; `--no-prefect` skips it) ->
 `flows/stage_functions.py` (params file and paths in) -> `stego_tasks/<stage>.py` (the
 library, which knows nothing of command lines, Prefect or DVC). The tools outside the
-pipeline (`predict`, `adapt`, `sweep-k`, `seeds`) are in `flows/tools.py`.
+pipeline (`predict`, `adapt`, `sweep-k`, `seeds`, `names`, `export`) are in `flows/tools.py`.
 
 Paths default to the layout in `stego_tasks/paths.yaml`, the file `dvc.yaml` reads too, so
 `stego extract` alone does what the DVC stage does. Errors a user can fix are printed as
@@ -42,7 +42,7 @@ STAGES: dict[str, tuple[str, list[str]]] = {
                  ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment",
                   "gallery", "cluster_names"]),
     "report": ("Read a run's metrics, plots, quarantine list and model; write one self-contained HTML page "
-               "(metrics, IoU bars, confusion, losses, overlays, quarantine).", []),
+               "(metrics, label-free signals, cluster gallery, IoU bars, confusion, losses, overlays, quarantine).", []),
 }
 
 
