@@ -187,3 +187,15 @@ def test_with_labels_the_users_names_are_scored_and_the_gallery_shows_matched_cl
     assert gallery["has_labels"] and all(e["matched_class"] in (*DEMO_NAMES, None) for e in gallery["clusters"])
     page = render(tmp_path)
     assert 'data-method="named"' in page and "<th>matched class</th>" in page
+
+
+def test_an_empty_cluster_has_no_examples_confidence_or_nearest(tmp_path: Path) -> None:
+    arrays = _write_run(tmp_path)
+    final = arrays["final"]
+    final[final == 2] = 0  # cluster 2 wins no pixel after the CRF
+    zarr.open_group(str(tmp_path / PATHS["crf_out"]), mode="a")["cluster_pred"][:] = final
+    scores = _evaluate(tmp_path, None)
+    entry = json.loads((tmp_path / PATHS["gallery"] / "gallery.json").read_text())["clusters"][2]
+    assert entry["pixel_share"] == 0 and entry["examples"] == [] and entry["nearest"] is None
+    assert entry["mean_confidence"] is None and scores["label_free"]["used_clusters"] == K - 1
+    assert "won no pixel" in render(tmp_path)

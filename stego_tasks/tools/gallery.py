@@ -147,7 +147,7 @@ def cluster_entries(stats: ClusterStats, names: ClusterNames, matched: list[str 
             "images_with": int((shares > 0).sum()),
             "mean_confidence": (_round(stats.confidence[k] / stats.pixels[k])
                                 if stats.confidence is not None and stats.pixels[k] else None),
-            "nearest": int(nearest[k]) if nearest[k] >= 0 else None,
+            "nearest": int(nearest[k]) if nearest[k] >= 0 and stats.pixels[k] else None,  # none for an empty cluster
             "examples": order,
             "example_shares": [_round(shares[i]) for i in order],
             "file": f"cluster_{k:03d}.png",

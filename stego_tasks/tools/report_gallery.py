@@ -102,7 +102,7 @@ def _card(entry: dict, entries: dict[int, dict], folder: Path) -> str:
     path = folder / str(entry.get("file", ""))
     data = path.read_bytes() if path.is_file() else b""
     picture = (f'<img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" '
-               f'alt="examples of cluster {entry["id"]}">' if data.startswith(PNG_SIGNATURE)
+               f'alt="examples of cluster {entry["id"]}">' if data.startswith(PNG_SIGNATURE) and entry.get("examples")
                else _note("No example picture (the cluster won no pixel)."))
     matched = entry.get("matched_class")
     facts = [f"{_pct(entry.get('pixel_share'))} of pixels", f"in {_pct(entry.get('image_share'))} of images",
