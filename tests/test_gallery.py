@@ -153,7 +153,7 @@ def test_outline_is_the_region_pixels_with_a_neighbour_outside() -> None:
     edge = outline(mask)
     for i in range(9):
         for j in range(11):
-            outside = any(not (0 <= i + di < 9 and 0 <= j + dj < 11) or not mask[i + di, j + dj]
+            outside = any(0 <= i + di < 9 and 0 <= j + dj < 11 and not mask[i + di, j + dj]
                           for di, dj in ((1, 0), (-1, 0), (0, 1), (0, -1)))
             assert edge[i, j] == (mask[i, j] and outside), f"pixel {i},{j}"
 

@@ -156,8 +156,8 @@ def cluster_entries(stats: ClusterStats, names: ClusterNames, matched: list[str 
 
 
 def outline(mask: np.ndarray) -> np.ndarray:
-    """Pixels of `mask` with a 4-neighbour outside it (or on the image border): the region's edge."""
-    padded = np.pad(mask, 1, constant_values=False)
+    """Pixels of `mask` with a 4-neighbour outside it: the region's edge (the image border is not one)."""
+    padded = np.pad(mask, 1, mode="edge")
     inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
     return mask & ~inner
 
