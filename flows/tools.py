@@ -247,8 +247,9 @@ def export_from_args(args: argparse.Namespace) -> int:
 TOOLS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "predict": (
         f"Segment new images with a trained run: reads IMAGES_OR_DIR and the run's {PATHS['model']}, "
-        f"{PATHS['assignment']} and the alpha, flip and CRF settings its cluster and crf stages recorded; "
-        "writes <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png and legend.json to --out.",
+        f"{PATHS['assignment']}, {PATHS['cluster_names']} and the alpha, flip and CRF settings its cluster and crf "
+        "stages recorded; writes <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png (with labels), "
+        "<stem>_named.png (with names) and legend.json to --out.",
         add_predict_arguments, predict_from_args,
     ),
     "adapt": (
