@@ -3,7 +3,7 @@
 `stego <stage>` -> `flows/<stage>.py` (the flow; `--no-prefect` skips it) ->
 `flows/stage_functions.py` (params file and paths in) -> `stego_tasks/<stage>.py` (the
 library, which knows nothing of command lines, Prefect or DVC). The tools outside the
-pipeline (`predict`, `adapt`, `sweep-k`, `seeds`) are in `flows/tools.py`.
+pipeline (`predict`, `adapt`, `sweep-k`, `seeds`, `names`, `export`) are in `flows/tools.py`.
 
 Paths default to the layout in `stego_tasks/paths.yaml`, the file `dvc.yaml` reads too, so
 `stego extract` alone does what the DVC stage does. Errors a user can fix are printed as
@@ -40,9 +40,12 @@ STAGES: dict[str, tuple[str, list[str]]] = {
     "train": ("Read stored features and the kNN graph; write the head + probes, the loss log and the shift diagnostics.", ["features", "knn", "model", "loss_log", "shift_stats"]),
     "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
     "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
-    "evaluate": ("Read labels and predictions; write metrics JSON, confusion matrix and overlays.", ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment", "confusion_data", "per_class_plot"]),
+    "evaluate": ("Read labels (when there are any), predictions and the cluster names file; write metrics JSON (with the "
+                 "label-free signals), confusion matrix, overlays, the plot data DVC draws and the cluster gallery.",
+                 ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment",
+                  "confusion_data", "per_class_plot", "gallery", "cluster_names"]),
     "report": ("Read a run's metrics, plots, quarantine list and model; write one self-contained HTML page "
-               "(metrics, IoU bars, confusion, losses, overlays, quarantine).", []),
+               "(metrics, label-free signals, cluster gallery, IoU bars, confusion, losses, overlays, quarantine).", []),
 }
 
 

@@ -15,11 +15,12 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from stego_tasks.paths import PATHS, run_path
 from stego_tasks.runtime import atomic
-from stego_tasks.tools.seeds import aggregate
+from stego_tasks.tools.seeds import aggregate, save_val_map, seed_agreement
 
 
 def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", out: Path = Path(PATHS["seeds"])) -> dict:
@@ -41,15 +42,22 @@ def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", ou
     # Stage commands call `stego`: make sure this interpreter's bin folder is on PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     runs = []
-    for seed in seeds:
-        print(f"stego seeds: seed {seed} ({len(runs) + 1} of {len(seeds)})", flush=True)
-        command = ["dvc", "exp", "run", "-S", f"seed={seed}", "--name", f"{prefix}-{seed}"]
-        result = subprocess.run(command, cwd=repo, env=env, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); "
-                               f"the {len(runs)} finished seed(s) are kept as experiments.")
-        scores = json.loads(run_path(repo, "scores").read_text(encoding="utf-8"))
-        runs.append((seed, scores))
-    summary = aggregate(runs)
+    with tempfile.TemporaryDirectory(prefix="stego-seeds-") as maps_dir:
+        maps, n_clusters = [], 0
+        for seed in seeds:
+            print(f"stego seeds: seed {seed} ({len(runs) + 1} of {len(seeds)})", flush=True)
+            command = ["dvc", "exp", "run", "-S", f"seed={seed}", "--name", f"{prefix}-{seed}"]
+            result = subprocess.run(command, cwd=repo, env=env, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); "
+                                   f"the {len(runs)} finished seed(s) are kept as experiments.")
+            scores = json.loads(run_path(repo, "scores").read_text(encoding="utf-8"))
+            runs.append((seed, scores))
+            # The workspace keeps only the last experiment's maps: keep each seed's for the agreement.
+            map_path = Path(maps_dir) / f"seed-{seed}.npy"
+            n_clusters = max(n_clusters, save_val_map(repo, map_path))
+            maps.append((seed, map_path))
+        summary = aggregate(runs)
+        summary["label_free"] = {"seed_ami": seed_agreement(maps, n_clusters)}
     atomic.write_json(repo / out, summary)
     return summary

@@ -135,8 +135,9 @@ def evaluate(
     crf_out: str = P["crf_out"], scores: str = P["scores"], per_class: str = P["per_class"],
     confusion: str = P["confusion"], overlays: str = P["overlays"], assignment: str = P["assignment"],
     confusion_data: str = P["confusion_data"], per_class_plot: str = P["per_class_plot"],
+    gallery: str = P["gallery"], cluster_names: str = P["cluster_names"],
 ) -> dict[str, Any]:
-    """Scores, per-class IoU, confusion matrix and overlays, and the plot data DVC draws."""
+    """Scores (and label-free signals), per-class IoU, confusion matrix, overlays, the plot data DVC draws and the cluster gallery."""
     from stego_tasks.evaluate import evaluate as run
 
     params = load_params(params_path)
@@ -144,6 +145,7 @@ def evaluate(
         Path(features), Path(predictions), Path(crf_out), Path(scores), Path(per_class), Path(confusion),
         Path(overlays), declared_view(params.corpus, ("n_classes", "ignore_index", "class_names")), params.evaluate,
         Path(assignment), preset=params.preset, confusion_csv=Path(confusion_data), per_class_csv=Path(per_class_plot),
+        gallery_dir=Path(gallery), names_path=Path(cluster_names),
     )
 
 

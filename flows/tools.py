@@ -1,6 +1,6 @@
 """The `stego` commands outside the pipeline: their options in, a library call out, a summary printed.
 
-`stego predict`, `stego adapt`, `stego sweep-k` and `stego seeds` each have
+`stego predict`, `stego adapt`, `stego sweep-k`, `stego seeds`, `stego names` and `stego export` each have
 `add_<tool>_arguments(parser)` and `<tool>_from_args(args) -> exit status` here; `TOOLS`
 lists them for `flows/cli.py`. The library (`stego_tasks`) knows nothing of command
 lines. Library modules are imported inside the functions, and only the command being
@@ -199,12 +199,58 @@ def seeds_from_args(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- stego names init ---------------------------------------------------------------------
+
+
+def add_names_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `stego names init` arguments."""
+    parser.add_argument("action", choices=["init"], help="init: write a starting names file from the run")
+    parser.add_argument("--run", type=Path, default=Path("."), metavar="DIR", help="project folder of a finished run (default: .)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE",
+                        help=f"names file to write (default: {PATHS['cluster_names']} of --run)")
+    parser.add_argument("--force", action="store_true", help="replace a names file that already names clusters")
+
+
+def names_from_args(args: argparse.Namespace) -> int:
+    """Run `stego names init` and say what was written."""
+    from stego_tasks.tools.cluster_names import write_init
+
+    result = write_init(args.run, args.out or run_path(args.run, "cluster_names"), force=args.force)
+    suggested = f", {result['suggested']} named after the classes the labels matched" if result["suggested"] else ""
+    print(f"wrote {result['out']}: {result['clusters']} clusters{suggested}; edit the names, then `dvc repro`.")
+    return 0
+
+
+# --- stego export ------------------------------------------------------------------------
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the `stego export` arguments."""
+    parser.add_argument("--run", type=Path, default=Path("."), metavar="DIR", help="project folder of a finished run (default: .)")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="export folder (new, empty, or an earlier export)")
+    parser.add_argument("--predictions", type=Path, default=None, metavar="DIR",
+                        help="a folder `stego predict` wrote (default: the run's val predictions)")
+    parser.add_argument("--split", choices=["train", "val"], default=None,
+                        help="corpus split to write (default: val for the run's val split, train for --predictions)")
+
+
+def export_from_args(args: argparse.Namespace) -> int:
+    """Run `stego export` and print what it wrote."""
+    from stego_tasks.tools.export import export
+
+    result = export(args.run, args.out, args.predictions, args.split)
+    print(f"wrote {result['out']}: annotations.json (COCO, {result['annotations']} RLE masks over {result['images']} images, "
+          f"{result['classes']} categories) and images/{result['split']} + labels/{result['split']} (corpus.yaml)")
+    return 0
+
+
 # Each tool: (help saying what it reads and writes, add its arguments, run it from parsed arguments).
 TOOLS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "predict": (
         f"Segment new images with a trained run: reads IMAGES_OR_DIR and the run's {PATHS['model']}, "
-        f"{PATHS['assignment']} and the alpha, flip and CRF settings its cluster and crf stages recorded; "
-        "writes <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png and legend.json to --out.",
+        f"{PATHS['assignment']}, {PATHS['cluster_names']} and the alpha, flip and CRF settings its cluster and crf "
+        "stages recorded; writes <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png (with labels), "
+        "<stem>_named.png (with names) and legend.json to --out.",
         add_predict_arguments, predict_from_args,
     ),
     "adapt": (
@@ -225,5 +271,15 @@ TOOLS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         "Describe params.yaml: --explain KEY (type, range, default, the stages that read it, published values), "
         "--schema writes stego_tasks/params.schema.json, --check-schema compares it with the generated one.",
         add_params_arguments, params_from_args,
+    ),
+    "names": (
+        f"`stego names init`: write a starting {PATHS['cluster_names']} from a run: every cluster, its size "
+        f"({PATHS['gallery']}/gallery.json), named after its matched class when the run had labels.",
+        add_names_arguments, names_from_args,
+    ),
+    "export": (
+        "Write a run's val predictions (or a folder `stego predict` wrote) as COCO JSON with RLE masks per image "
+        f"and named category, and as a pseudo-labelled corpus (images/, labels/, corpus.yaml); classes from {PATHS['cluster_names']}.",
+        add_export_arguments, export_from_args,
     ),
 }

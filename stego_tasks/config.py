@@ -219,9 +219,10 @@ class CrfParamsBlock(CRFParams):
 
 @dataclass(frozen=True)
 class EvaluateParams:
-    """Reports: how many overlay images to draw."""
+    """Reports: how many overlay images to draw, and how many example images per cluster in the gallery."""
 
     n_overlays: int = 6
+    gallery_examples: int = 4
 
 
 @dataclass(frozen=True)

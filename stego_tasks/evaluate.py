@@ -6,11 +6,15 @@ Methods scored on the validation split, all on the same pixels:
     linear       linear probe, no matching                 (supervised upper reference)
     linear_crf   linear probe + dense CRF
     kmeans       k-means on the raw backbone features, matched (the baseline)
+    named        the cluster map (CRF) named by `cluster_names.yaml`, when some names are class
+                 names: the user's naming scored (merges allowed; not Hungarian-matched)
 
 Outputs: `scores.json` (DVC metrics; also records the backbone, whether its weights were
-random, and what produced it: versions, GPU, git commit), `per_class_iou.json`,
-`confusion.png` and `overlays/`, and for `dvc plots show` / `dvc plots diff`: the confusion
-as rows of DVC's `confusion` template and the per-class IoU as a table (`write_plot_data`).
+random, what produced it (versions, GPU, git commit) and the label-free signals under
+`label_free`, with or without labels), `per_class_iou.json`, `confusion.png` and
+`overlays/`; for `dvc plots show` / `dvc plots diff` the confusion as rows of DVC's
+`confusion` template and the per-class IoU as a table (`write_plot_data`); and the cluster
+gallery (`tools/gallery.py`), whose clusters carry the names of `cluster_names.yaml`.
 """
 
 from __future__ import annotations
@@ -29,9 +33,11 @@ from PIL import Image
 from stego_tasks.config import CorpusParams, EvaluateParams
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import open_store, same_images
-from stego_tasks.method.metrics import ScoreAccumulator
+from stego_tasks.method.metrics import ScoreAccumulator, mapped_scores
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.provenance import provenance
+from stego_tasks.tools.cluster_names import ClusterNames, load_names
+from stego_tasks.tools.gallery import cluster_entries, collect, label_free_scores, write_gallery
 from stego_tasks.tools.visualize import colorize, panel
 
 log = logging.getLogger("stego")
@@ -169,9 +175,11 @@ def write_plot_data(
 
 def write_overlays(
     out_dir: Path, images: zarr.Array, labels: zarr.Array, predictions: np.ndarray, assignment: np.ndarray,
-    corpus: CorpusParams, n: int,
+    corpus: CorpusParams, n: int, has_labels: bool = True,
 ) -> list[Path]:
     """Image | ground truth | matched prediction panels for the first `n` images (one folder, atomically).
+
+    Without labels a panel is image | prediction (cluster colours): no empty truth tile.
 
     Returns:
         The written PNG paths.
@@ -183,7 +191,8 @@ def write_overlays(
         for index in range(min(n, images.shape[0])):
             truth = labels[index].astype(np.int64)
             prediction = lookup[predictions[index].astype(np.int64)]
-            picture = panel([images[index], colorize(truth, corpus.ignore_index), colorize(prediction, 255)])
+            truth_tile = [colorize(truth, corpus.ignore_index)] if has_labels else []
+            picture = panel([images[index], *truth_tile, colorize(prediction, 255)])
             Image.fromarray(picture).save(tmp / f"{index:04d}.png")
             written.append(out_dir / f"{index:04d}.png")
     return written
@@ -203,6 +212,8 @@ def evaluate(
     preset: str = "custom",
     confusion_csv: Path | None = None,
     per_class_csv: Path | None = None,
+    gallery_dir: Path | None = None,
+    names_path: Path | None = None,
 ) -> dict[str, Any]:
     """Score all methods and draw the report plots.
 
@@ -219,6 +230,8 @@ def evaluate(
             probe to (`cluster_to_class` null without labels); `stego predict` names classes with it.
         preset: the params file's `preset`, recorded in the scores.
         confusion_csv, per_class_csv: the plot data of `write_plot_data` (skipped when None).
+        gallery_dir: folder to write the cluster gallery to (None: not written).
+        names_path: the names file (`cluster_names.yaml`); its names label the gallery.
 
     Returns:
         The scores dict written to `scores_path`.
@@ -235,10 +248,13 @@ def evaluate(
         )
     root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
     n_clusters = int(stores["cluster"].attrs["n_clusters"])
-    names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]
+    class_names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]
     labels = val["labels"]
     has_labels = bool(np.any(_labels_for_metrics(labels[:], corpus) >= 0) and np.any(labels[:] < corpus.n_classes))
+    # A bad names file is refused before any work.
+    names = load_names(names_path, n_clusters) if names_path is not None else ClusterNames(n_clusters)
     scores: dict[str, Any] = {
+        "has_labels": has_labels,
         "backbone": root_attrs.get("backbone"),
         "backbone_weights": "random" if root_attrs.get("weights_source") == "random" else "pretrained",
         "n_images": int(labels.shape[0]),
@@ -257,26 +273,57 @@ def evaluate(
         results = score_methods(stores, labels, corpus, n_clusters)
         for method, result in results.items():
             scores[method] = {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"])}
-            per_class[method] = {name: _clean(v) for name, v in zip(names, result["iou"], strict=True)}
+            per_class[method] = {name: _clean(v) for name, v in zip(class_names, result["iou"], strict=True)}
         best = results["cluster_crf"] if "cluster_crf" in results else results["cluster"]
         assignment, best_confusion = best["assignment"], best["confusion"]
-        plot_confusion(best_confusion, assignment, names, confusion_path)
+        plot_confusion(best_confusion, assignment, class_names, confusion_path)
+        named = _named_scores(best_confusion, names, class_names)
+        if named is not None:
+            scores["named"] = named
         log.info(
             "evaluate: cluster mIoU %.1f (crf %.1f), k-means baseline %.1f, linear %.1f",
             *(scores.get(m, {}).get("miou") or float("nan") for m in ("cluster", "cluster_crf", "kmeans", "linear")),
         )
     source = "crf" if "cluster_pred" in stores["crf"] else "cluster"
-    write_overlays(overlays_dir, val["images"], labels, stores[source]["cluster_pred"], assignment, corpus, params.n_overlays)
+    final = stores[source]["cluster_pred"]
+    write_overlays(overlays_dir, val["images"], labels, final, assignment, corpus, params.n_overlays, has_labels)
     if not has_labels:
         _blank_confusion(confusion_path)
     if confusion_csv is not None and per_class_csv is not None:
-        write_plot_data(best_confusion, assignment, names, per_class, confusion_csv, per_class_csv)
+        write_plot_data(best_confusion, assignment, class_names, per_class, confusion_csv, per_class_csv)
+    kmeans = stores["cluster"].get("kmeans_pred")
+    cluster_store = stores["cluster"]
+    stats = collect(final, cluster_store.get("cluster_logits"), cluster_store["cluster_pred"], kmeans, n_clusters)
+    scores["label_free"] = label_free_scores(stats)
+    log.info("evaluate: label-free %s", scores["label_free"])
+    if gallery_dir is not None:
+        matched = [class_names[c] if c >= 0 else None for c in assignment] if has_labels else None
+        entries = cluster_entries(stats, names, matched, params.gallery_examples)
+        write_gallery(gallery_dir, val["images"], final, entries,
+                      {"n_images": stats.n_images, "has_labels": has_labels, "map": source, "names_file": names.source})
     atomic.write_json(scores_path, scores)
     atomic.write_json(per_class_path, {**per_class, "provenance": scores["provenance"]})
     if assignment_path is not None:
         mapping = [int(c) for c in assignment] if has_labels else None
-        atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": names, "method": "cluster_crf"})
+        atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": class_names if has_labels else [],
+                                            "method": "cluster_crf"})
     return scores
+
+
+def _named_scores(confusion: np.ndarray, names: ClusterNames, class_names: list[str]) -> dict[str, Any] | None:
+    """The user's naming scored against the labels: clusters named like a class predict it (merges allowed).
+
+    None when no name in the names file is a class name. Clusters with other names, unnamed
+    or ignored ones predict no class, so their pixels count as errors.
+    """
+    index = {name: j for j, name in enumerate(class_names)}
+    mapping = np.array([index.get(names.names.get(c, ""), -1) if c not in names.ignore else -1
+                        for c in range(confusion.shape[0])])
+    if not (mapping >= 0).any():
+        return None
+    result = mapped_scores(confusion, mapping)
+    return {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"]),
+            "named_clusters": int((mapping >= 0).sum())}
 
 
 def _blank_confusion(path: Path) -> None:

@@ -59,7 +59,7 @@ FIELD_RANGES: dict[str, _Range] = {
             "n_workers", "threads_per_worker", "kmeans_iters", "kmeans_samples", "feature_samples",
             "neg_samples", "log_every", "select_every", "probe_restarts", "decode_workers", "writers",
             "lr", "probe_lr", "alpha", "gaussian_sxy", "bilateral_sxy", "bilateral_srgb",
-            "max_overlays", "max_quarantine_rows",
+            "max_overlays", "max_quarantine_rows", "gallery_examples",
         ),
         _POSITIVE,
     ),

@@ -17,6 +17,7 @@ the page can be mailed, archived or opened offline. The same inputs give the sam
     metrics/seeds.json           mean and sd over seeds (`stego seeds`), when present
     metrics/trace/<stage>.json   stage timeline and resource table (every stage but this one)
     dvc.yaml                     the pipeline's DAG (read as it stands: DVC cannot make it a dep)
+    plots/gallery/               the cluster gallery (evaluate): every cluster, its size and examples
     params.yaml                  the params used
 Provenance (versions, CUDA, GPU, git commit) comes from scores.json's `provenance`.
 """
@@ -37,6 +38,12 @@ from stego_tasks.config import ReportParams
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.report_dag import dag_section
+from stego_tasks.tools.report_gallery import (
+    GALLERY,
+    GALLERY_CSS,
+    gallery_section,
+    label_free_section,
+)
 from stego_tasks.tools.report_protocol import (
     SEEDS,
     SHIFT_STATS,
@@ -63,6 +70,7 @@ INPUTS: dict[str, str] = {
     "seeds": SEEDS,
     "trace": TRACE_DIR,  # the other stages' trace files in it
     "pipeline": "dvc.yaml",
+    "gallery": GALLERY,
 }
 METHOD_ROWS = METHODS  # one list of methods and labels for the page and the end-of-run table
 DASH = "\u2013"
@@ -154,7 +162,11 @@ def _header(scores: dict, model: dict) -> tuple[str, str]:
     facts = [("preset", str(scores.get("preset", "not recorded"))), ("backbone", backbone), ("weights", weights)]
     if "n_images" in scores:
         facts.append(("validation images scored", str(scores["n_images"])))
-    if isinstance(model.get("class_names"), list):
+    if scores.get("has_labels") is False:
+        # No labels: the params' class names (perhaps the demo's) name nothing in this run.
+        facts.append(("classes", "none (no labels): clusters show their ids and the names in "
+                                 f"{PATHS['cluster_names']}"))
+    elif isinstance(model.get("class_names"), list):
         facts.append(("classes", ", ".join(str(name) for name in model["class_names"])))
     rows = "".join(f"<tr><th>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts)
     parts.append(f'<table id="summary">{rows}</table>')
@@ -168,7 +180,9 @@ def _metrics_section(scores: dict | None) -> str:
     if not any(isinstance(scores.get(method), dict) for method, _ in METHOD_ROWS):
         return head + _note("No scores: the validation images have no labels, so nothing could be scored.")
     rows = []
-    for method, label in METHOD_ROWS:
+    # The user's naming (cluster_names.yaml) is scored only where names are class names.
+    named = [("named", "cluster + CRF, your names")] if isinstance(scores.get("named"), dict) else []
+    for method, label in (*METHOD_ROWS, *named):
         entry = scores.get(method) if isinstance(scores.get(method), dict) else {}
         cells = "".join(
             f'<td class="num" data-metric="{key}">{format_number(entry.get(key))}</td>' for key in ("accuracy", "miou")
@@ -247,7 +261,7 @@ def _loss_section(run_dir: Path) -> str:
     return head + _image(loss_plot_png(columns), "training loss curves") + table
 
 
-def _overlays_section(run_dir: Path, max_overlays: int) -> str:
+def _overlays_section(run_dir: Path, max_overlays: int, has_labels: bool = True) -> str:
     head = "<h2>Predictions</h2>"
     folder = run_dir / INPUTS["overlays"]
     paths = sorted(folder.glob("*.png")) if folder.is_dir() else []
@@ -260,7 +274,9 @@ def _overlays_section(run_dir: Path, max_overlays: int) -> str:
         for name, data in shown
     )
     more = f" Showing the first {len(shown)} of {len(pictures)}." if len(pictures) > len(shown) else ""
-    return head + _note(f"Each panel: image | ground truth | prediction (black: ignored pixels).{more}") + (
+    layout = ("image | ground truth | prediction (black: ignored pixels)" if has_labels
+              else "image | clusters (colours as in the gallery; no labels)")
+    return head + _note(f"Each panel: {layout}.{more}") + (
         f'<div class="overlays">{figures}</div>'
     )
 
@@ -340,13 +356,15 @@ def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
     sections = [
         header,
         _metrics_section(scores),
+        label_free_section(scores, run_dir),
         seeds_section(run_dir),
         protocol_section(scores),
         shift_section(run_dir),
         _per_class_section(per_class if isinstance(per_class, dict) else None, model or {}),
         _confusion_section(run_dir, scores),
         _loss_section(run_dir),
-        _overlays_section(run_dir, params.max_overlays),
+        gallery_section(run_dir),
+        _overlays_section(run_dir, params.max_overlays, (scores or {}).get("has_labels") is not False),
         _quarantine_section(run_dir, params.max_quarantine_rows),
         _dag_section(run_dir),
         timeline_section(traces),
@@ -357,7 +375,7 @@ def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(title)}</title><style>{CSS}</style><script>{IMAGES_SCRIPT}</script></head>\n"
+        f"<title>{escape(title)}</title><style>{CSS}{GALLERY_CSS}</style><script>{IMAGES_SCRIPT}</script></head>\n"
         "<body>\n" + "\n".join(sections) + "\n</body></html>\n"
     )
     return page, is_random

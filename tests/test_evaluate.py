@@ -206,7 +206,8 @@ def test_unlabelled_validation_set_writes_predictions_only(tmp_path):
     group["labels"][:] = 255
     scores, per_class, out = _run(tmp_path, corpus)
     assert set(scores) == {"backbone", "backbone_weights", "n_images", "preset", "weights_source", "preprocess", "protocol",
-                           "provenance"}, f"scores without labels {scores}"
+                           "provenance", "has_labels", "label_free"}, f"scores without labels {scores}"
+    assert scores["has_labels"] is False, "a run without labels must say so"
     assert per_class == {"provenance": scores["provenance"]}, f"per-class IoU without labels {per_class}"
     assert (out / "confusion.csv").read_text() == "actual,predicted\n", "no labels: a confusion plot without rows"
     assignment = json.loads((out / "assignment.json").read_text())
@@ -214,3 +215,7 @@ def test_unlabelled_validation_set_writes_predictions_only(tmp_path):
     with Image.open(out / "confusion.png") as image:
         image.load()
     assert len(list((out / "overlays").iterdir())) == 2, "overlays must still be drawn"
+    assert assignment["class_names"] == [], f"no labels, no class names (the params' may be the demo's): {assignment}"
+    with Image.open(out / "overlays" / "0000.png") as picture:
+        # image | clusters: no black ground-truth tile between them.
+        assert picture.size == (2 * SIZE + 4, SIZE), f"overlay without labels is {picture.size}"

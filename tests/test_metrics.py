@@ -184,3 +184,20 @@ def test_confusion_matrix_by_naive_loop():
 def test_bad_input_raises(preds, labels, match):
     with pytest.raises(ValueError, match=match):
         unsupervised_scores(preds, labels, n_classes=3)
+
+
+def test_mapped_scores_merge_clusters_into_one_class_against_pixel_counts() -> None:
+    from stego_tasks.method.metrics import confusion_matrix, mapped_scores
+
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 3, 500)
+    preds = rng.integers(0, 5, 500)
+    mapping = np.array([0, 2, 2, -1, 1])  # clusters 1 and 2 both name class 2; cluster 3 names nothing
+    result = mapped_scores(confusion_matrix(preds, labels, 3, 5), mapping)
+    predicted = mapping[preds]
+    ious = []
+    for j in range(3):
+        tp = np.sum((predicted == j) & (labels == j))
+        ious.append(tp / (np.sum(labels == j) + np.sum(predicted == j) - tp))
+    assert result["accuracy"] == pytest.approx(100 * np.mean(predicted == labels))
+    assert result["miou"] == pytest.approx(100 * np.mean(ious))

@@ -23,6 +23,8 @@ CORE_STAGES = ["demo_data", "ingest", "validate", "extract", "knn", "train", "cl
 # What each method's predictions are scored as in metrics/scores.json.
 METHODS = ("cluster", "cluster_crf", "kmeans", "linear", "linear_crf")
 CRF_METHODS = ("cluster_crf", "linear_crf")
+# Label-free signals of the final map (after the CRF); confidence and the k-means agreement are the probe's, before it.
+CRF_LABEL_FREE = ("label_free.size_balance", "label_free.largest_share", "label_free.used_clusters")
 
 
 def stages_ran(output: str) -> list[str]:
@@ -123,7 +125,7 @@ def test_crf_param_reruns_crf_and_evaluate_only(project_copy: Path, project_env:
     # What produced them moved too: this run's tree had an uncommitted params.yaml.
     assert metrics["metrics/scores.json"]["provenance.git_dirty"]["new"] is True, "the dirty tree is recorded"
     assert moved, "changing crf.iterations from 10 to 5 moved no score at all"
-    assert all(name.startswith(CRF_METHODS) for name in moved), f"a crf param moved non-CRF scores: {sorted(moved)}"
+    assert all(name.startswith(CRF_METHODS + CRF_LABEL_FREE) for name in moved), f"a crf param moved non-CRF scores: {sorted(moved)}"
 
 
 def test_train_param_reruns_from_train_on(project_copy: Path, project_env: dict[str, str]) -> None:
@@ -139,3 +141,14 @@ def test_train_param_reruns_from_train_on(project_copy: Path, project_env: dict[
     assert not upstream, f"a train param re-ran stages before train: {sorted(upstream)}"
     lock = (project_copy / "dvc.lock").read_text()
     assert re.search(r"^\s+steps: 20$", lock, flags=re.MULTILINE), "dvc.lock does not record demo.train.steps 20"
+
+
+def test_renaming_clusters_reruns_evaluate_and_report_only(project_copy: Path, project_env: dict[str, str]) -> None:
+    """The names file is a dep of evaluate alone: a rename re-runs evaluate and what follows it, and names the gallery."""
+    (project_copy / "cluster_names.yaml").write_text("names:\n  0: field\n  1: field\nignore: [2]\n")
+    result = dvc_repro(project_copy, project_env)
+    ran = stale_ran(result.stdout, project_copy)
+    expected = downstream(stage_graph(project_copy), "evaluate")
+    assert ran[:1] == ["evaluate"] and sorted(ran) == sorted(expected), f"a rename ran {ran}, expected {sorted(expected)}"
+    gallery = json.loads((project_copy / "plots" / "gallery" / "gallery.json").read_text())
+    assert [entry["name"] for entry in gallery["clusters"][:3]] == ["field", "field", "ignored"], gallery["clusters"][:3]

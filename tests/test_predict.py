@@ -305,3 +305,25 @@ def test_main_from_args(run_dir: Path, images_dir: Path, tmp_path: Path, capsys:
     assert predict_from_args(args) == 2, "exit status with nothing written"
     assert capsys.readouterr().out.startswith("wrote 0 images"), "summary line for a failed run"
     assert not (tmp_path / "p" / "legend.json").exists(), "legend written although no image was"
+
+
+def test_names_file_gives_named_maps_and_a_legend_without_labels(run_dir: Path, images_dir: Path, tmp_path: Path):
+    bare = tmp_path / "named-run"
+    shutil.copytree(run_dir, bare)
+    (bare / "artifacts" / "assignment.json").unlink()  # no labels were ever evaluated
+    (bare / "cluster_names.yaml").write_text("names:\n  0: water\n  2: water\n  1: sand\nignore: [3]\n")
+    run = load_run(bare, device="cpu")
+    out = tmp_path / "out"
+    summary = predict_paths(run, [images_dir / "a.png"], out, flip=False, crf=False)
+    assert summary.written == 1, f"summary {summary}"
+    photo = np.array(Image.open(images_dir / "a.png").convert("RGB"))
+    expected = segment_image(run, photo, flip=False, crf=False)
+    assert expected.classes is None, "no assignment, no Hungarian classes"
+    with Image.open(out / "a_named.png") as picture:
+        named = np.array(picture)
+    want = np.array([0, 1, 0, UNMATCHED])[expected.clusters]  # water = 0 (clusters 0, 2), sand = 1, 3 ignored
+    assert np.array_equal(named, want), "a_named.png is not the names file applied to the clusters"
+    legend = json.loads((out / "legend.json").read_text())
+    assert legend["named"]["0"]["name"] == "water" and legend["named"]["0"]["clusters"] == [0, 2], legend["named"]
+    assert legend["named"]["1"]["name"] == "sand" and legend["named"][str(UNMATCHED)]["clusters"] == [3]
+    assert legend["clusters"]["2"]["name"] == "water" and legend["sources"]["a"] == str((images_dir / "a.png").resolve())

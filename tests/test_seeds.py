@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stego_tasks.tools.seeds import aggregate, format_table, mean_sd
+from stego_tasks.method.label_free import adjusted_mutual_info, contingency
+from stego_tasks.tools.seeds import aggregate, format_table, mean_sd, seed_agreement
 
 RUNS = [
     (0, {"cluster": {"accuracy": 50.0, "miou": 20.0}, "kmeans": {"accuracy": 30.0, "miou": 10.0}}),
@@ -54,3 +55,24 @@ def test_stego_seeds_runs_each_seed_as_a_dvc_experiment(project_copy, project_en
                            capture_output=True, text=True, check=True).stdout.split()
     assert {"seed-3", "seed-4"} <= set(shown), f"experiments {shown}"
     assert "± " in result.stdout or "seeds: 3, 4" in result.stdout
+    agreement = summary["label_free"]["seed_ami"]
+    assert [pair["seeds"] for pair in agreement["pairs"]] == [[3, 4]], f"agreement {agreement}"
+    assert -1.0 <= agreement["pairs"][0]["ami"] <= 1.0 and agreement["mean"] == agreement["pairs"][0]["ami"]
+
+
+def test_seed_agreement_is_the_pairwise_ami_of_the_whole_maps(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    base = rng.integers(0, 4, (5, 6, 6))
+    maps = {0: base, 1: np.array([2, 3, 0, 1])[base], 2: rng.integers(0, 4, (5, 6, 6))}  # 1 = 0 renamed
+    paths = []
+    for seed, values in maps.items():
+        np.save(tmp_path / f"{seed}.npy", values.astype(np.uint8))
+        paths.append((seed, tmp_path / f"{seed}.npy"))
+    result = seed_agreement(paths, 4, batch=2)  # batches of 2 images must add up to the whole maps
+    got = {tuple(pair["seeds"]): pair["ami"] for pair in result["pairs"]}
+    for (a, b), ami in got.items():
+        want = adjusted_mutual_info(contingency(maps[a], maps[b], 4, 4))
+        assert ami == pytest.approx(want, abs=1e-4), f"seeds {a}, {b}"
+    assert got[(0, 1)] == pytest.approx(1.0), "a renamed partition agrees fully"
+    assert result["n"] == 3 and result["mean"] == pytest.approx(np.mean(list(got.values())), abs=1e-4)
+    assert seed_agreement(paths[:1], 4)["mean"] is None, "one seed: nothing to compare"

@@ -212,3 +212,36 @@ class ScoreAccumulator:
     def reset(self) -> None:
         """Forget all batches added so far."""
         self.confusion[:] = 0
+
+
+def mapped_scores(confusion: np.ndarray, cluster_to_class: np.ndarray) -> dict[str, Any]:
+    """Accuracy and IoU when clusters map to classes by a given table, several clusters to one class allowed.
+
+    For a user's naming (`cluster_names.yaml`) rather than the Hungarian one-to-one match:
+    class j's prediction is the union of the clusters mapped to j; a cluster mapped to no
+    class (-1, or any value outside [0, n_classes)) predicts nothing, so its pixels are errors.
+
+    Args:
+        confusion: Histogram [n_clusters, n_classes], int.
+        cluster_to_class: Class of each cluster [n_clusters].
+
+    Returns:
+        Dict with ``accuracy`` and ``miou`` (percent) and ``iou`` [n_classes], as
+        :func:`scores_from_confusion`.
+    """
+    confusion = np.asarray(confusion, dtype=np.int64)
+    n_classes = confusion.shape[1]
+    merged = np.zeros((n_classes, n_classes), dtype=np.int64)  # [predicted class, true class]
+    for cluster, target in enumerate(np.asarray(cluster_to_class).tolist()):
+        if 0 <= target < n_classes:
+            merged[target] += confusion[cluster]
+    tp = np.diag(merged).astype(np.float64)
+    total = float(confusion.sum())
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = tp / (confusion.sum(axis=0) + merged.sum(axis=1) - tp)
+    present = ~np.isnan(iou)
+    return {
+        "accuracy": 100.0 * float(tp.sum()) / total if total > 0 else float("nan"),
+        "miou": 100.0 * float(iou[present].mean()) if present.any() else float("nan"),
+        "iou": iou,
+    }

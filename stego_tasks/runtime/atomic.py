@@ -31,6 +31,13 @@ _KIND_WORDS = {
     "overlays": "overlay panels (NNNN.png)",
     "model": "a trained model (model.json / checkpoint.pt)",
 }
+# A folder output other than those above says what it is in this file: {"kind": "<kind>"}.
+MARKER = ".stego-artifact.json"
+
+
+def mark_folder(folder: Path, kind: str) -> None:
+    """Write the marker that lets a later run of the same command replace `folder` (`folder_kind` reads it)."""
+    write_json(Path(folder) / MARKER, {"kind": kind})
 
 
 def folder_kind(path: Path) -> str | None:
@@ -41,11 +48,18 @@ def folder_kind(path: Path) -> str | None:
 
     Returns:
         "empty", "zarr" (a Zarr store: its `zarr.json`), "model" (train's model folder),
-        "overlays" (evaluate's numbered PNG panels), or None for anything else: a folder
-        stego did not write.
+        "overlays" (evaluate's numbered PNG panels), the kind named in a `MARKER` file
+        (e.g. "gallery", "export"), or None for anything else: a folder stego did not write.
     """
     if (path / "zarr.json").is_file():
         return "zarr"
+    if (path / MARKER).is_file():
+        try:
+            kind = json.loads((path / MARKER).read_text(encoding="utf-8")).get("kind")
+        except (OSError, ValueError, AttributeError):
+            kind = None
+        if isinstance(kind, str) and kind:
+            return kind
     if any((path / name).is_file() for name in ("model.json", "model.safetensors", "checkpoint.pt")):
         return "model"
     entries = list(path.iterdir())

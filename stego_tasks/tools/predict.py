@@ -7,9 +7,11 @@ reference (code(x) + flip(code(flip(x)))) / 2, upsampled to the padded size and 
 back, turned into cluster log-probabilities, refined by the dense CRF, and the argmax is
 mapped back to the original size with nearest-neighbour sampling.
 
-Per image it writes `<stem>_clusters.png` (palette PNG), `<stem>_overlay.png` and, when the
-run's evaluate stage matched clusters to classes (`artifacts/assignment.json`),
-`<stem>_classes.png`; one `legend.json` names every index and its colour.
+Per image it writes `<stem>_clusters.png` (palette PNG), `<stem>_overlay.png`, when the
+run's evaluate stage matched clusters to classes (`artifacts/assignment.json`)
+`<stem>_classes.png`, and when the run's `cluster_names.yaml` names clusters
+`<stem>_named.png` (the user's classes, merged clusters as one, ignored ones 255; no labels
+needed); one `legend.json` names every index and its colour, and records each image's source.
 
 `legend.json` is also the output folder's record: which command and run wrote it and the
 files it wrote. A second predict into the same folder replaces the first one's files
@@ -72,11 +74,14 @@ class Segmentation:
             an assignment.
         cluster_probs: float32 [n_clusters, h, w] probabilities at the resized (network)
             size, after the CRF when it ran; only when asked for (`keep_probs=True`).
+        named: uint8 [H, W] the names file's class ids (255 = ignored cluster), or None
+            when the run's names file names nothing.
     """
 
     clusters: np.ndarray
     classes: np.ndarray | None
     cluster_probs: np.ndarray | None = None
+    named: np.ndarray | None = None
 
 
 @dataclass
@@ -175,7 +180,8 @@ def segment_image(
     if run.cluster_to_class is not None:
         mapped = run.cluster_to_class[clusters]
         classes = np.where(mapped < 0, UNMATCHED, mapped).astype(np.uint8)
-    return Segmentation(clusters, classes, probs.astype(np.float32) if keep_probs else None)
+    named = run.names.cluster_to_class().astype(np.uint8)[clusters] if run.names is not None else None
+    return Segmentation(clusters, classes, probs.astype(np.float32) if keep_probs else None, named)
 
 
 # --- many files ------------------------------------------------------------------------
@@ -230,16 +236,23 @@ def _class_palette_png(classes: np.ndarray) -> Image.Image:
 
 
 def write_outputs(image: np.ndarray, seg: Segmentation, out_dir: Path, key: Path) -> None:
-    """Write one image's PNGs (atomically) as `out_dir/<key>_{clusters,overlay,classes}.png`."""
+    """Write one image's PNGs (atomically) as `out_dir/<key>_{clusters,overlay,classes,named}.png`.
+
+    The overlay shows the user's names when there are any, else the matched classes, else the clusters.
+    """
     base = out_dir / key
     _save_png(palette_png(seg.clusters), base.with_name(f"{base.name}_clusters.png"))
-    if seg.classes is None:
+    if seg.classes is not None:
+        _save_png(_class_palette_png(seg.classes), base.with_name(f"{base.name}_classes.png"))
+    if seg.named is not None:
+        _save_png(_class_palette_png(seg.named), base.with_name(f"{base.name}_named.png"))
+    shown = seg.named if seg.named is not None else seg.classes
+    if shown is None:
         blended = overlay(image, seg.clusters)
     else:
-        # Classes when matched (their colours are the legend's); unmatched pixels stay untinted.
-        blended = overlay(image, seg.classes)
-        blended[seg.classes == UNMATCHED] = image[seg.classes == UNMATCHED]
-        _save_png(_class_palette_png(seg.classes), base.with_name(f"{base.name}_classes.png"))
+        # Classes (their colours are the legend's); unmatched or ignored pixels stay untinted.
+        blended = overlay(image, shown)
+        blended[shown == UNMATCHED] = image[shown == UNMATCHED]
     _save_png(Image.fromarray(blended), base.with_name(f"{base.name}_overlay.png"))
 
 
@@ -271,6 +284,7 @@ def predict_paths(
     for path, reason in failed:
         log.warning("predict: skipping %s: %s", path, reason)
     written = 0
+    sources: dict[str, str] = {}
     atomic.make_parent(out_dir)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.predict-", dir=out_dir.parent))
     try:
@@ -280,6 +294,7 @@ def predict_paths(
                     image = load_rgb(path)
                     seg = segment_image(run, image, flip=flip, crf=crf)
                     write_outputs(image, seg, staging, key)
+                    sources[key.as_posix()] = str(path.resolve())
                     written += 1
                 except (ValueError, OSError, RuntimeError) as error:
                     # A bad file, or one image too large for memory, must not lose the others.
@@ -294,6 +309,7 @@ def predict_paths(
                 "written_by": WRITER,
                 "run": str(run.model_dir) if run.model_dir is not None else None,
                 "model_sha256": model_digest(run),
+                "sources": sources,  # output key -> the image it segmented (`stego export` reads it)
             }
             publish(staging, out_dir, previous, record)
     finally:

@@ -21,7 +21,7 @@ from stego_tasks.tools.visualize import palette
 
 # legend.json's `written_by`: marks a folder this command wrote (and may rewrite).
 WRITER = "stego predict"
-OUTPUT_SUFFIXES = ("_clusters.png", "_overlay.png", "_classes.png")
+OUTPUT_SUFFIXES = ("_clusters.png", "_overlay.png", "_classes.png", "_named.png")
 
 
 def output_keys(images: list[tuple[Path, Path]]) -> list[Path]:
@@ -75,9 +75,19 @@ def legend(run: Run) -> dict:
     if mapping is not None:
         classes = {str(j): {"name": name, "colour": colours[j].tolist()} for j, name in enumerate(run.class_names)}
         classes[str(UNMATCHED)] = {"name": "unmatched", "colour": [0, 0, 0]}
+    named = None
+    if run.names is not None:
+        named = {
+            str(j): {"name": name, "colour": colours[j].tolist(), "clusters": members}
+            for j, (name, members) in enumerate(run.names.classes_of().items())
+        }
+        named[str(UNMATCHED)] = {"name": "ignored", "colour": [0, 0, 0], "clusters": sorted(run.names.ignore)}
+        for cluster, entry in clusters.items():
+            entry["name"] = run.names.label(int(cluster))
     return {
         "clusters": clusters,
         "classes": classes,
+        "named": named,
         "backbone": run.model.info.get("backbone"),
         "backbone_weights": run.backbone.weights_source,
         "resolution": run.resolution,

@@ -24,6 +24,7 @@ from stego_tasks.params_schema import params_block
 from stego_tasks.paths import PATHS, run_path
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.devices import resolve_device
+from stego_tasks.tools.cluster_names import ClusterNames, load_names
 
 log = logging.getLogger("stego")
 
@@ -53,6 +54,8 @@ class Run:
             NEAREST, as its val images were.
         flip: whether the run's cluster stage flip-averaged (`stego predict` does too,
             unless told not to).
+        names: the run's names file (`cluster_names.yaml`) when it names or ignores any
+            cluster; `stego predict` then writes named class maps.
     """
 
     model: StegoModel
@@ -67,6 +70,7 @@ class Run:
     model_dir: Path | None = None
     preprocess: str = "antialias"
     flip: bool = True
+    names: ClusterNames | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -268,6 +272,7 @@ def load_run(
     project = project_of(run_dir, model_dir)
     mapping, names = _read_assignment(run_path(project, "assignment"), model.cluster_probe.n_clusters, info)
     settings = run_settings(project)
+    user_names = load_names(run_path(project, "cluster_names"), model.cluster_probe.n_clusters)
     torch_device = resolve_device(device)
     return Run(
         model=model.to(torch_device).eval(),
@@ -281,4 +286,5 @@ def load_run(
         class_names=names,
         model_dir=model_dir.resolve(),
         preprocess=str(info.get("preprocess") or "antialias"),
+        names=None if user_names.is_empty else user_names,
     )
