@@ -49,6 +49,10 @@ class _Range:
 
 _POSITIVE, _NON_NEGATIVE = _Range(0, low_excluded=True), _Range(0)
 
+# The smallest image side (px) the stages decode: the lower bound of `ingest.min_size`, and
+# `stego_tasks.data.images`' default when a caller gives none.
+MIN_IMAGE_SIZE: int = 16
+
 # Ranges by field name, in whichever block the field is (a field's own `metadata={"range":
 # _Range(...)}` takes precedence). Sizes, counts and rates must be positive; a field not
 # named here has only its type checked.
@@ -76,7 +80,7 @@ FIELD_RANGES: dict[str, _Range] = {
     "n_train": _Range(3),
     "n_val": _Range(3),
     "size": _Range(32),
-    "min_size": _Range(16),
+    "min_size": _Range(MIN_IMAGE_SIZE),
 }
 
 
