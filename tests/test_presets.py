@@ -21,7 +21,13 @@ from flows import stage_functions
 from stego_tasks.config import DEFAULTS_FILE, Params, load_params, params_from_dict, params_to_dict
 from stego_tasks.data.adapters import PRESETS_FOR, preset_for, write_params
 from stego_tasks.params_schema import read_yaml
-from stego_tasks.presets import list_presets, load_preset, params_text, preset_overrides, preset_text
+from stego_tasks.presets import (
+    list_presets,
+    load_preset,
+    params_text,
+    preset_overrides,
+    preset_text,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = read_yaml(DEFAULTS_FILE)
