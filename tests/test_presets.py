@@ -112,6 +112,16 @@ def test_a_default_changed_in_a_copy_of_the_defaults_file_reaches_every_preset_t
     assert 100 in got.values() and 64 in got.values(), "one preset overrides n_codes, the others follow"
 
 
+def test_a_preset_overriding_an_unknown_key_is_one_sentence(tmp_path: Path) -> None:
+    folder = tmp_path / "presets"
+    shutil.copytree(DEFAULTS_FILE.parent, folder, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    (folder / "mine.yaml").write_text("preset: custom\ntrain:\n  stepz: 10   # a typo\n")
+    with pytest.raises(ValueError, match=r"^preset mine sets train.stepz, which is no key of the defaults file; [^\n]*\.$"):
+        params_text("mine", LOCATION, folder=folder)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_text("defaults", folder)
+
+
 def test_the_project_params_file_is_the_defaults_but_for_the_demo_s_own_settings() -> None:
     """params.yaml must stay complete for DVC; every value there is the default but the demo's own."""
     values = _flat(read_yaml(REPO / "params.yaml"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def preset_text(name: str, folder: str | Path | None = None) -> str:
         ValueError: unknown preset name.
     """
     path = _folder(folder) / f"{name}.yaml"
-    if name not in list_presets() and not (folder is not None and path.is_file()):
+    if name not in list_presets() and not (folder is not None and path.is_file() and name != DEFAULTS_FILE.stem):
         raise ValueError(f"unknown preset {name!r}; use one of {list_presets()}.")
     return path.read_text(encoding="utf-8")
 
@@ -76,17 +77,21 @@ def _flat(values: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def _comments(text: str) -> dict[str, str]:
-    """The `#` comment on each key's own line, by dotted key."""
-    found, block = {}, ""
+def _keyed(text: str) -> Iterator[tuple[str, re.Match[str] | None, str]]:
+    """Each line of a params file with its `_LINE` match and dotted key ("train.shifts"; "" for no key)."""
+    block = ""
     for line in text.splitlines():
         match = _LINE.match(line)
-        if match:
-            block = match["key"] if not match["indent"] else block
-            dotted = match["key"] if not match["indent"] else f"{block}.{match['key']}"
-            if match["comment"]:
-                found[dotted] = match["comment"].strip()
-    return found
+        if match is None:
+            yield line, None, ""
+            continue
+        block = match["key"] if not match["indent"] else block
+        yield line, match, match["key"] if not match["indent"] else f"{block}.{match['key']}"
+
+
+def _comments(text: str) -> dict[str, str]:
+    """The `#` comment on each key's own line, by dotted key."""
+    return {dotted: match["comment"].strip() for _, match, dotted in _keyed(text) if match and match["comment"]}
 
 
 def load_preset(name: str, folder: str | Path | None = None) -> dict[str, Any]:
@@ -107,6 +112,12 @@ def load_preset(name: str, folder: str | Path | None = None) -> dict[str, Any]:
     return merged
 
 
+def _first_key(text: str) -> int:
+    """Where the first key of a params file starts (what comes before is its header comment)."""
+    match = re.search(r"^\w", text, re.MULTILINE)
+    return match.start() if match else len(text)
+
+
 def _flow(value: Any) -> str:
     """A value as one line of YAML ("[0.1, 1.0]", "dino_vitb8", "{steps: 10}")."""
     return yaml.safe_dump([value], default_flow_style=True, width=10_000).strip()[1:-1]
@@ -115,17 +126,13 @@ def _flow(value: Any) -> str:
 def _render(text: str, values: dict[str, Any], notes: dict[str, str]) -> str:
     """`text` (the defaults file, headerless) with each key of `notes` set to its value in `values`
     and its comment replaced by the note; every other line kept as written."""
-    out, block = [], ""
-    for line in text.splitlines():
-        match = _LINE.match(line)
-        if match:
-            block = match["key"] if not match["indent"] else block
-            dotted = match["key"] if not match["indent"] else f"{block}.{match['key']}"
-            if dotted in notes:
-                head = f"{match['indent']}{match['key']}: {_flow(_flat(values)[dotted])}"
-                # Keep the defaults file's comment column, so the citations line up.
-                column = match.start("gap") + len(match["gap"]) if match["comment"] is not None else len(head) + 2
-                line = f"{head.ljust(max(column, len(head) + 2))}# {notes[dotted]}"
+    out = []
+    for line, match, dotted in _keyed(text):
+        if match and dotted in notes:
+            head = f"{match['indent']}{match['key']}: {_flow(_flat(values)[dotted])}"
+            # Keep the defaults file's comment column, so the citations line up.
+            column = match.start("gap") + len(match["gap"]) if match["comment"] is not None else len(head) + 2
+            line = f"{head.ljust(max(column, len(head) + 2))}# {notes[dotted]}"
         out.append(line)
     return "\n".join(out) + "\n"
 
@@ -159,13 +166,9 @@ def params_text(name: str, corpus: dict[str, Any], header: str = "", folder: str
     notes.update({f"corpus.{key}": "this corpus" for key in corpus})
     notes["preset"] = f"the published setting these values come from (stego_tasks/presets/{name}.yaml)"
     body = defaults_text(folder)
-    body = body[body.index("\npreset:") + 1:]  # the defaults file's own header is about that file
-    preset_header = [line for line in preset_text(name, folder).splitlines() if line.startswith("#")]
-    lines = [f"# {line}" for line in header.splitlines()] + [*_leading(preset_header)]
+    body = body[_first_key(body):]  # the defaults file's own header is about that file
+    text = preset_text(name, folder)
+    lines = [f"# {line}" for line in header.splitlines()] + text[: _first_key(text)].splitlines()
     lines.append("# Values without a `preset` comment are the published defaults (stego_tasks/presets/defaults.yaml).")
     return "\n".join(lines) + "\n" + _render(body, values, notes)
 
-
-def _leading(comments: list[str]) -> list[str]:
-    """The preset's header comment lines, less the line saying it holds only the differences."""
-    return [line for line in comments if "Only what differs" not in line]
