@@ -10,57 +10,25 @@ exactly which stages a changed key makes stale.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
-import functools
 import json
 import typing
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stego_tasks.params_schema import build_block, read_yaml
+from stego_tasks.params_schema import DEFAULTS_FILE, build_block, published, read_yaml
 
-# The published settings (package data): the defaults file, and one file per dataset and
-# backbone stating only what differs from it.
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
-DEFAULTS_NAME = "defaults"
-DEFAULTS_FILE = PRESETS_DIR / f"{DEFAULTS_NAME}.yaml"
+# The published settings (package data): the defaults file (`DEFAULTS_FILE`, read once into
+# `DEFAULTS`; `published` fills each block's dataclass defaults from it), and one file per
+# dataset and backbone stating only what differs from it.
+PRESETS_DIR = DEFAULTS_FILE.parent
+DEFAULTS_NAME = DEFAULTS_FILE.stem
 
 # `FIELD_RANGES` (the allowed values of sizes, rates and the like) and `params_block` (one
 # block checked as params.yaml is) are part of this module's interface too.
 
 T = TypeVar("T")
-
-# Read once: a wrong defaults file must fail at import, before any stage runs on it.
-DEFAULTS: dict[str, Any] = read_yaml(DEFAULTS_FILE)
-
-
-def published(block: str | None) -> Callable[[type[T]], type[T]]:
-    """Class decorator (under `@dataclass`): each annotated field's default from `DEFAULTS[block]`.
-
-    `block` None takes the top-level keys (`preset`, `seed`). YAML lists become tuples (the
-    fields are tuples, so the dataclass stays hashable); mappings become fresh copies per
-    instance, left out of the hash. A field the defaults file lacks is a packaging error.
-    """
-    values = DEFAULTS if block is None else DEFAULTS[block]
-
-    def fill(cls: type[T]) -> type[T]:
-        for name in cls.__dict__.get("__annotations__", {}):
-            if name in cls.__dict__:  # a nested block (default_factory) keeps its own default
-                continue
-            if name not in values:
-                raise KeyError(f"{DEFAULTS_FILE} has no {block or 'top-level'} key {name!r}; every field needs its default there.")
-            value = values[name]
-            if isinstance(value, dict):
-                default = field(default_factory=functools.partial(copy.deepcopy, value), hash=False)
-            else:
-                default = tuple(value) if isinstance(value, list) else value
-            setattr(cls, name, default)
-        return cls
-
-    return fill
 
 
 @dataclass(frozen=True)
