@@ -20,6 +20,7 @@ import yaml
 from flows import stage_functions
 from stego_tasks.config import DEFAULTS_FILE, Params, load_params, params_from_dict, params_to_dict
 from stego_tasks.data.adapters import PRESETS_FOR, preset_for, write_params
+from stego_tasks.demo_data import DEMO_CLASS_NAMES, DEMO_IGNORE_INDEX, DEMO_N_CLASSES
 from stego_tasks.params_schema import read_yaml
 from stego_tasks.presets import (
     list_presets,
@@ -129,6 +130,9 @@ def test_the_project_params_file_is_the_defaults_but_for_the_demo_s_own_settings
     differ = {key for key in values if values[key] != _flat(DEFAULTS)[key]}
     # The demo corpus's location and labels, its threads on 2 CPUs, and its small sizes.
     assert differ == {"corpus.class_names", "corpus.demo", "dask.threads_per_worker", "demo"}, differ
+    # The demo corpus's labels are the generator's (stego_tasks/demo_data.py), written there once.
+    assert (values["corpus.n_classes"], values["corpus.ignore_index"], values["corpus.class_names"]) == (
+        DEMO_N_CLASSES, DEMO_IGNORE_INDEX, DEMO_CLASS_NAMES)
 
 
 def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
