@@ -163,7 +163,7 @@ def params_text(name: str, corpus: dict[str, Any], header: str = "", folder: str
     cited = _comments(preset_text(name, folder))
     notes = {dotted: f"preset {name}: {cited[dotted]}" if dotted in cited else f"preset {name}"
              for dotted in _flat(preset_overrides(name, folder)) if dotted != "preset"}
-    notes.update({f"corpus.{key}": "this corpus" for key in corpus})
+    notes.update({f"corpus.{key}": "this corpus, not a published value" for key in corpus})
     notes["preset"] = f"the published setting these values come from (stego_tasks/presets/{name}.yaml)"
     body = defaults_text(folder)
     body = body[_first_key(body):]  # the defaults file's own header is about that file
