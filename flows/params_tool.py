@@ -2,8 +2,8 @@
 
 `--explain train.steps` prints the key's type and range, its default, its value in the
 params file, its help, the DVC stages that read it (dvc.yaml's `params:`) and, from each
-preset in `stego_tasks/presets/`, the published value and the comment saying where it
-comes from.
+file in `stego_tasks/presets/` that sets it (the defaults file, and each preset that
+overrides it), the published value and the comment saying where it comes from.
 """
 
 from __future__ import annotations
@@ -104,12 +104,12 @@ def explain(key: str, params_path: Path, dvc_yaml: Path) -> str:
     lines = [
         key,
         f"  type:     {_describe(hint, allowed)}",
-        f"  default:  {json.dumps(list(default) if isinstance(default, tuple) else default)} ({cls.__name__} in stego_tasks/config.py)",
+        f"  default:  {json.dumps(list(default) if isinstance(default, tuple) else default)} (stego_tasks/presets/defaults.yaml)",
         f"  value:    {json.dumps(value) if present else 'not set'} in {params_path}"
         + (f"; {json.dumps(demo_value)} while corpus.demo is true (demo.{key})" if demo_present else ""),
         f"  help:     {yaml_comments(text).get(key) or (cls.__doc__ or '').strip().splitlines()[0]}",
         "  read by:  " + (", ".join(stages) if stages else "no DVC stage declares it (it changes no result, or is not a param)"),
-        "  published values (stego_tasks/presets/):",
+        "  published values (stego_tasks/presets/: the defaults, and each preset that overrides them):",
         *(_preset_lines(key) or ["    none: no preset sets it"]),
     ]
     return "\n".join(lines)

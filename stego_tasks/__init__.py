@@ -2,7 +2,8 @@
 
 Layers, lowest first (`tests/test_contracts.py` checks the direction):
   config, params_schema, params_doc, paths, presets/   configuration: params blocks and
-             their JSON schema, artifact paths
+             their JSON schema, the published defaults (presets/defaults.yaml) and the
+             presets as overrides of them, artifact paths
   runtime/   where work runs and how it is written: atomic outputs, locks, progress,
              devices, executors (spawn pool / Dask), the stage trace and provenance
   method/    STEGO's method, arrays in and out: backbone, head, loss, neighbours, inference,

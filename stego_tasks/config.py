@@ -1,7 +1,9 @@
 """Typed views of `params.yaml`: one frozen dataclass per block, one block per stage.
 
-The defaults below are the published STEGO settings (reference doc, section 5); the
-project's `params.yaml` overrides only what a corpus needs. A stage reads its own block
+The dataclasses carry the types (and, through `FIELD_RANGES`, the ranges); their default
+values are read once, at import, from the published defaults file
+`stego_tasks/presets/defaults.yaml` (reference doc, section 5), so every number is written
+there alone. The project's `params.yaml` overrides only what a corpus needs. A stage reads its own block
 (plus `seed`, `corpus` or `backbone` where it says so in `dvc.yaml`), so DVC can tell
 exactly which stages a changed key makes stale.
 """
@@ -15,39 +17,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from stego_tasks.params_schema import build_block, read_yaml
+from stego_tasks.params_schema import DEFAULTS_FILE, build_block, published, read_yaml
 
-# The published settings, one params file per dataset and backbone (package data).
-PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+# The published settings (package data): the defaults file (`DEFAULTS_FILE`, read once into
+# `DEFAULTS`; `published` fills each block's dataclass defaults from it), and one file per
+# dataset and backbone stating only what differs from it.
+PRESETS_DIR = DEFAULTS_FILE.parent
+DEFAULTS_NAME = DEFAULTS_FILE.stem
 
 # `FIELD_RANGES` (the allowed values of sizes, rates and the like) and `params_block` (one
 # block checked as params.yaml is) are part of this module's interface too.
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
+@published("demo_data")
 class DemoDataParams:
     """The bundled synthetic demo corpus that stage `demo_data` writes (`stego demo-data`).
 
     Its options (`--n-train`, `--n-val`, `--size`, `--seed`) override these when given.
     """
 
-    n_train: int = 48
-    n_val: int = 16
-    size: int = 128
-    seed: int = 0
+    n_train: int
+    n_val: int
+    size: int
+    seed: int
 
 
 @dataclass(frozen=True)
+@published("ingest")
 class IngestParams:
     """Corpus scan: images smaller than `min_size` pixels on a side are quarantined.
 
-    At least 16, the smallest image the later stages decode.
+    At least `params_schema.MIN_IMAGE_SIZE`, the smallest image the later stages decode.
     """
 
-    min_size: int = 16
+    min_size: int
 
 
 @dataclass(frozen=True)
+@published("corpus")
 class CorpusParams:
     """Where the images are and how their labels read.
 
@@ -55,11 +65,11 @@ class CorpusParams:
     checkpoint fall back to random weights.
     """
 
-    root: str = "data/demo"
-    n_classes: int = 5
-    ignore_index: int = 255
-    class_names: tuple[str, ...] = ()
-    demo: bool = False
+    root: str
+    n_classes: int
+    ignore_index: int
+    class_names: tuple[str, ...]
+    demo: bool
 
     def __post_init__(self) -> None:
         if self.n_classes < 1 or self.n_classes > 255:
@@ -72,14 +82,16 @@ class CorpusParams:
 
 
 @dataclass(frozen=True)
+@published("backbone")
 class BackboneParams:
     """Which frozen ViT and where its weights come from ("auto", "random" or a file path)."""
 
-    name: str = "dino_vits8"
-    weights: str = "auto"
+    name: str
+    weights: str
 
 
 @dataclass(frozen=True)
+@published("extract")
 class ExtractParams:
     """Feature extraction: square resolution, five-crop for train, batch = one Zarr chunk.
 
@@ -93,26 +105,26 @@ class ExtractParams:
     timm's resampling); see `stego_tasks/data/preprocess.py`.
     """
 
-    resolution: int = 224
-    val_resolution: int | None = 320
-    five_crop: bool = True
-    crop_ratio: float = 0.5
-    batch_size: int = 8
-    flip: bool = True
-    device: str = "auto"
-    amp: bool = True
-    compile: bool = False
-    preprocess: str = "reference"
+    resolution: int
+    val_resolution: int | None
+    five_crop: bool
+    crop_ratio: float
+    batch_size: int
+    flip: bool
+    device: str
+    amp: bool
+    compile: bool
+    preprocess: str
     # Threads decoding and preprocessing images ahead of the backbone; where work runs, not
     # what it computes: not in the store's fingerprint, not a DVC param (dvc.yaml).
-    decode_workers: int = 2
+    decode_workers: int
     # Threads encoding and writing finished chunks ("auto": the cores this process may run
     # on); like decode_workers, where work runs: the store is byte for byte the same.
-    writers: int | typing.Literal["auto"] = "auto"
+    writers: int | typing.Literal["auto"]
     # Codec of the stored features (feats, feats_flip); all lossless. zstd: zarr's default;
     # none: about 10 % larger, fastest to read and write; blosc-lz4 / blosc-zstd: byte- or
     # bit-shuffled, smaller (benchmarks/results.md). Part of the fingerprint: a change rebuilds.
-    compression: typing.Literal["zstd", "none", "blosc-lz4", "blosc-zstd"] = "zstd"
+    compression: typing.Literal["zstd", "none", "blosc-lz4", "blosc-zstd"]
 
     def __post_init__(self) -> None:
         if self.preprocess not in ("reference", "antialias"):
@@ -122,13 +134,15 @@ class ExtractParams:
 
 
 @dataclass(frozen=True)
+@published("knn")
 class KnnParams:
     """Neighbours kept per training crop (the reference keeps 7 for positives)."""
 
-    k: int = 7
+    k: int
 
 
 @dataclass(frozen=True)
+@published("train")
 class TrainParams:
     """Head and probe training; published defaults (reference doc section 5).
 
@@ -141,32 +155,32 @@ class TrainParams:
     probe trained from randn centroids alongside the head, as the reference does.
     """
 
-    n_codes: int = 70
-    dropout: float = 0.1
-    extra_clusters: int = 0
-    steps: int = 5000
-    batch_size: int = 16
-    lr: float = 5e-4
-    probe_lr: float = 5e-3
-    feature_samples: int = 11
-    neg_samples: int = 5
-    pointwise: bool = True
-    zero_clamp: bool = True
-    stabilize: bool = False
-    weights: tuple[float, float, float] = (0.67, 0.25, 0.63)
-    shifts: tuple[float, float, float] | str = (0.18, 0.12, 0.46)
-    shift_quantile: float = 0.5
-    device: str = "auto"
-    log_every: int = 10
-    checkpoint_every: int = 500
-    select: str = "last"
-    select_every: int = 100
-    probe_init: str = "random"
-    probe_restarts: int = 5
+    n_codes: int
+    dropout: float
+    extra_clusters: int
+    steps: int
+    batch_size: int
+    lr: float
+    probe_lr: float
+    feature_samples: int
+    neg_samples: int
+    pointwise: bool
+    zero_clamp: bool
+    stabilize: bool
+    weights: tuple[float, float, float]
+    shifts: tuple[float, float, float] | str
+    shift_quantile: float
+    device: str
+    log_every: int
+    checkpoint_every: int
+    select: str
+    select_every: int
+    probe_init: str
+    probe_restarts: int
     # Threads reading batches ahead of the step (0: read in the loop's thread). Changes no
     # result (each step's batch depends on (seed, step) alone): not a DVC param, and free
     # on --resume (train.RESUME_FREE_KEYS).
-    readers: int = 2
+    readers: int
 
     def __post_init__(self) -> None:
         choices = {"select": ("last", "best"), "probe_init": ("random", "codes")}
@@ -180,16 +194,18 @@ class TrainParams:
 
 
 @dataclass(frozen=True)
+@published("cluster")
 class ClusterParams:
     """Prediction: flip averaging, cluster-probe temperature, k-means baseline iterations."""
 
-    flip: bool = True
-    alpha: float = 2.0
-    kmeans_iters: int = 50
-    kmeans_samples: int = 100_000
+    flip: bool
+    alpha: float
+    kmeans_iters: int
+    kmeans_samples: int
 
 
 @dataclass(frozen=True)
+@published("crf")
 class CRFParams:
     """Dense CRF settings; the defaults are the published STEGO ones (`stego_tasks.crf` runs them).
 
@@ -202,50 +218,55 @@ class CRFParams:
         bilateral_compat: Weight of the appearance kernel.
     """
 
-    iterations: int = 10
-    gaussian_sxy: float = 1
-    gaussian_compat: float = 3
-    bilateral_sxy: float = 67
-    bilateral_srgb: float = 3
-    bilateral_compat: float = 4
+    iterations: int
+    gaussian_sxy: float
+    gaussian_compat: float
+    bilateral_sxy: float
+    bilateral_srgb: float
+    bilateral_compat: float
 
 
 @dataclass(frozen=True)
+@published("crf")
 class CrfParamsBlock(CRFParams):
     """Dense CRF: the published parameters (`crf.CRFParams`) plus the process pool size."""
 
-    workers: int = 2
+    workers: int
 
 
 @dataclass(frozen=True)
+@published("evaluate")
 class EvaluateParams:
     """Reports: how many overlay images to draw, and how many example images per cluster in the gallery."""
 
-    n_overlays: int = 6
-    gallery_examples: int = 4
+    n_overlays: int
+    gallery_examples: int
 
 
 @dataclass(frozen=True)
+@published("report")
 class ReportParams:
     """The HTML report: at most `max_overlays` overlay panels and `max_quarantine_rows` quarantine rows.
 
     Both keep the page a few MB however many overlays or quarantined files a run has.
     """
 
-    max_overlays: int = 48
-    max_quarantine_rows: int = 500
+    max_overlays: int
+    max_quarantine_rows: int
 
 
 @dataclass(frozen=True)
+@published("dask")
 class DaskParams:
     """Dask: `address` None runs a local cluster of `n_workers` processes."""
 
-    address: str | None = None
-    n_workers: int = 1
-    threads_per_worker: int = 2
+    address: str | None
+    n_workers: int
+    threads_per_worker: int
 
 
 @dataclass(frozen=True)
+@published("demo")
 class DemoParams:
     """Overrides of the `extract` and `train` blocks that apply only while `corpus.demo` is true.
 
@@ -254,9 +275,10 @@ class DemoParams:
     blocks themselves (224 / 320 px, 5000 steps) without the user unsetting anything.
     """
 
-    # Left out of the hash (dicts have none); Params stays hashable, equality still compares them.
-    extract: dict[str, Any] = field(default_factory=dict, hash=False)
-    train: dict[str, Any] = field(default_factory=dict, hash=False)
+    # `published` leaves them out of the hash (dicts have none); Params stays hashable,
+    # equality still compares them.
+    extract: dict[str, Any]
+    train: dict[str, Any]
 
     def __post_init__(self) -> None:
         for block, cls in (("extract", ExtractParams), ("train", TrainParams)):
@@ -269,6 +291,7 @@ class DemoParams:
 
 
 @dataclass(frozen=True)
+@published(None)
 class Params:
     """The whole `params.yaml`.
 
@@ -276,8 +299,8 @@ class Params:
     or "custom"; it is recorded in the metrics and the report.
     """
 
-    preset: str = "custom"
-    seed: int = 0
+    preset: str
+    seed: int
     demo_data: DemoDataParams = field(default_factory=DemoDataParams)
     corpus: CorpusParams = field(default_factory=CorpusParams)
     ingest: IngestParams = field(default_factory=IngestParams)
@@ -291,9 +314,6 @@ class Params:
     report: ReportParams = field(default_factory=ReportParams)
     dask: DaskParams = field(default_factory=DaskParams)
     demo: DemoParams = field(default_factory=DemoParams)
-
-
-T = TypeVar("T")
 
 
 def apply_demo_overrides(values: dict[str, Any]) -> dict[str, Any]:
@@ -348,8 +368,9 @@ def params_from_dict(values: dict[str, Any], source: str = "params.yaml") -> Par
 
 
 def preset_names() -> list[str]:
-    """Names of the bundled presets (`stego_tasks/presets/<name>.yaml`), sorted."""
-    return sorted(entry.name[: -len(".yaml")] for entry in PRESETS_DIR.iterdir() if entry.name.endswith(".yaml"))
+    """Names of the bundled presets (`stego_tasks/presets/<name>.yaml`, not the defaults file), sorted."""
+    names = (entry.name[: -len(".yaml")] for entry in PRESETS_DIR.iterdir() if entry.name.endswith(".yaml"))
+    return sorted(name for name in names if name != DEFAULTS_NAME)
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from stego_tasks.config import DemoDataParams
+
 DEMO_CLASS_NAMES: tuple[str, ...] = ("sky", "grass", "road", "building", "water")
 DEMO_N_CLASSES: int = len(DEMO_CLASS_NAMES)
 DEMO_IGNORE_INDEX: int = 255
@@ -32,6 +34,8 @@ SKY, GRASS, ROAD, BUILDING, WATER = range(DEMO_N_CLASSES)
 _GROUND = (GRASS, ROAD, WATER)
 _SPLIT_CODES = {"train": 0, "val": 1}
 _MIN_SIZE = 32
+# The demo's published sizes (demo_data block of stego_tasks/presets/defaults.yaml).
+_SIZES = DemoDataParams()
 _SCENE_NAME = re.compile(r"scene_(\d{4})\.png")
 
 
@@ -213,7 +217,11 @@ def _save_png(array: np.ndarray, path: Path) -> None:
 
 
 def make_demo_corpus(
-    root: Path, n_train: int = 48, n_val: int = 16, size: int = 128, seed: int = 0
+    root: Path,
+    n_train: int = _SIZES.n_train,
+    n_val: int = _SIZES.n_val,
+    size: int = _SIZES.size,
+    seed: int = _SIZES.seed,
 ) -> dict:
     """Write a labelled synthetic corpus of outdoor scenes with 5 classes.
 

@@ -5,16 +5,23 @@ mapping into them. Booleans must be YAML booleans, integers integers, lists list
 right length; sizes and the like must lie in their `FIELD_RANGES`; a key given twice in one
 mapping is refused. Every problem is one sentence naming the file, the key, what it must be
 and what it is.
+
+The blocks' default values are not written in Python: `published` fills each dataclass's
+defaults from `presets/defaults.yaml` (`DEFAULTS`, read once at import), the one file that
+holds the published settings.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import math
 import types
 import typing
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -49,6 +56,10 @@ class _Range:
 
 _POSITIVE, _NON_NEGATIVE = _Range(0, low_excluded=True), _Range(0)
 
+# The smallest image side (px) the stages decode: the lower bound of `ingest.min_size`, and
+# `stego_tasks.data.images`' default when a caller gives none.
+MIN_IMAGE_SIZE: int = 16
+
 # Ranges by field name, in whichever block the field is (a field's own `metadata={"range":
 # _Range(...)}` takes precedence). Sizes, counts and rates must be positive; a field not
 # named here has only its type checked.
@@ -76,8 +87,13 @@ FIELD_RANGES: dict[str, _Range] = {
     "n_train": _Range(3),
     "n_val": _Range(3),
     "size": _Range(32),
-    "min_size": _Range(16),
+    "min_size": _Range(MIN_IMAGE_SIZE),
 }
+
+
+
+# The published defaults (package data), every value of a params file once with its citation.
+DEFAULTS_FILE = Path(__file__).resolve().parent / "presets" / "defaults.yaml"
 
 
 class _Mismatch(Exception):
@@ -293,3 +309,33 @@ def read_yaml(path: Path) -> Any:
         raise ValueError(f"{path}: {where}: {problem}; fix the YAML there (indentation, colons, quotes).") from None
     except yaml.YAMLError as error:
         raise ValueError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file.") from None
+
+
+# Read once: a wrong defaults file must fail at import, before any stage runs on it.
+DEFAULTS: dict[str, Any] = read_yaml(DEFAULTS_FILE)
+
+
+def published(block: str | None) -> Callable[[type[T]], type[T]]:
+    """Class decorator (under `@dataclass`): each annotated field's default from `DEFAULTS[block]`.
+
+    `block` None takes the top-level keys (`preset`, `seed`). YAML lists become tuples (the
+    fields are tuples, so the dataclass stays hashable); mappings become fresh copies per
+    instance, left out of the hash. A field the defaults file lacks is a packaging error.
+    """
+    values = DEFAULTS if block is None else DEFAULTS[block]
+
+    def fill(cls: type[T]) -> type[T]:
+        for name in cls.__dict__.get("__annotations__", {}):
+            if name in cls.__dict__:  # a nested block (default_factory) keeps its own default
+                continue
+            if name not in values:
+                raise KeyError(f"{DEFAULTS_FILE} has no {block or 'top-level'} key {name!r}; every field needs its default there.")
+            value = values[name]
+            if isinstance(value, dict):
+                default = field(default_factory=functools.partial(copy.deepcopy, value), hash=False)
+            else:
+                default = tuple(value) if isinstance(value, list) else value
+            setattr(cls, name, default)
+        return cls
+
+    return fill

@@ -90,8 +90,10 @@ def test_explain_names_type_stages_and_published_source() -> None:
               if "train.n_codes" in stage.get("params", []) or "train" in stage.get("params", [])]
     assert f"  read by:  {', '.join(stages)}" in text, text
     assert "a positive integer" in text and "default:  70" in text, text
-    custom = yaml_comments((REPO / "stego_tasks" / "presets" / "custom.yaml").read_text())["train.n_codes"]
-    assert f"custom: 70   # {custom}" in text, text
+    published = yaml_comments((REPO / "stego_tasks" / "presets" / "defaults.yaml").read_text())["train.n_codes"]
+    assert f"defaults: 70   # {published}" in text, text
+    overridden = yaml_comments((REPO / "stego_tasks" / "presets" / "cityscapes27_vitb8.yaml").read_text())["train.n_codes"]
+    assert f"cityscapes27_vitb8: 100   # {overridden}" in text and "custom:" not in text, text
     assert "read by:  crf, evaluate" not in explain("crf.iterations", PARAMS, REPO / "dvc.yaml")
     assert "read by:  crf" in explain("crf.iterations", PARAMS, REPO / "dvc.yaml")
 

@@ -1,12 +1,16 @@
 """Tests for stego_tasks.presets: published settings as data, and every value reaching its stage.
 
-The expected numbers are typed here from the reference doc (sections 5, 9 and 11) and the
-reference's train_config.yml blocks, independently of the YAML files under test.
+The expected values are read from the defaults file and the preset files themselves (no
+copy of the numbers here): each preset must reach the stages as the defaults with its own
+overrides, and a default changed in one place must reach every preset that keeps it.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import json
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,45 +18,121 @@ import pytest
 import yaml
 
 from flows import stage_functions
-from stego_tasks.config import load_params, params_from_dict
+from stego_tasks.config import DEFAULTS_FILE, Params, load_params, params_from_dict, params_to_dict
 from stego_tasks.data.adapters import PRESETS_FOR, preset_for, write_params
-from stego_tasks.presets import list_presets, load_preset, params_text
+from stego_tasks.demo_data import DEMO_CLASS_NAMES, DEMO_IGNORE_INDEX, DEMO_N_CLASSES
+from stego_tasks.params_schema import read_yaml
+from stego_tasks.presets import (
+    list_presets,
+    load_preset,
+    params_text,
+    preset_overrides,
+    preset_text,
+)
 
 REPO = Path(__file__).resolve().parents[1]
-
-PUBLISHED = {
-    "custom": dict(backbone="dino_vits8", weights=(0.67, 0.25, 0.63), shifts=(0.18, 0.12, 0.46), n_codes=70, five_crop=True),
-    "cocostuff27_vits8": dict(backbone="dino_vits8_300ep", weights=(0.67, 0.25, 0.63), shifts=(0.08, 0.02, 0.66), n_codes=70, five_crop=True),
-    "cocostuff27_vitb8": dict(backbone="dino_vitb8", weights=(0.1, 1.0, 0.1538476246415498), shifts=(0.12, 0.2, 1.0), n_codes=70, five_crop=True),
-    "cityscapes27_vitb8": dict(backbone="dino_vitb8", weights=(1.0, 0.577453483136995, 0.9058762625226623),
-                               shifts=(0.45828472207, 0.1754346515479633, 0.31361241889448443), n_codes=100, five_crop=True),
-    "potsdam3_vits8": dict(backbone="dino_vits8_300ep", weights=(0.67, 0.25, 0.63), shifts=(0.08, 0.02, 0.46), n_codes=70, five_crop=False),
-}
-CORPUS = {"root": "/data/corpus", "n_classes": 27, "ignore_index": 255, "demo": False}
+DEFAULTS = read_yaml(DEFAULTS_FILE)
+DATASET_PRESETS = ["cityscapes27_vitb8", "cocostuff27_vitb8", "cocostuff27_vits8", "potsdam3_vits8"]
+LOCATION = {"root": "/data/corpus", "demo": False}
+# What a real corpus gets (no preset overrides them): the published crop sides and steps.
+PUBLISHED_SIZES = (DEFAULTS["extract"]["resolution"], DEFAULTS["extract"]["val_resolution"], DEFAULTS["train"]["steps"])
 
 
-def test_every_published_setting_is_a_preset() -> None:
-    assert set(PUBLISHED) <= set(list_presets()), f"presets {list_presets()}"
+def _flat(values: dict[str, Any]) -> dict[str, Any]:
+    """A params mapping by dotted key (lists as tuples, as the dataclasses hold them)."""
+    flat = {}
+    for key, value in values.items():
+        for inner, item in (value.items() if isinstance(value, dict) and key != "demo" else [("", value)]):
+            flat[f"{key}.{inner}" if inner else key] = tuple(item) if isinstance(item, list) else item
+    return flat
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
-def test_preset_holds_the_published_values(name: str) -> None:
-    want = PUBLISHED[name]
-    params = params_from_dict(yaml.safe_load(params_text(name, CORPUS)))
-    assert params.preset == name
-    assert params.backbone.name == want["backbone"]
-    assert params.train.weights == pytest.approx(want["weights"], abs=0, rel=0)
-    assert params.train.shifts == pytest.approx(want["shifts"], abs=0, rel=0)
-    assert params.train.n_codes == want["n_codes"]
-    assert params.extract.five_crop is want["five_crop"]
-    # Shared by every published setting (reference doc section 5 and 11).
-    assert (params.extract.resolution, params.extract.val_resolution, params.extract.crop_ratio) == (224, 320, 0.5)
-    assert params.extract.preprocess == "reference"
-    assert (params.train.steps, params.train.batch_size, params.train.lr, params.train.probe_lr) == (5000, 16, 5e-4, 5e-3)
-    assert (params.train.extra_clusters, params.knn.k, params.train.feature_samples, params.train.neg_samples) == (0, 7, 11, 5)
-    assert (params.crf.iterations, params.crf.bilateral_sxy, params.crf.bilateral_srgb) == (10, 67.0, 3.0)
-    if name != "custom":  # dataset presets follow the reference's protocol
-        assert (params.train.select, params.train.select_every, params.train.probe_init) == ("best", 100, "random")
+def test_every_published_setting_is_a_preset_and_the_defaults_file_is_none() -> None:
+    assert set(DATASET_PRESETS) | {"custom"} == set(list_presets()), f"presets {list_presets()}"
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_text("defaults")
+
+
+def test_the_defaults_file_is_a_complete_valid_params_file_and_the_dataclass_defaults() -> None:
+    # params_from_dict refuses an unknown key; `published` refuses a missing one at import.
+    assert params_to_dict(params_from_dict(DEFAULTS)) == params_to_dict(Params()) == params_to_dict(load_params("/nonexistent.yaml"))
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_PRESETS + ["custom"]))
+def test_a_preset_states_only_differences_each_with_its_citation(name: str) -> None:
+    overrides = _flat(preset_overrides(name))
+    assert overrides.pop("preset") == name
+    text = preset_text(name)
+    for dotted, value in overrides.items():
+        assert value != _flat(DEFAULTS)[dotted], f"{name}: {dotted} = {value!r} is the default; leave it out"
+        key = dotted.rpartition(".")[2]
+        line = next(line for line in text.splitlines() if line.lstrip().startswith(f"{key}:"))
+        assert "#" in line and line.split("#", 1)[1].strip(), f"{name}: {dotted} has no citation comment"
+    if name != "custom":  # a dataset preset follows the reference's protocol: the best head on val
+        assert overrides["train.select"] == "best" and "backbone.name" in overrides and "corpus.n_classes" in overrides
+    else:
+        assert not overrides, "custom is the published defaults unchanged"
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_PRESETS + ["custom"]))
+def test_the_written_params_are_the_defaults_with_the_preset_overrides(name: str) -> None:
+    text = params_text(name, LOCATION)
+    got = _flat(params_to_dict(params_from_dict(yaml.safe_load(text))))
+    want = {**_flat(DEFAULTS), **_flat(preset_overrides(name)), **_flat({"corpus": LOCATION})}
+    assert got == want
+    assert got == _flat(params_to_dict(params_from_dict(load_preset(name) | {"corpus": {**load_preset(name)["corpus"], **LOCATION}})))
+    # Where each value comes from reaches the file: the preset's citation on its overrides.
+    for dotted in _flat(preset_overrides(name)):
+        if dotted != "preset":
+            key = dotted.rpartition(".")[2]
+            line = next(line for line in text.splitlines() if line.lstrip().startswith(f"{key}:") and f"preset {name}" in line)
+            assert line, dotted
+
+
+def test_a_default_changed_in_a_copy_of_the_defaults_file_reaches_every_preset_that_keeps_it(tmp_path: Path) -> None:
+    package = tmp_path / "pkg" / "stego_tasks"
+    shutil.copytree(REPO / "stego_tasks", package, ignore=shutil.ignore_patterns("__pycache__"))
+    defaults = package / "presets" / "defaults.yaml"
+    text = defaults.read_text()
+    assert text.count("  n_codes: 70 ") == 1
+    defaults.write_text(text.replace("  n_codes: 70 ", "  n_codes: 64 "))
+    script = (
+        "import json, yaml\n"
+        "from stego_tasks.config import Params, params_from_dict\n"
+        "from stego_tasks.presets import list_presets, params_text\n"
+        "got = {n: params_from_dict(yaml.safe_load(params_text(n, {'demo': False}))).train.n_codes for n in list_presets()}\n"
+        "print(json.dumps({'dataclass': Params().train.n_codes, **got}))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(package.parent), "PATH": ""}, cwd=tmp_path)
+    got = json.loads(run.stdout)
+    assert got.pop("dataclass") == 64, "the dataclass default must follow the defaults file"
+    for name, n_codes in got.items():
+        override = _flat(preset_overrides(name)).get("train.n_codes")
+        assert n_codes == (override if override is not None else 64), name
+    assert 100 in got.values() and 64 in got.values(), "one preset overrides n_codes, the others follow"
+
+
+def test_a_preset_overriding_an_unknown_key_is_one_sentence(tmp_path: Path) -> None:
+    folder = tmp_path / "presets"
+    shutil.copytree(DEFAULTS_FILE.parent, folder, ignore=shutil.ignore_patterns("__pycache__", "*.py"))
+    (folder / "mine.yaml").write_text("preset: custom\ntrain:\n  stepz: 10   # a typo\n")
+    with pytest.raises(ValueError, match=r"^preset mine sets train.stepz, which is no key of the defaults file; [^\n]*\.$"):
+        params_text("mine", LOCATION, folder=folder)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_text("defaults", folder)
+
+
+def test_the_project_params_file_is_the_defaults_but_for_the_demo_s_own_settings() -> None:
+    """params.yaml must stay complete for DVC; every value there is the default but the demo's own."""
+    values = _flat(read_yaml(REPO / "params.yaml"))
+    assert set(values) == set(_flat(DEFAULTS)), "params.yaml must hold every key of the defaults file"
+    differ = {key for key in values if values[key] != _flat(DEFAULTS)[key]}
+    # The demo corpus's location and labels, its threads on 2 CPUs, and its small sizes.
+    assert differ == {"corpus.class_names", "corpus.demo", "dask.threads_per_worker", "demo"}, differ
+    # The demo corpus's labels are the generator's (stego_tasks/demo_data.py), written there once.
+    assert (values["corpus.n_classes"], values["corpus.ignore_index"], values["corpus.class_names"]) == (
+        DEMO_N_CLASSES, DEMO_IGNORE_INDEX, DEMO_CLASS_NAMES)
 
 
 def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
@@ -109,7 +189,7 @@ def _run_stages(params_path: Path) -> None:
     stage_functions.evaluate(p, "f", "pred", "crf", "s", "pc", "c.png", "o", "a")
 
 
-@pytest.mark.parametrize("name", sorted(PUBLISHED))
+@pytest.mark.parametrize("name", sorted(DATASET_PRESETS + ["custom"]))
 def test_every_preset_value_reaches_the_stage_that_uses_it(name: str, tmp_path: Path, monkeypatch) -> None:
     path = tmp_path / "params.yaml"
     # Only the location: the preset's own class count and ignore index must reach the stages.
@@ -121,7 +201,7 @@ def test_every_preset_value_reaches_the_stage_that_uses_it(name: str, tmp_path: 
              "evaluate": "evaluate"}
     checked = 0
     for block, values in raw.items():
-        if block in ("preset", "seed", "corpus"):
+        if block not in where:  # preset, seed and corpus are checked below; the other blocks are no stage's here
             continue
         stage = where[block]
         if block == "crf":
@@ -142,7 +222,7 @@ def test_every_preset_value_reaches_the_stage_that_uses_it(name: str, tmp_path: 
             checked += 1
     assert seen["train"]["seed"] == raw["seed"] and seen["cluster"]["seed"] == raw["seed"]
     assert seen["evaluate"]["preset"] == name, "the preset name must reach evaluate, which records it"
-    for key, value in (raw.get("corpus") or {}).items():
+    for key, value in preset_overrides(name).get("corpus", {}).items():
         assert getattr(seen["train"]["corpus"], key) == value, f"{name}: corpus.{key}"
     assert checked > 40, f"only {checked} values checked"
 
@@ -163,8 +243,8 @@ def test_a_real_corpus_as_the_readme_says_gets_the_published_sizes_steps_and_shi
         "backbone.weights": "/models/dino_deitsmall8_pretrain.pth",
     })
     params = params_from_dict(values)
-    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == (224, 320, 5000)
-    assert params.train.shifts == PUBLISHED["custom"]["shifts"] and params.train.weights == PUBLISHED["custom"]["weights"]
+    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == PUBLISHED_SIZES
+    assert params.train.shifts == tuple(DEFAULTS["train"]["shifts"]) and params.train.weights == tuple(DEFAULTS["train"]["weights"])
     assert params.extract.preprocess == "reference" and params.extract.five_crop
 
 
@@ -175,13 +255,16 @@ def test_camvid_command_of_the_readme_gets_the_published_sizes() -> None:
                                "pedestrian", "bicyclist"],
     })
     params = params_from_dict(values)
-    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == (224, 320, 5000)
+    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == PUBLISHED_SIZES
 
 
 def test_the_demo_alone_gets_the_demo_sizes() -> None:
     params = load_params(REPO / "params.yaml")
     assert params.corpus.demo is True
-    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == (112, 112, 1000)
+    demo = read_yaml(REPO / "params.yaml")["demo"]
+    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == (
+        demo["extract"]["resolution"], demo["extract"]["val_resolution"], demo["train"]["steps"])
+    assert (params.extract.resolution, params.train.steps) != PUBLISHED_SIZES[::2], "the demo must shrink the sizes"
 
 
 @pytest.mark.parametrize("dataset", sorted(PRESETS_FOR))
@@ -194,8 +277,8 @@ def test_adapt_writes_a_complete_params_file_with_the_dataset_preset(dataset: st
     assert params.preset == name
     assert params.corpus.root == str(dst.resolve()) and params.corpus.demo is False
     assert params.corpus.n_classes == (6 if dataset == "potsdam" else 27 if dataset != "potsdam3" else 3)
-    assert params.train.shifts == pytest.approx(PUBLISHED[name]["shifts"])
-    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == (224, 320, 5000)
+    assert params.train.shifts == tuple(load_preset(name)["train"]["shifts"])
+    assert (params.extract.resolution, params.extract.val_resolution, params.train.steps) == PUBLISHED_SIZES
 
 
 def test_adapt_params_elsewhere_keeps_the_old_file(tmp_path: Path) -> None:
@@ -208,11 +291,3 @@ def test_adapt_params_elsewhere_keeps_the_old_file(tmp_path: Path) -> None:
     assert load_params(mine).preset == "cocostuff27_vitb8"
     with pytest.raises(ValueError, match="vits8"):
         preset_for("cityscapes27", "vits8")
-
-
-def test_every_dataclass_default_matches_preset_custom() -> None:
-    """The defaults in config.py are preset `custom`; a params file may omit any block."""
-    defaults = params_from_dict({})
-    custom = params_from_dict(load_preset("custom"))
-    for block in ("backbone", "extract", "knn", "train", "cluster", "crf", "evaluate"):
-        assert dataclasses.asdict(getattr(defaults, block)) == dataclasses.asdict(getattr(custom, block)), block

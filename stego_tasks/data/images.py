@@ -32,11 +32,13 @@ from stego_tasks.data.corpus_files import (
     ImageDecodeError,
     open_regular,
 )
+from stego_tasks.params_schema import MIN_IMAGE_SIZE
 
 # Largest width * height accepted. PIL itself refuses over 2 x Image.MAX_IMAGE_PIXELS
 # (179 MP by default) before our check runs, so raising this past that has no effect.
 MAX_PIXELS: int = 50_000_000
-DEFAULT_MIN_SIZE: int = 16
+# Written once, beside the range check of `ingest.min_size` (the configuration layer).
+DEFAULT_MIN_SIZE: int = MIN_IMAGE_SIZE
 # PIL's opener names; a camera JPEG with an embedded preview frame opens through "JPEG"
 # and then reports its format as "MPO".
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "BMP", "TIFF", "WEBP")

@@ -143,7 +143,7 @@ def write_params(name: str, dst: str | Path, backbone: str | None = None, out: s
     adapter = get_adapter(name)
     preset = preset_for(name, backbone)
     header = (
-        f"Written by `stego adapt {name}` from preset {preset} (stego_tasks/presets/{preset}.yaml).\n"
+        f"Written by `stego adapt {name}`: the published defaults with the overrides of preset {preset}.\n"
         "Every value is an ordinary param: change it here or with `dvc exp run -S block.key=value`."
     )
     text = params_text(preset, adapter.params.as_block(Path(dst)), header)
