@@ -381,8 +381,8 @@ def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
     return page, is_random
 
 
-def report(run_dir: Path, out_path: Path, params: ReportParams | None = None) -> Path:
-    """Write the self-contained HTML report of a run, atomically.
+def report(run_dir: Path, out_path: Path, params: ReportParams | None = None) -> dict[str, Any]:
+    """Stage `report`: write the self-contained HTML page of the run in `run_dir` to `out_path`, atomically.
 
     Args:
         run_dir: project folder of a finished (or partly finished) run.
@@ -390,23 +390,11 @@ def report(run_dir: Path, out_path: Path, params: ReportParams | None = None) ->
         params: the `report` block; None: defaults.
 
     Returns:
-        `out_path`.
-
-    Raises:
-        FileNotFoundError, ValueError: as `render`; nothing is written then.
-    """
-    return Path(report_stage(run_dir, out_path, params or ReportParams())["out"])
-
-
-def report_stage(run_dir: Path, out_path: Path, params: ReportParams) -> dict[str, Any]:
-    """Stage `report`: write the page of the run in `run_dir` to `out_path`.
-
-    Returns:
         {"out": the page's path, "random_weights": whether the backbone ran on random weights}.
 
     Raises:
         FileNotFoundError, ValueError: as `render`; nothing is written then.
     """
-    page, is_random = _render(Path(run_dir), params)
+    page, is_random = _render(Path(run_dir), params or ReportParams())
     atomic.write_text(out_path, page)
     return {"out": str(out_path), "random_weights": is_random}

@@ -24,7 +24,10 @@ import pytest
 import yaml
 
 from flows import stage_functions
-from flows.cli import STAGES, _parser, command_of
+from flows.cli import _parser
+from flows.code_deps import PACKAGE, import_closure, imported_modules
+from flows.dvc_yaml import dvc_yaml
+from flows.registry import STAGES, flow_of
 from stego_tasks import extract as extract_module
 from stego_tasks import train as train_module
 from stego_tasks.config import DemoParams, Params, UndeclaredParamError, declared_view, load_params
@@ -32,67 +35,8 @@ from stego_tasks.paths import PARAMS_FILE, PATHS, load_paths
 from stego_tasks.report import INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "stego_tasks"
 # The library module a `stego <stage>` command runs, per DVC stage.
-ENTRY = {stage: f"{PACKAGE}.{stage}" for stage in
-         ("demo_data", "ingest", "validate", "weights", "extract", "knn", "train", "cluster", "crf", "evaluate", "report")}
-
-
-def module_path(module: str) -> Path | None:
-    """The file of a package module (`pkg/mod.py` or `pkg/mod/__init__.py`), None outside the package."""
-    if module != PACKAGE and not module.startswith(PACKAGE + "."):
-        return None
-    base = REPO.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path, module: str, tree: ast.Module | None = None) -> set[str]:
-    """Every module an `import` / `from ... import` anywhere in the file (or `tree`) names, resolved to absolute names."""
-    tree = ast.parse(path.read_text(encoding="utf-8")) if tree is None else tree
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    # `if TYPE_CHECKING:` imports never run; drop those blocks before walking.
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            node.body = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            found.add(target)
-            # `from pkg import submodule` imports a module too.
-            found.update(f"{target}.{alias.name}" for alias in node.names)
-    return found
-
-
-def import_closure(module: str) -> set[Path]:
-    """Files of every package module reachable from `module`, parents' `__init__` included."""
-    seen: set[str] = set()
-    stack = [module]
-    files: set[Path] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = module_path(name)
-        if path is None:
-            continue
-        files.add(path)
-        parent = name.rpartition(".")[0]
-        if parent:
-            stack.append(parent)
-        stack.extend(imported_modules(path, name))
-    return files
+ENTRY = {name: stage.module for name, stage in STAGES.items()}
 
 
 def _stages() -> dict[str, dict]:
@@ -107,6 +51,11 @@ def test_stage_code_deps_cover_its_import_closure(stage: str) -> None:
     needed.add(REPO / "flows" / "stage_functions.py")
     missing = sorted(str(p.relative_to(REPO)) for p in needed - declared)
     assert not missing, f"dvc.yaml stage {stage} runs but does not declare: {missing}"
+
+
+def test_the_committed_dvc_yaml_is_the_one_the_registry_generates() -> None:
+    committed = (REPO / "dvc.yaml").read_text(encoding="utf-8")
+    assert committed == dvc_yaml(), "dvc.yaml differs from flows/registry.py: run `python -m flows.dvc_yaml`"
 
 
 def test_the_closure_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
@@ -141,20 +90,9 @@ NO_EFFECT: dict[str, str] = {
     **{f"extract.{key}": "threads decoding images or writing chunks" for key in extract_module.NO_EFFECT_KEYS},
     **{f"train.{key}": "threads reading batches ahead of each step" for key in train_module.NO_EFFECT_KEYS},
 }
-# The library function each stage function calls (module, attribute).
-LIBRARY_CALLS = {
-    "demo_data": ("stego_tasks.demo_data", "make_demo_corpus"),
-    "ingest": ("stego_tasks.ingest", "ingest"),
-    "validate": ("stego_tasks.validate", "validate"),
-    "weights": ("stego_tasks.weights", "weights_stage"),
-    "extract": ("stego_tasks.extract", "extract"),
-    "knn": ("stego_tasks.knn", "knn_stage"),
-    "train": ("stego_tasks.train", "train"),
-    "cluster": ("stego_tasks.cluster", "cluster"),
-    "crf": ("stego_tasks.crf", "crf_stage"),
-    "evaluate": ("stego_tasks.evaluate", "evaluate"),
-    "report": ("stego_tasks.report", "report_stage"),
-}
+# The library function each stage function calls (module, attribute): the function of the
+# stage's name in the stage's module (the naming rule of every stage entry point).
+LIBRARY_CALLS = {name: (stage.module, name) for name, stage in STAGES.items()}
 
 
 class _Block:
@@ -313,7 +251,7 @@ def _within(path: str, folder: str) -> bool:
 def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[str]:
     """What is wrong between the paths `cmd` gives stage `stage` and its DVC deps and outs ([] when nothing)."""
     words = shlex.split(cmd)
-    assert words[:2] == ["stego", command_of(stage)], f"stage {stage} runs {cmd!r}"
+    assert words[:2] == ["stego", STAGES[stage].command], f"stage {stage} runs {cmd!r}"
     args = _parser(words[1]).parse_args(words[1:])
     problems = []
     if stage == "report":
@@ -327,9 +265,7 @@ def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[
                      if not any(_within(path, dep) or _within(dep, path) for path in wanted)]
         given = {_normal(args.out)}
     else:
-        given = {_normal(getattr(args, option)) for option in STAGES[stage][1]}
-        if stage == "demo_data":
-            given.add(_normal(args.directory))
+        given = {_normal(getattr(args, option)) for option in STAGES[stage].path_params()}
         reads = given - outs
         problems += [f"is given {path}, neither an out nor a dep" for path in sorted(reads - deps)]
         problems += [f"has dep {dep}, which it is not given" for dep in sorted(deps - given)
@@ -521,8 +457,8 @@ def test_every_prefect_yaml_entrypoint_imports() -> None:
 def test_each_stage_flow_takes_its_stage_functions_typed_parameters(stage: str) -> None:
     from prefect import Flow
 
-    flow = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
-    assert isinstance(flow, Flow) and flow.name == stage, f"flows/{stage}.py: {stage}_flow"
+    flow = flow_of(STAGES[stage])
+    assert isinstance(flow, Flow) and flow.name == stage, f"the flow of stage {stage} is named {flow.name}"
     want = {name: p for name, p in inspect.signature(getattr(stage_functions, stage)).parameters.items() if name != "runner"}
     # Every flow takes one keyword more: the file its trace is written to (flows/stage_flow.py).
     want["trace"] = inspect.Parameter("trace", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")

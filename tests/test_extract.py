@@ -28,7 +28,7 @@ from stego_tasks.data.feature_store import read_split, resize_split
 from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.manifest import read_manifest
 from stego_tasks.data.preprocess import five_crop_boxes, preprocess, resize_center_crop
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.extract import ExtractSummary, extract, resolve_writers
 from stego_tasks.ingest import ingest
 from stego_tasks.method.backbone import Backbone, create_backbone, normalize
@@ -59,7 +59,7 @@ def _corpus(root: Path, demo: bool = True) -> CorpusParams:
 def base(tmp_path_factory) -> Base:
     tmp = tmp_path_factory.mktemp("extract")
     root = tmp / "corpus"
-    make_demo_corpus(root, n_train=N_TRAIN, n_val=N_VAL, size=64)
+    demo_data(root, n_train=N_TRAIN, n_val=N_VAL, size=64)
     manifest = tmp / "manifest.parquet"
     ingest(root, manifest, tmp / "quarantine.csv")
     store = tmp / "features.zarr"
@@ -310,7 +310,7 @@ def test_shrunk_then_regrown_split_does_not_trust_stale_done_flags(base, schedul
 
 def test_grown_corpus_extracts_only_the_new_images(base, scheduler, tmp_path):
     copy = _copy(base, tmp_path)
-    make_demo_corpus(copy.root, n_train=N_TRAIN + 2, n_val=N_VAL, size=64)  # same first 6, 2 new
+    demo_data(copy.root, n_train=N_TRAIN + 2, n_val=N_VAL, size=64)  # same first 6, 2 new
     grown = ingest(copy.root, copy.manifest, tmp_path / "quarantine.csv")
     assert grown.n_new == 2 and grown.n_kept == N_TRAIN + N_VAL, f"ingest summary {grown}"
     summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, PARAMS, scheduler)

@@ -74,7 +74,7 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
         seen["train"] = {"corpus": corpus, "train": params, "seed": seed}
         return type("Trained", (), {"info": {"in_dim": 1}})()
 
-    def knn_stage(features, out, k):
+    def knn(features, out, k):
         seen["knn"] = {"k": k}
         return {}
 
@@ -82,7 +82,7 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
         seen["cluster"] = {"cluster": params, "seed": seed}
         return {}
 
-    def crf_stage(features, predictions, out, params, workers, dask):
+    def crf(features, predictions, out, params, workers, dask):
         seen["crf"] = {"crf": params, "workers": workers}
         return {}
 
@@ -92,9 +92,9 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
 
     monkeypatch.setattr(stego_tasks.extract, "extract", extract)
     monkeypatch.setattr(stego_tasks.train, "train", train)
-    monkeypatch.setattr(stego_tasks.knn, "knn_stage", knn_stage)
+    monkeypatch.setattr(stego_tasks.knn, "knn", knn)
     monkeypatch.setattr(stego_tasks.cluster, "cluster", cluster)
-    monkeypatch.setattr(stego_tasks.crf, "crf_stage", crf_stage)
+    monkeypatch.setattr(stego_tasks.crf, "crf", crf)
     monkeypatch.setattr(stego_tasks.evaluate, "evaluate", evaluate)
     return seen
 

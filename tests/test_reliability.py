@@ -33,7 +33,7 @@ import zarr
 from conftest import SUBPROCESS_ENV, VENV_BIN, free_port, make_tiny_project, run
 from PIL import Image
 
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.runtime.locking import artifact_lock
 
@@ -92,7 +92,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny project after `stego ingest` and one uninterrupted `stego extract` (6 + 2 chunks)."""
     project = tmp_path_factory.mktemp("reliability") / "reference"
     project.mkdir()
-    make_demo_corpus(project / "corpus", n_train=N_TRAIN, n_val=N_VAL, size=64)
+    demo_data(project / "corpus", n_train=N_TRAIN, n_val=N_VAL, size=64)
     write_params(project)
     stego(project, "ingest", "--no-prefect")
     stego(project, "extract", "--no-prefect")

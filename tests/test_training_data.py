@@ -20,7 +20,7 @@ from stego_tasks.config import TrainParams
 from stego_tasks.data.feature_store import array_layout
 from stego_tasks.data.shard_rows import ShardRows, gather_rows
 from stego_tasks.data.training_data import TrainingData, load_training_data
-from stego_tasks.knn import knn_stage
+from stego_tasks.knn import knn
 from stego_tasks.method.batching import step_positives
 from stego_tasks.method.neighbours import knn_graph, pool_features
 from stego_tasks.train import fit, training_batches
@@ -52,7 +52,7 @@ def _store(path: Path, compression: str = "zstd", rows: int = 10) -> tuple[Path,
         group.create_array(name, shape=values.shape, dtype=values.dtype, fill_value=0, **layout)[:] = values
     group.create_array("pooled", data=pool_features(feats))
     group.create_array("done", data=np.ones(-(-rows // ROWS_PER_CHUNK), dtype=bool))
-    knn_stage(path / "features.zarr", path / "knn.zarr", 3)
+    knn(path / "features.zarr", path / "knn.zarr", 3)
     return path / "features.zarr", path / "knn.zarr"
 
 
