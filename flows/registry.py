@@ -161,7 +161,7 @@ STAGES: dict[str, Stage] = _declare(
                   "train.probe_init", "train.probe_restarts", "demo.train"),
           outs={"model": PERSIST}, plots={"loss_log": NO_CACHE, "shift_stats": NO_CACHE},
           comments={"demo.train": "applies over train while corpus.demo is true",
-                    "${paths.model}": "keeps checkpoint.pt for `stego train --resume`"}),
+                    "${paths.model}": "keeps the training checkpoint for `stego train --resume`"}),
     Stage(fn.cluster, "Read features and the model; write cluster, linear and k-means predictions (Zarr).",
           params=("seed", "cluster"), outs={"predictions": {}}),
     Stage(fn.crf, "Read predictions and images; write dense-CRF refined predictions (Zarr).",

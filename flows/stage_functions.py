@@ -107,7 +107,9 @@ def train(
     from stego_tasks.train import train as run
 
     params = load_params(params_path)
-    check_folder_output(model, ("model",), "a model folder (model.json, checkpoint.pt)")
+    from stego_tasks.method.model import CHECKPOINT, MODEL_JSON, MODEL_KIND
+
+    check_folder_output(model, (MODEL_KIND,), f"a model folder ({MODEL_JSON}, {CHECKPOINT})")
     corpus = declared_view(params.corpus, ("n_classes", "ignore_index", "class_names"))
     trained = run(
         Path(features), Path(knn), Path(model), Path(loss_log), corpus, params.train, params.seed,

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from stego_tasks.config import ReportParams
+from stego_tasks.method.model import MODEL_JSON
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.report_dag import dag_section
@@ -64,7 +65,7 @@ from stego_tasks.tools.visualize import loss_plot_png, read_loss_log
 # What the page reads, relative to the run folder (where the stages wrote it: stego_tasks/paths.yaml).
 INPUTS: dict[str, str] = {
     **{name: PATHS[name] for name in ("scores", "per_class", "confusion", "loss_log", "overlays", "quarantine")},
-    "model": f"{PATHS['model']}/model.json",
+    "model": f"{PATHS['model']}/{MODEL_JSON}",
     "params": PARAMS_FILE,
     "shift_stats": SHIFT_STATS,
     "seeds": SEEDS,

@@ -42,9 +42,10 @@ from stego_tasks.data.training_data import (
 )
 from stego_tasks.method.batching import step_plan
 from stego_tasks.method.loss import correspondence_loss
-from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
+from stego_tasks.method.model import CHECKPOINT, StegoModel, build_model, load_model, save_model
 from stego_tasks.method.selection import BestCheckpoint, ValScorer, refit_cluster_probe
 from stego_tasks.method.shift_stats import (
+    SHIFT_STATS_FILE,
     auto_shifts,
     correlation_samples,
     correlation_stats,
@@ -412,7 +413,7 @@ def train(
         "selection": {"select": "last", "uses_labels": False},
         "probe_init": params.probe_init,
     }
-    checkpoint = Path(model_dir) / "checkpoint.pt"
+    checkpoint = Path(model_dir) / CHECKPOINT
     with artifact_lock(model_dir):
         model, rows = fit(data, corpus.n_classes, effective, seed, corpus.ignore_index, info, checkpoint, resume, scorer)
         model.info["train"] = params_to_dict(params)  # as the user wrote it ("auto" stays "auto")
@@ -422,7 +423,7 @@ def train(
             )
             if scorer is not None:
                 model.info["selection"]["refit"] = scorer.score(model.head, model.cluster_probe)
-        atomic.write_json(Path(model_dir) / "shift_stats.json", stats)
+        atomic.write_json(Path(model_dir) / SHIFT_STATS_FILE, stats)
         if shift_stats is not None:
             write_histogram_csv(shift_stats, stats)
         save_model(model, model_dir)
