@@ -1,5 +1,9 @@
 """The pipeline's stages, each declared once; the CLI, the Prefect flows and `dvc.yaml` are derived from here.
 
+No stage declares the `runtime` or `dask` block: they say where work runs and how many
+threads and processes it uses, never what a stage computes, so changing them re-runs
+nothing.
+
 A stage is its function in `flows/stage_functions.py` (named as the stage: params file and
 paths in, the library's `stego_tasks/<stage>.py` function of the same name called) plus one
 `Stage` entry below: what DVC must know that the function's signature does not say.
@@ -129,10 +133,10 @@ STAGES: dict[str, Stage] = _declare(
           params=("demo_data",), outs={"demo_corpus": {}}, positional="demo_corpus",
           done=lambda summary: f"demo corpus written: {summary}"),
     Stage(fn.ingest, "Scan corpus.root; write the manifest (Parquet) and the quarantine list (CSV).",
-          params=("corpus.root", "ingest.min_size"), deps=("${corpus.root}",),
+          params=("corpus.root", "ingest"), deps=("${corpus.root}",),
           outs={"manifest": {}, "quarantine": NO_CACHE}),
     Stage(fn.validate, "Check the manifest and label masks with Great Expectations; write a result JSON.",
-          params=("corpus.root", "corpus.n_classes", "corpus.ignore_index", "ingest.min_size"),
+          params=("corpus.root", "corpus.n_classes", "corpus.ignore_index", "ingest"),
           outs={"validation": NO_CACHE}),
     Stage(fn.weights, "Find the backbone checkpoint backbone.weights names; write its content hash (JSON), so a "
           "replaced file makes extract stale.",
@@ -140,35 +144,24 @@ STAGES: dict[str, Stage] = _declare(
           comments={"cmd": "Runs on every repro: a checkpoint replaced at the same path changes no param, only its\n"
                            "content hash, which this writes; extract depends on it (an unchanged hash runs nothing more)."}),
     Stage(fn.extract, "Run the frozen backbone over the manifest's images; write features to a Zarr store.",
-          params=("corpus.root", "corpus.ignore_index", "corpus.demo", "backbone",
-                  "extract.resolution", "extract.val_resolution", "extract.five_crop", "extract.crop_ratio",
-                  "extract.batch_size", "extract.flip", "extract.device", "extract.amp", "extract.compile",
-                  "extract.preprocess", "extract.compression", "demo.extract"),
+          params=("corpus.root", "corpus.ignore_index", "corpus.demo", "backbone", "extract", "demo.extract"),
           deps=("${paths.validation}", "${paths.weights}"), outs={"features": PERSIST}, flow="flows.extract:extract_flow",
-          comments={"cmd": "dask.* only says where the work runs, not what it computes, so it is not a param here.",
-                    "${paths.weights}": "the checkpoint's content hash (the weights stage)",
+          comments={"${paths.weights}": "the checkpoint's content hash (the weights stage)",
                     "demo.extract": "applies over extract while corpus.demo is true",
                     "${paths.features}": "resumable: a rerun completes the missing chunks only"}),
     Stage(fn.knn, "Read pooled training features; write the faiss top-k neighbour graph to a Zarr store.",
           params=("knn",), outs={"knn": {}}),
     Stage(fn.train, "Read stored features and the kNN graph; write the head + probes, the loss log and the shift "
           "diagnostics.",
-          params=("seed", "corpus.n_classes", "corpus.ignore_index", "corpus.class_names", "corpus.demo",
-                  "train.n_codes", "train.dropout", "train.extra_clusters", "train.steps", "train.batch_size",
-                  "train.lr", "train.probe_lr", "train.feature_samples", "train.neg_samples", "train.pointwise",
-                  "train.zero_clamp", "train.stabilize", "train.weights", "train.shifts", "train.shift_quantile",
-                  "train.device", "train.log_every", "train.checkpoint_every", "train.select", "train.select_every",
-                  "train.probe_init", "train.probe_restarts", "demo.train"),
+          params=("seed", "corpus.n_classes", "corpus.ignore_index", "corpus.class_names", "corpus.demo", "train",
+                  "demo.train"),
           outs={"model": PERSIST}, plots={"loss_log": NO_CACHE, "shift_stats": NO_CACHE},
           comments={"demo.train": "applies over train while corpus.demo is true",
                     "${paths.model}": "keeps the training checkpoint for `stego train --resume`"}),
     Stage(fn.cluster, "Read features and the model; write cluster, linear and k-means predictions (Zarr).",
           params=("seed", "cluster"), outs={"predictions": {}}),
     Stage(fn.crf, "Read predictions and images; write dense-CRF refined predictions (Zarr).",
-          params=("crf.iterations", "crf.gaussian_sxy", "crf.gaussian_compat", "crf.bilateral_sxy",
-                  "crf.bilateral_srgb", "crf.bilateral_compat"),
-          outs={"crf_out": {}},
-          comments={"cmd": "As for extract: dask.address only says where the chunks run, so it is not a param."}),
+          params=("crf",), outs={"crf_out": {}}),
     Stage(fn.evaluate, "Read labels (when there are any), predictions and the cluster names file; write metrics JSON "
           "(with the label-free signals), confusion matrix, overlays, the plot data DVC draws and the cluster gallery.",
           params=("corpus.n_classes", "corpus.ignore_index", "corpus.class_names", "evaluate", "preset"),

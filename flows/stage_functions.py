@@ -84,7 +84,8 @@ def extract(
     # The store is updated in place (resumable): never inside a folder that is not one.
     check_folder_output(features, ("zarr",), "a features store (Zarr)")
     corpus = declared_view(params.corpus, ("root", "ignore_index", "demo"))
-    summary = run(Path(manifest), Path(features), corpus, params.backbone, params.extract, params.dask, runner)
+    summary = run(Path(manifest), Path(features), corpus, params.backbone, params.extract, params.dask, runner,
+                  params.runtime)
     return dataclasses.asdict(summary)
 
 
@@ -113,7 +114,7 @@ def train(
     corpus = declared_view(params.corpus, ("n_classes", "ignore_index", "class_names"))
     trained = run(
         Path(features), Path(knn), Path(model), Path(loss_log), corpus, params.train, params.seed,
-        resume=resume, shift_stats=Path(shift_stats),
+        resume=resume, shift_stats=Path(shift_stats), readers=params.runtime.readers,
     )
     return {"in_dim": trained.info["in_dim"], "steps": params.train.steps}
 
@@ -134,15 +135,11 @@ def crf(
     crf_out: str = P["crf_out"],
 ) -> dict[str, Any]:
     """Dense-CRF refinement of the predictions."""
-    from stego_tasks.config import CRFParams
     from stego_tasks.crf import crf as run
 
     params = load_params(params_path)
-    block = params.crf
-    crf_params = CRFParams(**{f.name: getattr(block, f.name) for f in dataclasses.fields(CRFParams)})
-    return run(
-        Path(features), Path(predictions), Path(crf_out), crf_params, workers=block.workers, dask=params.dask
-    )
+    return run(Path(features), Path(predictions), Path(crf_out), params.crf, workers=params.runtime.crf_workers,
+               dask=params.dask)
 
 
 def evaluate(

@@ -28,8 +28,6 @@ from flows.cli import _parser
 from flows.code_deps import PACKAGE, import_closure, imported_modules
 from flows.dvc_yaml import dvc_yaml
 from flows.registry import STAGES, flow_of
-from stego_tasks import extract as extract_module
-from stego_tasks import train as train_module
 from stego_tasks.config import DemoParams, Params, UndeclaredParamError, declared_view, load_params
 from stego_tasks.paths import PARAMS_FILE, PATHS, load_paths
 from stego_tasks.report import INPUTS
@@ -82,13 +80,12 @@ def test_every_stage_command_is_a_stego_command_of_its_own_name() -> None:
 # keys; a `declared_view` of it counts as the keys it copies. Those reads must equal the
 # keys dvc.yaml declares for the stage (a whole block declared = all its keys).
 
-# Keys that say where work runs or how fast, never what a stage computes: deliberately not
-# DVC params, so changing them re-runs nothing. They may be read without being declared.
-NO_EFFECT: dict[str, str] = {
-    "dask": "the dask block picks the cluster the chunks run on; a test proves the stores equal",
-    "crf.workers": "the size of the CRF process pool; each image is refined alone",
-    **{f"extract.{key}": "threads decoding images or writing chunks" for key in extract_module.NO_EFFECT_KEYS},
-    **{f"train.{key}": "threads reading batches ahead of each step" for key in train_module.NO_EFFECT_KEYS},
+# Blocks that say where work runs and how many threads and processes it uses, never what a
+# stage computes: never DVC params, so changing them re-runs nothing. A stage may read them
+# without declaring them, and no stage declares them.
+RUNTIME_BLOCKS: dict[str, str] = {
+    "runtime": "thread and process counts; tests/test_pipeline_no_effect_params.py proves the outputs equal",
+    "dask": "the cluster the chunks run on; a test proves the stores equal",
 }
 # The library function each stage function calls (module, attribute): the function of the
 # stage's name in the stage's module (the naming rule of every stage entry point).
@@ -175,7 +172,7 @@ def declared_keys(stage: str) -> set[str]:
 
 
 def _no_effect(key: str) -> bool:
-    return any(key == exempt or key.startswith(f"{exempt}.") for exempt in NO_EFFECT)
+    return key.split(".")[0] in RUNTIME_BLOCKS
 
 
 @pytest.mark.parametrize("stage", sorted(LIBRARY_CALLS))
@@ -184,7 +181,19 @@ def test_a_stage_reads_exactly_the_params_keys_it_declares(stage: str, monkeypat
     declared = declared_keys(stage)
     assert not reads - declared, f"stage {stage} reads {sorted(reads - declared)}, which dvc.yaml does not declare"
     assert not declared - reads, f"dvc.yaml declares {sorted(declared - reads)} for stage {stage}, which it never reads"
-    assert not {key for key in declared if _no_effect(key)}, f"stage {stage} declares a no-effect key"
+    assert not {key for key in declared if _no_effect(key)}, f"stage {stage} declares a runtime key"
+
+
+def test_dvc_yaml_lists_single_keys_only_where_a_stage_reads_part_of_a_block() -> None:
+    # `demo.extract` / `demo.train` are the demo's override blocks, each declared whole.
+    single = [(name, key) for name, stage in STAGES.items() for key in stage.params
+              if "." in key and not key.startswith("demo.")]
+    for name, key in single:
+        block = key.split(".")[0]
+        listed = {k for k in STAGES[name].params if k.startswith(f"{block}.")}
+        every = {f"{block}.{f.name}" for f in dataclasses.fields(getattr(Params(), block))}
+        assert listed != every, f"stage {name} lists every key of {block} one by one: declare the block whole"
+    assert len(single) <= 15, f"{len(single)} single keys (at most 15): {single}"
 
 
 def test_every_stage_function_is_checked() -> None:

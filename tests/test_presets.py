@@ -66,11 +66,11 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
 
     seen: dict[str, dict[str, Any]] = {}
 
-    def extract(manifest, store, corpus, backbone, params, dask, runner=None):
+    def extract(manifest, store, corpus, backbone, params, dask, runner=None, runtime=None):
         seen["extract"] = {"corpus": corpus, "backbone": backbone, "extract": params}
         return stego_tasks.extract.ExtractSummary({}, {}, {}, "x")
 
-    def train(features, knn, model, loss_log, corpus, params, seed, resume=False, shift_stats=None):
+    def train(features, knn, model, loss_log, corpus, params, seed, resume=False, shift_stats=None, readers=2):
         seen["train"] = {"corpus": corpus, "train": params, "seed": seed}
         return type("Trained", (), {"info": {"in_dim": 1}})()
 
@@ -126,7 +126,7 @@ def test_every_preset_value_reaches_the_stage_that_uses_it(name: str, tmp_path: 
         stage = where[block]
         if block == "crf":
             for key, value in values.items():
-                got = seen["crf"]["workers"] if key == "workers" else getattr(seen["crf"]["crf"], key)
+                got = getattr(seen["crf"]["crf"], key)
                 assert got == value, f"{name}: crf.{key} reached the stage as {got!r}, preset says {value!r}"
                 checked += 1
             continue

@@ -50,7 +50,8 @@ BASE_PARAMS: dict = {
     "corpus": {"root": "corpus", "n_classes": 5, "ignore_index": 255, "class_names": CLASS_NAMES, "demo": True},
     "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
     # 3 writers whatever the cores: the SIGKILL lands while several chunks are being written.
-    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": BATCH, "device": "cpu", "writers": 3},
+    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": BATCH, "device": "cpu"},
+    "runtime": {"writers": 3},
     "knn": {"k": 3},
     "train": {"n_codes": 8, "steps": 20, "batch_size": 8, "log_every": 5, "checkpoint_every": 10, "device": "cpu"},
     "cluster": {"kmeans_iters": 10},

@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = "vit_tiny_patch16_224"
 TINY_PARAMS = {
     "backbone": {"name": TINY, "weights": "random"},
-    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": 2, "device": "cpu", "decode_workers": 1},
+    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": 2, "device": "cpu"},
+    "runtime": {"decode_workers": 1},
 }
 
 

@@ -20,7 +20,13 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from stego_tasks import weights as weights_module
-from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
+from stego_tasks.config import (
+    BackboneParams,
+    CorpusParams,
+    DaskParams,
+    ExtractParams,
+    RuntimeParams,
+)
 from stego_tasks.demo_data import demo_data
 from stego_tasks.extract import extract
 from stego_tasks.ingest import ingest
@@ -29,7 +35,7 @@ from stego_tasks.runtime import content_hash
 from stego_tasks.weights import weights_identity
 
 TINY = "vit_tiny_patch16_224"
-EXTRACT = ExtractParams(resolution=32, val_resolution=32, batch_size=2, device="cpu", decode_workers=1)
+EXTRACT = ExtractParams(resolution=32, val_resolution=32, batch_size=2, device="cpu")
 IN_PROCESS = DaskParams(n_workers=1, threads_per_worker=1)
 N_TRAIN, N_VAL = 4, 3
 
@@ -51,7 +57,8 @@ def _prepare(tmp_path: Path) -> tuple[Path, Path]:
 
 def _extract(root: Path, manifest: Path, store: Path, weights: str = "random"):
     ingest(root, manifest, manifest.with_suffix(".csv"))
-    return extract(manifest, store, _corpus(root), BackboneParams(name=TINY, weights=weights), EXTRACT, IN_PROCESS)
+    return extract(manifest, store, _corpus(root), BackboneParams(name=TINY, weights=weights), EXTRACT, IN_PROCESS,
+                   runtime=RuntimeParams(decode_workers=1))
 
 
 def _arrays(store: Path) -> dict[str, np.ndarray]:
