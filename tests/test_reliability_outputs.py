@@ -374,3 +374,10 @@ def test_predict_with_a_broken_model_prints_one_line(run_dir, tmp_path, monkeypa
         f"corrupt (Error while deserializing header: header too small){REDO}"
     ], f"stderr {err}"
     assert not (tmp_path / "out").exists(), "a refused predict created its output folder"
+
+
+def test_a_model_written_before_the_runtime_block_still_loads(model_dir: Path) -> None:
+    # Before the runtime block, model.json's train block recorded `readers` (a thread count).
+    _edit_info(model_dir, lambda info: info["train"].update(readers=3))
+    model = load_model(model_dir)  # the moved key is skipped, not refused as unknown
+    assert model.info["train"]["readers"] == 3, "the recorded block is kept as written"

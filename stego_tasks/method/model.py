@@ -31,6 +31,10 @@ MODEL_KIND = "model"
 atomic.register_folder_kind(MODEL_KIND, (MODEL_JSON, MODEL_WEIGHTS, CHECKPOINT),
                             f"a trained model ({MODEL_JSON} / {CHECKPOINT})")
 
+# Train keys that moved to the `runtime` block: a model.json written before records them in
+# its train block; they never shaped a model, so loading drops them.
+MOVED_TO_RUNTIME = frozenset({"readers"})
+
 # model.json's key for the SHA-256 of model.safetensors (models written before it are read unchecked).
 SAFETENSORS_SHA256 = "safetensors_sha256"
 
@@ -142,7 +146,8 @@ def load_model(model_dir: Path) -> StegoModel:
             raise ValueError(f"{json_path}: {key} must be {'an integer' if kind is int else 'a string'} or null, "
                              f"got {json.dumps(info[key])[:60]}; {redo}.")
     try:
-        params = params_block(TrainParams, info["train"], "train", str(json_path))
+        recorded = {key: value for key, value in info["train"].items() if key not in MOVED_TO_RUNTIME}
+        params = params_block(TrainParams, recorded, "train", str(json_path))
     except ValueError as error:
         raise ValueError(f"{str(error).rstrip('.')}; {redo}.") from None
     model = build_model(info["in_dim"], info["n_classes"], params, info)
