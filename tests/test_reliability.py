@@ -51,11 +51,11 @@ BASE_PARAMS: dict = {
     "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
     # 3 writers whatever the cores: the SIGKILL lands while several chunks are being written.
     "extract": {"resolution": 32, "val_resolution": 32, "batch_size": BATCH, "device": "cpu"},
-    "runtime": {"writers": 3},
+    "runtime": {"writers": 3, "crf_workers": 1},
     "knn": {"k": 3},
     "train": {"n_codes": 8, "steps": 20, "batch_size": 8, "log_every": 5, "checkpoint_every": 10, "device": "cpu"},
     "cluster": {"kmeans_iters": 10},
-    "crf": {"iterations": 3, "workers": 1},
+    "crf": {"iterations": 3},
     "evaluate": {"n_overlays": 1},
     "dask": {"address": None, "n_workers": 1, "threads_per_worker": 1},
 }
