@@ -5,7 +5,7 @@ with 11-class logits made from a noisy one-hot of a label map (the demo's 5 clas
 left/right into 10, plus one class for the ignore pixels) so the CRF has real work to do.
 The logits are float16, as the cluster stage stores them and the crf stage sends them.
 
-Both runs call what the `crf` stage runs, `crf_stage`, on a features store (`val/images`)
+Both runs call what the `crf` stage runs, `crf`, on a features store (`val/images`)
 and a predictions store (`cluster_logits`, `linear_logits`, here the same logits) written
 to a scratch folder: one spawn pool for both branches, workers sending back uint8 labels,
 the stage's chunking (`--chunksize` caps the images per task, as its `chunk`), and the
@@ -67,9 +67,9 @@ def make_inputs(n: int, size: int, classes: int, noise: float, root: Path, seed:
     """
     from PIL import Image
 
-    from stego_tasks.demo_data import DEMO_IGNORE_INDEX, make_demo_corpus
+    from stego_tasks.demo_data import DEMO_IGNORE_INDEX, demo_data
 
-    make_demo_corpus(root, n_train=max(n, 3), n_val=3, size=size, seed=seed)
+    demo_data(root, n_train=max(n, 3), n_val=3, size=size, seed=seed)
     rng = np.random.default_rng(seed)
     images, logits = [], []
     for index in range(n):
@@ -105,12 +105,12 @@ def write_stores(images: list[np.ndarray], logits: list[np.ndarray], root: Path)
 
 
 def run_stage(stores: tuple[Path, Path], out: Path, params, workers: int, chunk: int) -> list[np.ndarray]:
-    """`crf_stage` as the stage runs it; returns the cluster and linear label maps it wrote."""
+    """`crf` as the stage runs it; returns the cluster and linear label maps it wrote."""
     import zarr
 
-    from stego_tasks.crf import crf_stage
+    from stego_tasks.crf import crf
 
-    crf_stage(stores[0], stores[1], out, params, workers=workers, chunk=chunk)
+    crf(stores[0], stores[1], out, params, workers=workers, chunk=chunk)
     group = zarr.open_group(str(out), mode="r")
     return [group[f"{name}_pred"][:] for name in ("cluster", "linear")]
 
@@ -140,7 +140,7 @@ def main() -> None:
     outputs: dict[int, list[np.ndarray]] = {}
     for repeat in range(args.repeats):
         for workers in args.workers:
-            note(f"crf repeat {repeat + 1}/{args.repeats}: crf_stage on 2 x {args.images} images with workers={workers}")
+            note(f"crf repeat {repeat + 1}/{args.repeats}: crf on 2 x {args.images} images with workers={workers}")
             before = cpu_seconds()
             start = time.perf_counter()
             labels = run_stage(stores, root / f"crf-{workers}-{repeat}.zarr", params, workers, args.chunksize)
@@ -149,7 +149,7 @@ def main() -> None:
             times[workers].append(seconds)
             foreign[workers].append(cpu["machine"] - cpu["parent"] - cpu["workers"])
             outputs.setdefault(workers, labels)
-            emit({**common, "measure": "crf_stage", "repeat": repeat, "workers": workers, "chunk": args.chunksize,
+            emit({**common, "measure": "crf", "repeat": repeat, "workers": workers, "chunk": args.chunksize,
                   "seconds": round(seconds, 3), "images_per_s": round(2 * args.images / seconds, 3),
                   "parent_cpu_s": round(cpu["parent"], 3), "worker_cpu_s": round(cpu["workers"], 3),
                   "other_processes_cpu_s": round(foreign[workers][-1], 3)})
@@ -181,7 +181,7 @@ def main() -> None:
         print("per image, ms: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
     scratch.cleanup()
     print_table(
-        f"crf: crf_stage on 2 x {args.images} demo images {args.size}x{args.size}, {args.classes} classes, 10 iterations, "
+        f"crf: crf on 2 x {args.images} demo images {args.size}x{args.size}, {args.classes} classes, 10 iterations, "
         f"median of {args.repeats} (speed-up vs workers={base}, median of per-repeat ratios; pool start-up {pool_s:.2f} s)",
         ["workers", "images/s", "speed-up", "speed-up without pool start-up", "other processes' CPU s", "same argmax as baseline", "goal"],
         rows,

@@ -1,6 +1,6 @@
 """Benchmark: images/s of extraction's decoding (`embed.decode_image`) on 1, 2 and 4 threads.
 
-What `extract` runs ahead of the backbone for every image (`extract.decode_workers` threads
+What `extract` runs ahead of the backbone for every image (`runtime.decode_workers` threads
 in the stage's process, `run_in_process`): read and decode the file, its label, then the
 split's preprocessing: train images five-cropped at `--resolution` with the reference's
 JPEG round trip per crop (`extract.preprocess: reference`), val images resized and centre-
@@ -11,7 +11,7 @@ default synthetic photos of `--image-size` (640 x 480, CocoStuff's usual size) s
 JPEG at quality 90, with PNG label masks, like COCO's.
 
 The point of the numbers: a GPU embeds thousands of crops a second, and decoding is CPU
-work, so images/s per core says how many cores (`extract.decode_workers`) a given GPU
+work, so images/s per core says how many cores (`runtime.decode_workers`) a given GPU
 needs: cores = GPU images/s / (images/s per core).
 
 Run:  .venv/bin/python benchmarks/bench_decode.py            (about 1 min on 2 idle CPUs)

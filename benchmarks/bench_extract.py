@@ -60,10 +60,10 @@ def _warm_worker() -> float:
 
 def _make_corpus(root: Path, n_train: int, n_val: int, size: int) -> Path:
     """Demo corpus and its manifest (the ingest stage's output) under `root`."""
-    from stego_tasks.demo_data import make_demo_corpus
+    from stego_tasks.demo_data import demo_data
     from stego_tasks.ingest import ingest
 
-    make_demo_corpus(root / "corpus", n_train=n_train, n_val=n_val, size=size, seed=0)
+    demo_data(root / "corpus", n_train=n_train, n_val=n_val, size=size, seed=0)
     manifest = root / "manifest.parquet"
     ingest(root / "corpus", manifest, root / "quarantine.csv")
     return manifest

@@ -5,7 +5,7 @@ On a CUDA machine (ViT-S/8 at 224 px by default, bf16 autocast as `extract.amp` 
      five-crop, backbone, float16 writes; the steady state is the slope between a corpus of N
      and of 2N images) against a bare timm forward under the same autocast on the same crops
      already on the device. Goal: >= 0.9x.
-  2. train: steps/s from the store, held in memory and streamed (`train.readers` threads
+  2. train: steps/s from the store, held in memory and streamed (`runtime.readers` threads
      reading ahead), against the backbone-in-the-loop step (the backbone on the batch and
      its kNN positives under bf16 autocast, then the same `train._step`). Goal: streamed
      >= 0.95x in memory.
@@ -60,8 +60,8 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=None, help="train crop side (default: 224 on CUDA)")
     parser.add_argument("--val-resolution", type=int, default=None, help="val side (default: 320 on CUDA)")
     parser.add_argument("--n-images", type=int, default=None, help="train images of the small extract corpus N (default: 512 on CUDA)")
-    parser.add_argument("--decode-workers", type=int, default=None, help="extract.decode_workers (default: CPU cores - 1)")
-    parser.add_argument("--readers", type=int, default=None, help="train.readers (default: 4 on CUDA, 2 on the CPU)")
+    parser.add_argument("--decode-workers", type=int, default=None, help="runtime.decode_workers (default: CPU cores - 1)")
+    parser.add_argument("--readers", type=int, default=None, help="runtime.readers (default: 4 on CUDA, 2 on the CPU)")
     parser.add_argument("--compression", default="zstd", help="extract.compression of both stores (default: zstd)")
     parser.add_argument("--batch-size", type=int, default=16, help="train.batch_size (default: 16)")
     parser.add_argument("--skip-extract", action="store_true", help="skip the extract measurement")
@@ -97,7 +97,13 @@ def measure_extract(cfg: dict, args, device, note) -> dict:
     """Stage images/s (steady state between N and 2N train images) and the bare forward's, same crops."""
     import torch
 
-    from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
+    from stego_tasks.config import (
+        BackboneParams,
+        CorpusParams,
+        DaskParams,
+        ExtractParams,
+        RuntimeParams,
+    )
     from stego_tasks.data.embed import _cached_backbone, pos_embed_mode
     from stego_tasks.extract import extract
     from stego_tasks.method.backbone import normalize
@@ -105,7 +111,7 @@ def measure_extract(cfg: dict, args, device, note) -> dict:
 
     backbone_params = BackboneParams(name=cfg["backbone"], weights=args.weights)
     params = ExtractParams(resolution=cfg["resolution"], val_resolution=cfg["val_resolution"], batch_size=cfg["chunk"],
-                           device=device.type, amp=True, decode_workers=cfg["decode_workers"], compression=args.compression)
+                           device=device.type, amp=True, compression=args.compression)
     n = cfg["n_images"]
     seconds = {}
     with tempfile.TemporaryDirectory(prefix="bench-gpu-extract-") as tmp:
@@ -116,7 +122,8 @@ def measure_extract(cfg: dict, args, device, note) -> dict:
             note(f"gpu: extract {count} + {cfg['chunk']} images ({label})")
             _sync(torch, device)
             began = time.perf_counter()
-            extract(manifest, root / "features.zarr", corpus, backbone_params, params, DaskParams(n_workers=1))
+            extract(manifest, root / "features.zarr", corpus, backbone_params, params, DaskParams(n_workers=1),
+                    runtime=RuntimeParams(decode_workers=cfg["decode_workers"]))
             _sync(torch, device)
             seconds[label] = time.perf_counter() - began
     stage = n / max(seconds["large"] - seconds["small"], 1e-9)

@@ -121,9 +121,9 @@ def compute_features(backbone_name: str, weights: str, corpus: str | None, resol
 
     with tempfile.TemporaryDirectory(prefix="bench-reader-corpus-") as tmp:
         if corpus is None:
-            from stego_tasks.demo_data import make_demo_corpus
+            from stego_tasks.demo_data import demo_data
 
-            make_demo_corpus(Path(tmp), n_train=max(3, -(-crops // 5)), n_val=3, size=max(128, resolution), seed=0)
+            demo_data(Path(tmp), n_train=max(3, -(-crops // 5)), n_val=3, size=max(128, resolution), seed=0)
             corpus = str(Path(tmp) / "images" / "train")
         paths = sorted(p for p in Path(corpus).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
         inputs = []

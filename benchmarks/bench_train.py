@@ -5,7 +5,7 @@ Stage path: features and labels opened from a Zarr store exactly as `stego train
 and the positives' rows, head forward on both, correspondence loss, probes, Adam) per batch.
 Measured as `stego train` runs this store by default (a split within
 `training_data.IN_MEMORY_BYTES` is read into memory once), and streamed (every step reads its rows
-from Zarr, as any split above that budget is trained); both with `train.readers` threads reading
+from Zarr, as any split above that budget is trained); both with `runtime.readers` threads reading
 the next batches while a step runs (`training_data.BatchStream`), and streamed once more with no
 read-ahead (`--readers 0`: each step reads its own rows first, as before issue 13). Goals: the
 default >= 25x the baseline; streamed >= 0.95x the in-memory step of the same repeat.
@@ -61,7 +61,7 @@ def _parse() -> argparse.Namespace:
     parser.add_argument("--rss-in-memory-bytes", type=int, default=0,
                         help="load_training_data's in_memory_bytes in the memory runs (default: 0, always stream)")
     parser.add_argument("--skip-streamed", action="store_true", help="skip the streamed stage speed run")
-    parser.add_argument("--readers", type=int, default=2, help="train.readers of the stage runs (default: 2, as params.yaml)")
+    parser.add_argument("--readers", type=int, default=2, help="runtime.readers of the stage runs (default: 2, as params.yaml)")
     parser.add_argument("--compression", default="zstd", help="extract.compression of the store (default: zstd)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for both paths (default: 2)")
     parser.add_argument("--skip-rss", action="store_true", help="skip the memory runs")

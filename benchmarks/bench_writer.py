@@ -3,7 +3,7 @@
 Writer: for each codec `extract.compression` offers (zstd, none, blosc-lz4, blosc-zstd), a
 train split in `extract`'s layout (`feature_store.open_split`: 40 rows per chunk, sharded
 features and labels) is written chunk by chunk by `store_writer.SplitWriter` on 1, 2 and 4
-threads, all chunks queued at once, as `extract` does with `extract.writers` threads:
+threads, all chunks queued at once, as `extract` does with `runtime.writers` threads:
 rows/s of whole rows (float16 features [C, h, w], labels, pooled, ids, crops), digests and
 done flags included. Same-run baselines:
   - zarr's write, 1 thread: `array[rows] = values` per array, then `record_chunk` and the
@@ -16,7 +16,7 @@ gave) and rows per CPU second (flat across writer counts when threads add no ove
 Goal: 2 writers >= 1.7x one (zstd, 2 CPUs).
 
 Extraction end to end (`--extract-images` > 0): the real `extract` stage (plan, checks,
-writes, done flags), in-process, with `extract.writers` 1 (before) and 2 (after), alternated
+writes, done flags), in-process, with `runtime.writers` 1 (before) and 2 (after), alternated
 in each repeat, in two cases: its chunks replayed from memory at the stored rows' size (the
 backbone's cost removed: extraction at accelerator rate, where writing is all that is left),
 and a random ViT-Ti/16 at 224 px on demo images (a CPU backbone, the fastest there is).
@@ -179,19 +179,25 @@ def replay_runner(arrays: dict):
 
 def run_extract(tmp: Path, manifest: Path, corpus_root: Path, writers: int, backbone: str, resolution: int,
                 runner=None) -> float:
-    """Seconds of one `extract` run (in-process, random weights) with `extract.writers` = `writers`."""
+    """Seconds of one `extract` run (in-process, random weights) with `runtime.writers` = `writers`."""
     import shutil
 
-    from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
+    from stego_tasks.config import (
+        BackboneParams,
+        CorpusParams,
+        DaskParams,
+        ExtractParams,
+        RuntimeParams,
+    )
     from stego_tasks.extract import extract
 
     store = tmp / f"extract-{writers}.zarr"
     shutil.rmtree(store, ignore_errors=True)
-    params = ExtractParams(resolution=resolution, val_resolution=resolution, batch_size=BATCH, device="cpu", writers=writers)
+    params = ExtractParams(resolution=resolution, val_resolution=resolution, batch_size=BATCH, device="cpu")
     corpus = CorpusParams(root=str(corpus_root), n_classes=5, ignore_index=255, demo=True)
     start = time.perf_counter()
     extract(manifest, store, corpus, BackboneParams(name=backbone, weights="random"), params,
-            DaskParams(n_workers=1, threads_per_worker=1), runner=runner)
+            DaskParams(n_workers=1, threads_per_worker=1), runner=runner, runtime=RuntimeParams(writers=writers))
     return time.perf_counter() - start
 
 

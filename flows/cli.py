@@ -1,8 +1,9 @@
 """The `stego` command: one subcommand per pipeline stage, each running that stage's Prefect flow.
 
-`stego <stage>` -> `flows/<stage>.py` (the flow; `--no-prefect` skips it) ->
-`flows/stage_functions.py` (params file and paths in) -> `stego_tasks/<stage>.py` (the
-library, which knows nothing of command lines, Prefect or DVC). The tools outside the
+`stego <stage>` -> the stage's Prefect flow (`flows/registry.py`; `--no-prefect` skips it)
+-> `flows/stage_functions.py` (params file and paths in) -> `stego_tasks/<stage>.py` (the
+library, which knows nothing of command lines, Prefect or DVC). The subcommands and their
+options are derived from the registry and the stage functions' signatures. The tools outside the
 pipeline (`predict`, `adapt`, `sweep-k`, `seeds`, `names`, `export`) are in `flows/tools.py`.
 
 Paths default to the layout in `stego_tasks/paths.yaml`, the file `dvc.yaml` reads too, so
@@ -14,60 +15,28 @@ written is removed.
 from __future__ import annotations
 
 import argparse
-import importlib
+import inspect
 import logging
 import os
 import sys
-from pathlib import Path
+import typing
 from typing import Any
 
+from flows.registry import STAGES, Stage, flow_of, plain_type
 from flows.tools import TOOLS
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime.room import is_out_of_room, out_of_room
 
 DEFAULTS: dict[str, str] = {"params": PARAMS_FILE, **PATHS}
 
-# Each stage: (help text saying what it reads and writes, [path options it takes]).
-STAGES: dict[str, tuple[str, list[str]]] = {
-    "demo_data": ("Read the demo_data params block (sizes, seed); write the labelled synthetic demo corpus "
-                  "(images/{train,val}, labels/{train,val}) to DIR.", []),
-    "ingest": ("Scan corpus.root; write the manifest (Parquet) and the quarantine list (CSV).", ["manifest", "quarantine"]),
-    "validate": ("Check the manifest and label masks with Great Expectations; write a result JSON.", ["manifest", "validation"]),
-    "weights": ("Find the backbone checkpoint backbone.weights names; write its content hash (JSON), so a replaced "
-                "file makes extract stale.", ["weights"]),
-    "extract": ("Run the frozen backbone over the manifest's images; write features to a Zarr store.", ["manifest", "features"]),
-    "knn": ("Read pooled training features; write the faiss top-k neighbour graph to a Zarr store.", ["features", "knn"]),
-    "train": ("Read stored features and the kNN graph; write the head + probes, the loss log and the shift diagnostics.", ["features", "knn", "model", "loss_log", "shift_stats"]),
-    "cluster": ("Read features and the model; write cluster, linear and k-means predictions (Zarr).", ["features", "model", "predictions"]),
-    "crf": ("Read predictions and images; write dense-CRF refined predictions (Zarr).", ["features", "predictions", "crf_out"]),
-    "evaluate": ("Read labels (when there are any), predictions and the cluster names file; write metrics JSON (with the "
-                 "label-free signals), confusion matrix, overlays, the plot data DVC draws and the cluster gallery.",
-                 ["features", "predictions", "crf_out", "scores", "per_class", "confusion", "overlays", "assignment",
-                  "confusion_data", "per_class_plot", "gallery", "cluster_names"]),
-    "report": ("Read a run's metrics, plots, quarantine list and model; write one self-contained HTML page "
-               "(metrics, label-free signals, cluster gallery, IoU bars, confusion, losses, overlays, quarantine).", []),
-}
-
-
-# Stages DVC runs on every repro (`always_changed`): a trace would differ each time, so
-# dvc.lock, the metrics and the report would be stale after every no-op repro.
-UNTRACED = frozenset({"weights"})
-
-
-def trace_of(stage: str) -> str | None:
-    """The default trace file of a stage: `<paths.trace>/<stage>.json` (a DVC metrics file); None when untraced."""
-    return None if stage in UNTRACED else f"{PATHS['trace']}/{stage}.json"
-
-
-def command_of(stage: str) -> str:
-    """The `stego` subcommand of a stage: its name with dashes (`demo_data` -> `demo-data`)."""
-    return stage.replace("_", "-")
-
 
 def stage_of(command: str) -> str:
     """The stage a `stego` subcommand runs (`demo-data` -> `demo_data`)."""
     return command.replace("-", "_")
 
+
+# The stage functions' `params_path` is the params file, `--params` on the command line.
+FLAGS = {"params_path": "--params"}
 
 # Errors a user can fix (a bad path, params value, file): one sentence, exit status 2.
 USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError, ConnectionError, PermissionError)
@@ -111,32 +80,10 @@ def _quiet_user_errors_on_console() -> None:
 def _parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stego", description="Unsupervised semantic segmentation with STEGO.")
     commands = parser.add_subparsers(dest="command", required=True)
-    for stage, (text, options) in STAGES.items():
-        sub = commands.add_parser(command_of(stage), help=text,
-                                  description=f"{text} Reads params.yaml blocks as declared in dvc.yaml.")
-        if stage == "demo_data":
-            sub.add_argument("directory", type=Path, nargs="?", default=Path(DEFAULTS["demo_corpus"]),
-                             help=f"(default: {DEFAULTS['demo_corpus']})")
-            for option, meaning in (("seed", "seed of every draw"), ("n_train", "training images"),
-                                    ("n_val", "validation images"), ("size", "image side in pixels")):
-                sub.add_argument(f"--{option.replace('_', '-')}", dest=option, type=int, default=None,
-                                 help=f"{meaning} (default: demo_data.{option} of the params file)")
-        if stage == "report":
-            sub.add_argument("--run", type=Path, default=Path("."), metavar="DIR",
-                             help="project folder of a run, after `dvc repro` (default: .)")
-            sub.add_argument("--out", type=Path, default=Path(DEFAULTS["report"]), metavar="FILE",
-                             help=f"HTML file to write (default: {DEFAULTS['report']})")
-            sub.add_argument("--params", default=None, help="params file (default: params.yaml of --run)")
-        else:
-            sub.add_argument("--params", default=DEFAULTS["params"], help="params file (default: params.yaml)")
-        for option in options:
-            sub.add_argument(f"--{option.replace('_', '-')}", dest=option, default=DEFAULTS[option],
-                             help=f"(default: {DEFAULTS[option]})")
-        sub.add_argument("--trace", default=trace_of(stage), metavar="FILE",
-                         help=f"JSON file for what the run cost: wall, CPU, memory, I/O, versions (default: {trace_of(stage)})")
-        sub.add_argument("--no-prefect", action="store_true", help="call the library directly, without a Prefect flow run")
-        if stage == "train":
-            sub.add_argument("--resume", action="store_true", help="continue from the model folder's checkpoint.pt")
+    for stage in STAGES.values():
+        sub = commands.add_parser(stage.command, help=stage.help,
+                                  description=f"{stage.help} Reads the params keys flows/registry.py declares for it.")
+        add_stage_arguments(sub, stage)
     for name, (text, add_arguments, _) in TOOLS.items():
         sub = commands.add_parser(name, help=text, description=text)
         # Their library modules import torch and friends; set up only the command being run.
@@ -149,42 +96,64 @@ def _parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _stage_kwargs(stage: str, args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of `flows.stage_functions.<stage>` (and its flow) from parsed options."""
-    kwargs: dict[str, Any] = {"params_path": args.params, **{option: getattr(args, option) for option in STAGES[stage][1]}}
-    if stage == "demo_data":
-        kwargs.update(demo_corpus=str(args.directory), seed=args.seed, n_train=args.n_train, n_val=args.n_val, size=args.size)
-    if stage == "report":
-        kwargs.update(run=str(args.run), out=str(args.out))
-        if args.params is None:
-            kwargs["params_path"] = str(Path(args.run) / PARAMS_FILE)
-    if stage == "train":
-        kwargs["resume"] = args.resume
-    return kwargs
+def add_stage_arguments(parser: argparse.ArgumentParser, stage: Stage) -> None:
+    """The options of `stego <stage>`: one per parameter of its stage function, then --trace and --no-prefect.
+
+    A path parameter defaults to its paths.yaml entry, a bool is a switch, and the help of
+    each is its line under `Args:` in the function's docstring.
+    """
+    hints = typing.get_type_hints(stage.function)
+    docs = argument_docs(stage.function)
+    for name, parameter in stage.options().items():
+        kind, default = plain_type(hints[name]), parameter.default
+        text = docs.get(name, "")
+        if "default" not in text:
+            text = f"{text} (default: {default})".strip()
+        if name == stage.positional:
+            parser.add_argument(name, nargs="?", default=default, metavar="DIR", help=text)
+        elif kind is bool:
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=text)
+        else:
+            flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
+            parser.add_argument(flag, dest=name, type=kind, default=default, help=text,
+                                metavar=flag.lstrip("-").upper().replace("-", "_"))
+    parser.add_argument("--trace", default=stage.trace(), metavar="FILE",
+                        help=f"JSON file for what the run cost: wall, CPU, memory, I/O, versions (default: {stage.trace()})")
+    parser.add_argument("--no-prefect", action="store_true", help="call the library directly, without a Prefect flow run")
 
 
-def _run_stage(stage: str, args: argparse.Namespace) -> Any:
-    kwargs = _stage_kwargs(stage, args)
+def argument_docs(function: Any) -> dict[str, str]:
+    """Parameter -> help text, from the `name: text` lines under `Args:` in `function`'s docstring."""
+    lines = inspect.getdoc(function).splitlines() if function.__doc__ else []
+    args = lines[lines.index("Args:") + 1:] if "Args:" in lines else []
+    found = {}
+    for line in args:
+        if not line.startswith("    "):
+            break
+        name, _, text = line.strip().partition(": ")
+        found[name] = text
+    return found
+
+
+def _run_stage(stage: Stage, args: argparse.Namespace) -> Any:
+    kwargs = {name: getattr(args, name) for name in stage.options()}
     if args.no_prefect:
-        from flows import stage_functions
         from stego_tasks.runtime.trace import StageTrace
 
-        with StageTrace(stage, args.trace) as tracer:
-            result = getattr(stage_functions, stage)(**kwargs)
+        with StageTrace(stage.name, args.trace) as tracer:
+            result = stage.function(**kwargs)
             tracer.count(result)
     else:
         from stego_tasks.config import load_params
 
-        load_params(kwargs["params_path"])  # a bad params file is refused before a flow run starts
-        module = importlib.import_module(f"flows.{stage}")
+        if kwargs.get("params_path"):
+            load_params(kwargs["params_path"])  # a bad params file is refused before a flow run starts
+        flow = flow_of(stage)
         if not os.environ.get("STEGO_DEBUG"):
             _quiet_user_errors_on_console()
-        result = getattr(module, f"{stage}_flow")(**kwargs, trace=args.trace)
-    if stage == "demo_data":
-        print(f"demo corpus written to {args.directory}: {result}")
-    if stage == "report":
-        random = " (RANDOM backbone weights: the scores mean nothing)" if result["random_weights"] else ""
-        print(f"report written to {result['out']}{random}")
+        result = flow(**kwargs, trace=args.trace)
+    if stage.done:
+        print(stage.done(result))
     return result
 
 
@@ -220,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print(summary_from_files(DEFAULTS["scores"], DEFAULTS["report"]))
         else:
-            _run_stage(stage_of(args.command), args)
+            _run_stage(STAGES[stage_of(args.command)], args)
     except KeyboardInterrupt:
         print(f"stego {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
         return 130

@@ -1,8 +1,10 @@
-"""Stage entry points shared by the CLI and the Prefect flows: params file + paths in, library call out.
+"""Stage functions: params file + paths in, the library's stage function out; one per stage, named as it.
 
-Each function reads only the params keys its DVC stage declares (tests/test_contracts.py
-checks it), so a function here, its flow in `flows/<stage>.py` (the same typed signature),
-its block in `params.yaml` and its stage in `dvc.yaml` all tell the same story. Where a
+Each is declared once in `flows/registry.py`, from which its `stego` command, its Prefect
+flow (the same typed signature) and its stage in `dvc.yaml` are derived. A parameter named
+like a `stego_tasks/paths.yaml` key is that artifact's path; a line `name: text` under
+`Args:` is the help of its command-line option. Each function reads only the params keys
+its registry entry declares (tests/test_contracts.py checks it). Where a
 stage declares only some keys of a block (`corpus.root`, not `corpus`), the library gets a
 `declared_view` of the block that refuses any other key. Path defaults are the layout of
 `stego_tasks/paths.yaml`.
@@ -24,13 +26,20 @@ def demo_data(
     params_path: str = PARAMS, demo_corpus: str = P["demo_corpus"], n_train: int | None = None, n_val: int | None = None,
     size: int | None = None, seed: int | None = None,
 ) -> dict[str, Any]:
-    """Write the synthetic demo corpus; the `demo_data` block's sizes unless given here."""
-    from stego_tasks.demo_data import make_demo_corpus
+    """Write the synthetic demo corpus; the `demo_data` block's sizes unless given here.
+
+    Args:
+        n_train: training images (default: demo_data.n_train of the params file)
+        n_val: validation images (default: demo_data.n_val of the params file)
+        size: image side in pixels (default: demo_data.size of the params file)
+        seed: seed of every draw (default: demo_data.seed of the params file)
+    """
+    from stego_tasks.demo_data import demo_data as run
 
     block = load_params(params_path).demo_data
     given = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
     chosen = {key: getattr(block, key) if value is None else value for key, value in given.items()}
-    return make_demo_corpus(Path(demo_corpus), **chosen)
+    return run(Path(demo_corpus), **chosen)
 
 
 def ingest(params_path: str = PARAMS, manifest: str = P["manifest"], quarantine: str = P["quarantine"]) -> dict[str, Any]:
@@ -56,9 +65,9 @@ def validate(params_path: str = PARAMS, manifest: str = P["manifest"], validatio
 
 def weights(params_path: str = PARAMS, weights: str = P["weights"]) -> dict[str, Any]:
     """Record the backbone checkpoint's content hash."""
-    from stego_tasks.weights import weights_stage
+    from stego_tasks.weights import weights as run
 
-    return weights_stage(load_params(params_path).backbone, Path(weights))
+    return run(load_params(params_path).backbone, Path(weights))
 
 
 def extract(
@@ -75,30 +84,37 @@ def extract(
     # The store is updated in place (resumable): never inside a folder that is not one.
     check_folder_output(features, ("zarr",), "a features store (Zarr)")
     corpus = declared_view(params.corpus, ("root", "ignore_index", "demo"))
-    summary = run(Path(manifest), Path(features), corpus, params.backbone, params.extract, params.dask, runner)
+    summary = run(Path(manifest), Path(features), corpus, params.backbone, params.extract, params.dask, runner,
+                  params.runtime)
     return dataclasses.asdict(summary)
 
 
 def knn(params_path: str = PARAMS, features: str = P["features"], knn: str = P["knn"]) -> dict[str, Any]:
     """Top-k neighbours of the training crops."""
-    from stego_tasks.knn import knn_stage
+    from stego_tasks.knn import knn as run
 
-    return knn_stage(Path(features), Path(knn), load_params(params_path).knn.k)
+    return run(Path(features), Path(knn), load_params(params_path).knn.k)
 
 
 def train(
     params_path: str = PARAMS, features: str = P["features"], knn: str = P["knn"], model: str = P["model"],
-    loss_log: str = P["loss_log"], resume: bool = False, shift_stats: str = P["shift_stats"],
+    loss_log: str = P["loss_log"], shift_stats: str = P["shift_stats"], resume: bool = False,
 ) -> dict[str, Any]:
-    """Train head and probes from stored features."""
+    """Train head and probes from stored features.
+
+    Args:
+        resume: continue from the model folder's checkpoint.pt
+    """
     from stego_tasks.train import train as run
 
     params = load_params(params_path)
-    check_folder_output(model, ("model",), "a model folder (model.json, checkpoint.pt)")
+    from stego_tasks.method.model import CHECKPOINT, MODEL_JSON, MODEL_KIND
+
+    check_folder_output(model, (MODEL_KIND,), f"a model folder ({MODEL_JSON}, {CHECKPOINT})")
     corpus = declared_view(params.corpus, ("n_classes", "ignore_index", "class_names"))
     trained = run(
         Path(features), Path(knn), Path(model), Path(loss_log), corpus, params.train, params.seed,
-        resume=resume, shift_stats=Path(shift_stats),
+        resume=resume, shift_stats=Path(shift_stats), readers=params.runtime.readers,
     )
     return {"in_dim": trained.info["in_dim"], "steps": params.train.steps}
 
@@ -119,15 +135,11 @@ def crf(
     crf_out: str = P["crf_out"],
 ) -> dict[str, Any]:
     """Dense-CRF refinement of the predictions."""
-    from stego_tasks.config import CRFParams
-    from stego_tasks.crf import crf_stage
+    from stego_tasks.crf import crf as run
 
     params = load_params(params_path)
-    block = params.crf
-    crf_params = CRFParams(**{f.name: getattr(block, f.name) for f in dataclasses.fields(CRFParams)})
-    return crf_stage(
-        Path(features), Path(predictions), Path(crf_out), crf_params, workers=block.workers, dask=params.dask
-    )
+    return run(Path(features), Path(predictions), Path(crf_out), params.crf, workers=params.runtime.crf_workers,
+               dask=params.dask)
 
 
 def evaluate(
@@ -149,8 +161,15 @@ def evaluate(
     )
 
 
-def report(params_path: str = PARAMS, run: str = ".", out: str = P["report"]) -> dict[str, Any]:
-    """One self-contained HTML page of the run in folder `run`."""
-    from stego_tasks.report import report_stage
+def report(params_path: str | None = None, run: str = ".", out: str = P["report"]) -> dict[str, Any]:
+    """One self-contained HTML page of the run in folder `run`.
 
-    return report_stage(Path(run), Path(out), load_params(params_path).report)
+    Args:
+        params_path: params file (default: params.yaml of --run)
+        run: project folder of a run, after `dvc repro`
+        out: HTML file to write
+    """
+    from stego_tasks.report import report as write
+
+    params = load_params(params_path or Path(run) / PARAMS)
+    return write(Path(run), Path(out), params.report)

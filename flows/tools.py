@@ -148,22 +148,23 @@ def sweep_from_args(args: argparse.Namespace) -> int:
     Returns:
         0.
     """
+    from stego_tasks.method.model import MODEL_JSON, MODEL_WEIGHTS, holds_model
     from stego_tasks.tools.sweep import out_paths, parse_ks, sweep_k
     from stego_tasks.tools.trained_run import run_settings
 
     ks = parse_ks(args.ks)
     run = Path(args.run)
     model_dir, store = run_path(run, "model"), run_path(run, "features")
-    if not (model_dir / "model.json").is_file() or not (model_dir / "model.safetensors").is_file():
+    if not holds_model(model_dir):
         raise FileNotFoundError(
-            f"{run} holds no trained model ({PATHS['model']}/model.json + model.safetensors); "
+            f"{run} holds no trained model ({PATHS['model']}/{MODEL_JSON} + {MODEL_WEIGHTS}); "
             "pass --run the folder of a run whose `stego train` finished."
         )
     if not store.is_dir():
         raise FileNotFoundError(f"{run} holds no features store ({PATHS['features']}); run `stego extract` first.")
     seed = args.seed
     if seed is None:
-        seed = int(json.loads((model_dir / "model.json").read_text()).get("seed", 0))
+        seed = int(json.loads((model_dir / MODEL_JSON).read_text()).get("seed", 0))
     settings = run_settings(run)
     alpha = settings.alpha if args.alpha is None else args.alpha
     out_json, out_png = out_paths(args.out)

@@ -115,12 +115,6 @@ class ExtractParams:
     amp: bool
     compile: bool
     preprocess: str
-    # Threads decoding and preprocessing images ahead of the backbone; where work runs, not
-    # what it computes: not in the store's fingerprint, not a DVC param (dvc.yaml).
-    decode_workers: int
-    # Threads encoding and writing finished chunks ("auto": the cores this process may run
-    # on); like decode_workers, where work runs: the store is byte for byte the same.
-    writers: int | typing.Literal["auto"]
     # Codec of the stored features (feats, feats_flip); all lossless. zstd: zarr's default;
     # none: about 10 % larger, fastest to read and write; blosc-lz4 / blosc-zstd: byte- or
     # bit-shuffled, smaller (benchmarks/results.md). Part of the fingerprint: a change rebuilds.
@@ -129,8 +123,6 @@ class ExtractParams:
     def __post_init__(self) -> None:
         if self.preprocess not in ("reference", "antialias"):
             raise ValueError(f"extract.preprocess must be 'reference' or 'antialias', got {self.preprocess!r}.")
-        if self.writers != "auto" and (isinstance(self.writers, bool) or not isinstance(self.writers, int) or self.writers < 1):
-            raise ValueError(f"extract.writers must be a positive integer or 'auto', got {self.writers!r}.")
 
 
 @dataclass(frozen=True)
@@ -177,10 +169,6 @@ class TrainParams:
     select_every: int
     probe_init: str
     probe_restarts: int
-    # Threads reading batches ahead of the step (0: read in the loop's thread). Changes no
-    # result (each step's batch depends on (seed, step) alone): not a DVC param, and free
-    # on --resume (train.RESUME_FREE_KEYS).
-    readers: int
 
     def __post_init__(self) -> None:
         choices = {"select": ("last", "best"), "probe_init": ("random", "codes")}
@@ -227,11 +215,30 @@ class CRFParams:
 
 
 @dataclass(frozen=True)
-@published("crf")
-class CrfParamsBlock(CRFParams):
-    """Dense CRF: the published parameters (`crf.CRFParams`) plus the process pool size."""
+@published("runtime")
+class RuntimeParams:
+    """How many threads and processes the stages use: where work runs, never what it computes.
 
-    workers: int
+    Never a DVC param (no stage declares this block), so changing it re-runs nothing; the
+    results are byte for byte the same for any value (tests/test_pipeline_no_effect_params.py).
+
+    Attributes:
+        decode_workers: extract's threads decoding and preprocessing images ahead of the backbone.
+        writers: extract's threads encoding and writing finished chunks ("auto": the cores
+            this process may run on).
+        readers: train's threads reading batches ahead of the step (0: read in the loop's
+            thread; each step's batch depends on (seed, step) alone).
+        crf_workers: the crf stage's process pool (each image is refined alone).
+    """
+
+    decode_workers: int
+    writers: int | typing.Literal["auto"]
+    readers: int
+    crf_workers: int
+
+    def __post_init__(self) -> None:
+        if self.writers != "auto" and (isinstance(self.writers, bool) or not isinstance(self.writers, int) or self.writers < 1):
+            raise ValueError(f"runtime.writers must be a positive integer or 'auto', got {self.writers!r}.")
 
 
 @dataclass(frozen=True)
@@ -309,10 +316,11 @@ class Params:
     knn: KnnParams = field(default_factory=KnnParams)
     train: TrainParams = field(default_factory=TrainParams)
     cluster: ClusterParams = field(default_factory=ClusterParams)
-    crf: CrfParamsBlock = field(default_factory=CrfParamsBlock)
+    crf: CRFParams = field(default_factory=CRFParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
     report: ReportParams = field(default_factory=ReportParams)
     dask: DaskParams = field(default_factory=DaskParams)
+    runtime: RuntimeParams = field(default_factory=RuntimeParams)
     demo: DemoParams = field(default_factory=DemoParams)
 
 

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from stego_tasks.config import DaskParams
 
 
-def crf_stage(
+def crf(
     store_path: Path,
     predictions_path: Path,
     out_path: Path,
@@ -61,7 +61,7 @@ def crf_stage(
     from stego_tasks.runtime.progress import Progress
 
     if chunk < 1:
-        raise ValueError(f"crf_stage needs chunk >= 1, got {chunk}.")
+        raise ValueError(f"crf needs chunk >= 1, got {chunk}.")
     images = read_split(store_path, "val", arrays=["images"])["images"]
     predictions = open_store(predictions_path, "cluster", ["cluster_logits", "linear_logits"])
     same_images(predictions, read_split(store_path, "val", arrays=["image_ids"]), predictions_path, store_path)

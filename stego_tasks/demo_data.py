@@ -40,7 +40,7 @@ _SCENE_NAME = re.compile(r"scene_(\d{4})\.png")
 
 
 def _foreign_entry(root: Path) -> Path | None:
-    """The first thing under `root` that `make_demo_corpus` would not have written, if any.
+    """The first thing under `root` that `demo_data` would not have written, if any.
 
     A demo corpus holds only `images/` and `labels/`, each with only `train/` and `val/`,
     each with only `scene_NNNN.png` files.
@@ -216,7 +216,7 @@ def _save_png(array: np.ndarray, path: Path) -> None:
     Image.fromarray(array).save(path, format="PNG", compress_level=6)
 
 
-def make_demo_corpus(
+def demo_data(
     root: Path,
     n_train: int = _SIZES.n_train,
     n_val: int = _SIZES.n_val,
@@ -246,11 +246,11 @@ def make_demo_corpus(
     """
     if n_train < 3 or n_val < 3:
         raise ValueError(
-            f"make_demo_corpus needs at least 3 images per split so every class appears, "
+            f"demo_data needs at least 3 images per split so every class appears, "
             f"got n_train={n_train}, n_val={n_val}."
         )
     if size < _MIN_SIZE:
-        raise ValueError(f"make_demo_corpus needs size >= {_MIN_SIZE} px, got size={size}.")
+        raise ValueError(f"demo_data needs size >= {_MIN_SIZE} px, got size={size}.")
     root = Path(root)
     foreign = _foreign_entry(root)
     if foreign is not None:

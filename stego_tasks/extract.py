@@ -27,7 +27,13 @@ import numpy as np
 import torch
 import zarr
 
-from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
+from stego_tasks.config import (
+    BackboneParams,
+    CorpusParams,
+    DaskParams,
+    ExtractParams,
+    RuntimeParams,
+)
 from stego_tasks.data.embed import (
     ChunkJob,
     assemble_chunk,
@@ -65,18 +71,15 @@ from stego_tasks.runtime.room import room_guard
 
 log = logging.getLogger("stego")
 
-# Extract-block keys that change nothing the stage writes (`decode_workers`: how many threads
-# decode; `writers`: how many threads encode and write chunks; the store is byte for byte the
-# same for any count), so they are neither in the store's fingerprint nor declared as DVC
-# params: changing them re-runs nothing.
-NO_EFFECT_KEYS = frozenset({"decode_workers", "writers"})
+# Thread counts when a caller gives none (the stage passes the params file's `runtime` block).
+DEFAULT_RUNTIME = RuntimeParams()
 
 
 def resolve_writers(writers: int | str) -> int:
-    """`extract.writers` as a thread count: "auto" is the cores this process may run on."""
+    """`runtime.writers` as a thread count: "auto" is the cores this process may run on."""
     if writers == "auto":
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return int(writers)  # a positive integer: `ExtractParams` refuses anything else
+    return int(writers)  # a positive integer: `RuntimeParams` refuses anything else
 
 
 # --- the stage -----------------------------------------------------------------------
@@ -110,7 +113,7 @@ class ExtractionPlan:
         jobs: pending chunks of both splits, train first.
         summary: rows and chunk counts per split.
         attrs: what `finish` records on the root (backbone, weights, resolutions).
-        writers: chunks encoded and written at once (`extract.writers`, resolved).
+        writers: chunks encoded and written at once (`runtime.writers`, resolved).
         split_writers: each split's `SplitWriter` (made when the split is laid out).
     """
 
@@ -152,7 +155,7 @@ class ExtractionPlan:
 
 def _jobs_for_split(
     manifest, split: str, corpus: CorpusParams, params: ExtractParams, backbone: Backbone, device: str,
-    torch_threads: int | None,
+    torch_threads: int | None, decode_workers: int,
 ) -> Iterator[ChunkJob]:
     rows = manifest[manifest["split"] == split].sort_values("id")
     root = Path(corpus.root)
@@ -176,7 +179,7 @@ def _jobs_for_split(
             compile_model=params.compile,
             preprocess=params.preprocess,
             pos_embed=pos_embed_mode(backbone, params.preprocess),
-            decode_workers=params.decode_workers,
+            decode_workers=decode_workers,
             weights_sha256=backbone.weights_sha256,
         )
 
@@ -188,6 +191,7 @@ def plan_extraction(
     backbone_params: BackboneParams,
     params: ExtractParams,
     dask: DaskParams,
+    runtime: RuntimeParams = DEFAULT_RUNTIME,
 ) -> ExtractionPlan:
     """Check the settings, open (or lay out) the store and list the chunks still to compute.
 
@@ -218,9 +222,10 @@ def plan_extraction(
     threads = torch_threads_per_worker(dask)
     # Resolving every path first refuses a manifest that escapes the corpus before anything starts.
     jobs_by_split = {
-        split: list(_jobs_for_split(manifest, split, corpus, params, backbone, device, threads)) for split in SPLITS
+        split: list(_jobs_for_split(manifest, split, corpus, params, backbone, device, threads,
+                                     runtime.decode_workers)) for split in SPLITS
     }
-    writers = resolve_writers(params.writers)
+    writers = resolve_writers(runtime.writers)
     root = open_for_writing(store_path)
     plan = ExtractionPlan(
         root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[], store_path=str(store_path), writers=writers,
@@ -395,6 +400,7 @@ def extract(
     params: ExtractParams,
     dask: DaskParams,
     runner: ChunkRunner | None = None,
+    runtime: RuntimeParams = DEFAULT_RUNTIME,
 ) -> ExtractSummary:
     """Extract (or resume extracting) features of every manifest image into the Zarr store.
 
@@ -408,6 +414,7 @@ def extract(
         runner: where the chunks run; default from `dask`: `dask.address` connects to that
             scheduler first, else `local_runner` (the Prefect flow passes one that submits
             Prefect tasks to a `DaskTaskRunner`).
+        runtime: the decode and writer thread counts (the store is the same for any).
 
     Returns:
         An `ExtractSummary` of rows and chunks per split.
@@ -419,7 +426,7 @@ def extract(
         # Chunk writes name their chunk (`ExtractionPlan.write`); this names the rest (layout, labels, attributes).
         with room_guard(str(store_path), 0, "every chunk finished before it is kept",
                         "rerun `stego extract`, which computes only the missing chunks"):
-            plan = plan_extraction(manifest_path, store_path, corpus, backbone_params, params, dask)
+            plan = plan_extraction(manifest_path, store_path, corpus, backbone_params, params, dask, runtime)
             if runner is None:
                 runner = stack.enter_context(local_runner(dask, has_work=bool(plan.jobs)))
             run_plan(plan, runner)

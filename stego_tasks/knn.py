@@ -11,7 +11,7 @@ from pathlib import Path
 from stego_tasks.method.neighbours import knn_graph
 
 
-def knn_stage(store_path: Path, out_path: Path, k: int) -> dict[str, int]:
+def knn(store_path: Path, out_path: Path, k: int) -> dict[str, int]:
     """Stage `knn`: top-k neighbours of every training crop, from the stored pooled features.
 
     Args:

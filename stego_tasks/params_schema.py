@@ -66,7 +66,7 @@ MIN_IMAGE_SIZE: int = 16
 FIELD_RANGES: dict[str, _Range] = {
     **dict.fromkeys(
         (
-            "batch_size", "steps", "n_codes", "k", "iterations", "workers", "resolution", "val_resolution",
+            "batch_size", "steps", "n_codes", "k", "iterations", "crf_workers", "resolution", "val_resolution",
             "n_workers", "threads_per_worker", "kmeans_iters", "kmeans_samples", "feature_samples",
             "neg_samples", "log_every", "select_every", "probe_restarts", "decode_workers", "writers",
             "lr", "probe_lr", "alpha", "gaussian_sxy", "bilateral_sxy", "bilateral_srgb",

@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from stego_tasks.config import ReportParams
+from stego_tasks.method.model import MODEL_JSON
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.report_dag import dag_section
@@ -64,7 +65,7 @@ from stego_tasks.tools.visualize import loss_plot_png, read_loss_log
 # What the page reads, relative to the run folder (where the stages wrote it: stego_tasks/paths.yaml).
 INPUTS: dict[str, str] = {
     **{name: PATHS[name] for name in ("scores", "per_class", "confusion", "loss_log", "overlays", "quarantine")},
-    "model": f"{PATHS['model']}/model.json",
+    "model": f"{PATHS['model']}/{MODEL_JSON}",
     "params": PARAMS_FILE,
     "shift_stats": SHIFT_STATS,
     "seeds": SEEDS,
@@ -381,8 +382,8 @@ def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
     return page, is_random
 
 
-def report(run_dir: Path, out_path: Path, params: ReportParams | None = None) -> Path:
-    """Write the self-contained HTML report of a run, atomically.
+def report(run_dir: Path, out_path: Path, params: ReportParams | None = None) -> dict[str, Any]:
+    """Stage `report`: write the self-contained HTML page of the run in `run_dir` to `out_path`, atomically.
 
     Args:
         run_dir: project folder of a finished (or partly finished) run.
@@ -390,23 +391,11 @@ def report(run_dir: Path, out_path: Path, params: ReportParams | None = None) ->
         params: the `report` block; None: defaults.
 
     Returns:
-        `out_path`.
-
-    Raises:
-        FileNotFoundError, ValueError: as `render`; nothing is written then.
-    """
-    return Path(report_stage(run_dir, out_path, params or ReportParams())["out"])
-
-
-def report_stage(run_dir: Path, out_path: Path, params: ReportParams) -> dict[str, Any]:
-    """Stage `report`: write the page of the run in `run_dir` to `out_path`.
-
-    Returns:
         {"out": the page's path, "random_weights": whether the backbone ran on random weights}.
 
     Raises:
         FileNotFoundError, ValueError: as `render`; nothing is written then.
     """
-    page, is_random = _render(Path(run_dir), params)
+    page, is_random = _render(Path(run_dir), params or ReportParams())
     atomic.write_text(out_path, page)
     return {"out": str(out_path), "random_weights": is_random}

@@ -42,9 +42,10 @@ from stego_tasks.data.training_data import (
 )
 from stego_tasks.method.batching import step_plan
 from stego_tasks.method.loss import correspondence_loss
-from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
+from stego_tasks.method.model import CHECKPOINT, StegoModel, build_model, load_model, save_model
 from stego_tasks.method.selection import BestCheckpoint, ValScorer, refit_cluster_probe
 from stego_tasks.method.shift_stats import (
+    SHIFT_STATS_FILE,
     auto_shifts,
     correlation_samples,
     correlation_stats,
@@ -121,23 +122,19 @@ def _optimizers(model: StegoModel, params: TrainParams) -> list[torch.optim.Opti
 # uninterrupted run of that many; a checkpoint past the new `steps` is refused). Every
 # other key (new ones too) must match, or the resumed model would not be the one
 # model.json describes.
-RESUME_FREE_KEYS = frozenset({"log_every", "checkpoint_every", "device", "steps", "readers"})
-# Train-block keys that change nothing the stage writes (`readers`: how many threads read
-# batches ahead; every step's batch and positives come from (seed, step) alone), so
-# dvc.yaml does not declare them and changing them re-runs nothing.
-NO_EFFECT_KEYS = frozenset({"readers"})
+RESUME_FREE_KEYS = frozenset({"log_every", "checkpoint_every", "device", "steps"})
 
 
-def training_batches(data: TrainingData, params: TrainParams, seed: int, device: torch.device, start: int = 0
-                     ) -> BatchStream:
-    """The batches of steps `start` .. `params.steps - 1`, read ahead by `params.readers` threads.
+def training_batches(data: TrainingData, params: TrainParams, seed: int, device: torch.device, start: int = 0,
+                     readers: int = 2) -> BatchStream:
+    """The batches of steps `start` .. `params.steps - 1`, read ahead by `readers` threads (`runtime.readers`).
 
     Batch rows follow `batching.epoch_batches` and each step's kNN positives come from its
     own (seed, step) stream (`batching.step_positives`), so the batch of step t is the same
     for any reader count, for a split held in memory or streamed, and after a resume.
     """
     plan = step_plan(data.knn, data.size, params.batch_size, seed, start, params.steps)
-    return BatchStream(data, plan, device, readers=params.readers)
+    return BatchStream(data, plan, device, readers=readers)
 
 
 def checkpoint_identity(data: TrainingData, n_classes: int, params: TrainParams, seed: int, ignore_index: int) -> dict:
@@ -278,6 +275,7 @@ def fit(
     checkpoint: Path | None = None,
     resume: bool = False,
     scorer: ValScorer | None = None,
+    readers: int = 2,
 ) -> tuple[StegoModel, list[dict]]:
     """The training loop (no files written unless `checkpoint` is given).
 
@@ -296,6 +294,7 @@ def fit(
         scorer: with `params.select == "best"`, scores the cluster probe on labelled val
             every `params.select_every` steps and at the end; the best step's head and
             probes are returned, and `model.info["selection"]` records the choice.
+        readers: threads reading batches ahead (`runtime.readers`); the result is the same for any.
 
     Returns:
         (trained model on the CPU in eval mode, logged loss rows).
@@ -325,7 +324,7 @@ def fit(
             )
         log.info("train: resuming from step %d", start)
     selector = BestCheckpoint(scorer) if scorer is not None and params.select == "best" else None
-    with Progress(params.steps, "train", unit="step") as progress, training_batches(data, params, seed, device, start) as batches:
+    with Progress(params.steps, "train", unit="step") as progress, training_batches(data, params, seed, device, start, readers) as batches:
         progress.update(start)
         for step in range(start, params.steps):
             values = _step(model, optimizers, next(batches), params, generator, device, ignore_index)
@@ -352,6 +351,7 @@ def train(
     seed: int,
     resume: bool = False,
     shift_stats: Path | None = None,
+    readers: int = 2,
 ) -> StegoModel:
     """Stage `train`: fit head, cluster probe and linear probe on the stored training features.
 
@@ -371,6 +371,7 @@ def train(
         resume: continue from `model_dir/checkpoint.pt` when it exists.
         shift_stats: CSV for the correlation histograms (a DVC plot); they are also kept
             as `model_dir/shift_stats.json` for the report.
+        readers: threads reading batches ahead (`runtime.readers`); changes no result.
 
     Returns:
         The trained `StegoModel` (also written to `model_dir`).
@@ -412,9 +413,10 @@ def train(
         "selection": {"select": "last", "uses_labels": False},
         "probe_init": params.probe_init,
     }
-    checkpoint = Path(model_dir) / "checkpoint.pt"
+    checkpoint = Path(model_dir) / CHECKPOINT
     with artifact_lock(model_dir):
-        model, rows = fit(data, corpus.n_classes, effective, seed, corpus.ignore_index, info, checkpoint, resume, scorer)
+        model, rows = fit(data, corpus.n_classes, effective, seed, corpus.ignore_index, info, checkpoint, resume, scorer,
+                           readers)
         model.info["train"] = params_to_dict(params)  # as the user wrote it ("auto" stays "auto")
         if params.probe_init == "codes":
             model.cluster_probe = refit_cluster_probe(
@@ -422,7 +424,7 @@ def train(
             )
             if scorer is not None:
                 model.info["selection"]["refit"] = scorer.score(model.head, model.cluster_probe)
-        atomic.write_json(Path(model_dir) / "shift_stats.json", stats)
+        atomic.write_json(Path(model_dir) / SHIFT_STATS_FILE, stats)
         if shift_stats is not None:
             write_histogram_csv(shift_stats, stats)
         save_model(model, model_dir)

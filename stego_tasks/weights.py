@@ -66,7 +66,7 @@ def weights_identity(backbone: BackboneParams) -> dict[str, Any]:
     return identity
 
 
-def weights_stage(backbone: BackboneParams, out: Path) -> dict[str, Any]:
+def weights(backbone: BackboneParams, out: Path) -> dict[str, Any]:
     """Write `weights_identity` to `out` (JSON), atomically; bytes change only when the identity does.
 
     Args:

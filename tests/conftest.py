@@ -66,7 +66,7 @@ TINY_PARAMS = {
     ("demo", "extract", "val_resolution"): 32,
     ("demo", "train", "steps"): 30,
     ("train", "log_every"): 10,
-    ("crf", "workers"): 1,
+    ("runtime", "crf_workers"): 1,
     ("evaluate", "n_overlays"): 2,
 }
 # Produced by the pipeline, or environment: never copied into a test project.

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from flows.cli import STAGES, TOOLS, command_of, main
+from flows.cli import TOOLS, main
+from flows.registry import STAGES
 
-COMMANDS = [*map(command_of, STAGES), *TOOLS, "run"]
+STAGE_COMMANDS = [stage.command for stage in STAGES.values()]
+COMMANDS = [*STAGE_COMMANDS, *TOOLS, "run"]
 
 
 def _stego(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -27,7 +29,7 @@ def test_every_command_has_help(command: str, capsys: pytest.CaptureFixture) -> 
     assert exit_info.value.code == 0, f"`stego {command} --help` exited with {exit_info.value.code}"
     text = capsys.readouterr().out
     assert f"usage: stego {command}" in text, f"no usage line for {command}"
-    if command in map(command_of, STAGES):
+    if command in STAGE_COMMANDS:
         assert "Read" in text and "write" in text, f"`stego {command} --help` must say what it reads and writes"
 
 

@@ -24,75 +24,17 @@ import pytest
 import yaml
 
 from flows import stage_functions
-from flows.cli import STAGES, _parser, command_of
-from stego_tasks import extract as extract_module
-from stego_tasks import train as train_module
+from flows.cli import _parser
+from flows.code_deps import PACKAGE, import_closure, imported_modules
+from flows.dvc_yaml import dvc_yaml
+from flows.registry import STAGES, flow_of
 from stego_tasks.config import DemoParams, Params, UndeclaredParamError, declared_view, load_params
 from stego_tasks.paths import PARAMS_FILE, PATHS, load_paths
 from stego_tasks.report import INPUTS
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE = "stego_tasks"
 # The library module a `stego <stage>` command runs, per DVC stage.
-ENTRY = {stage: f"{PACKAGE}.{stage}" for stage in
-         ("demo_data", "ingest", "validate", "weights", "extract", "knn", "train", "cluster", "crf", "evaluate", "report")}
-
-
-def module_path(module: str) -> Path | None:
-    """The file of a package module (`pkg/mod.py` or `pkg/mod/__init__.py`), None outside the package."""
-    if module != PACKAGE and not module.startswith(PACKAGE + "."):
-        return None
-    base = REPO.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def imported_modules(path: Path, module: str, tree: ast.Module | None = None) -> set[str]:
-    """Every module an `import` / `from ... import` anywhere in the file (or `tree`) names, resolved to absolute names."""
-    tree = ast.parse(path.read_text(encoding="utf-8")) if tree is None else tree
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    found: set[str] = set()
-    # `if TYPE_CHECKING:` imports never run; drop those blocks before walking.
-    for node in ast.walk(tree):
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-            node.body = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                parts = package.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1])
-                target = f"{base}.{node.module}" if node.module else base
-            else:
-                target = node.module or ""
-            found.add(target)
-            # `from pkg import submodule` imports a module too.
-            found.update(f"{target}.{alias.name}" for alias in node.names)
-    return found
-
-
-def import_closure(module: str) -> set[Path]:
-    """Files of every package module reachable from `module`, parents' `__init__` included."""
-    seen: set[str] = set()
-    stack = [module]
-    files: set[Path] = set()
-    while stack:
-        name = stack.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        path = module_path(name)
-        if path is None:
-            continue
-        files.add(path)
-        parent = name.rpartition(".")[0]
-        if parent:
-            stack.append(parent)
-        stack.extend(imported_modules(path, name))
-    return files
+ENTRY = {name: stage.module for name, stage in STAGES.items()}
 
 
 def _stages() -> dict[str, dict]:
@@ -107,6 +49,11 @@ def test_stage_code_deps_cover_its_import_closure(stage: str) -> None:
     needed.add(REPO / "flows" / "stage_functions.py")
     missing = sorted(str(p.relative_to(REPO)) for p in needed - declared)
     assert not missing, f"dvc.yaml stage {stage} runs but does not declare: {missing}"
+
+
+def test_the_committed_dvc_yaml_is_the_one_the_registry_generates() -> None:
+    committed = (REPO / "dvc.yaml").read_text(encoding="utf-8")
+    assert committed == dvc_yaml(), "dvc.yaml differs from flows/registry.py: run `python -m flows.dvc_yaml`"
 
 
 def test_the_closure_finds_function_level_and_relative_imports(tmp_path: Path) -> None:
@@ -133,28 +80,16 @@ def test_every_stage_command_is_a_stego_command_of_its_own_name() -> None:
 # keys; a `declared_view` of it counts as the keys it copies. Those reads must equal the
 # keys dvc.yaml declares for the stage (a whole block declared = all its keys).
 
-# Keys that say where work runs or how fast, never what a stage computes: deliberately not
-# DVC params, so changing them re-runs nothing. They may be read without being declared.
-NO_EFFECT: dict[str, str] = {
-    "dask": "the dask block picks the cluster the chunks run on; a test proves the stores equal",
-    "crf.workers": "the size of the CRF process pool; each image is refined alone",
-    **{f"extract.{key}": "threads decoding images or writing chunks" for key in extract_module.NO_EFFECT_KEYS},
-    **{f"train.{key}": "threads reading batches ahead of each step" for key in train_module.NO_EFFECT_KEYS},
+# Blocks that say where work runs and how many threads and processes it uses, never what a
+# stage computes: never DVC params, so changing them re-runs nothing. A stage may read them
+# without declaring them, and no stage declares them.
+RUNTIME_BLOCKS: dict[str, str] = {
+    "runtime": "thread and process counts; tests/test_pipeline_no_effect_params.py proves the outputs equal",
+    "dask": "the cluster the chunks run on; a test proves the stores equal",
 }
-# The library function each stage function calls (module, attribute).
-LIBRARY_CALLS = {
-    "demo_data": ("stego_tasks.demo_data", "make_demo_corpus"),
-    "ingest": ("stego_tasks.ingest", "ingest"),
-    "validate": ("stego_tasks.validate", "validate"),
-    "weights": ("stego_tasks.weights", "weights_stage"),
-    "extract": ("stego_tasks.extract", "extract"),
-    "knn": ("stego_tasks.knn", "knn_stage"),
-    "train": ("stego_tasks.train", "train"),
-    "cluster": ("stego_tasks.cluster", "cluster"),
-    "crf": ("stego_tasks.crf", "crf_stage"),
-    "evaluate": ("stego_tasks.evaluate", "evaluate"),
-    "report": ("stego_tasks.report", "report_stage"),
-}
+# The library function each stage function calls (module, attribute): the function of the
+# stage's name in the stage's module (the naming rule of every stage entry point).
+LIBRARY_CALLS = {name: (stage.module, name) for name, stage in STAGES.items()}
 
 
 class _Block:
@@ -237,7 +172,7 @@ def declared_keys(stage: str) -> set[str]:
 
 
 def _no_effect(key: str) -> bool:
-    return any(key == exempt or key.startswith(f"{exempt}.") for exempt in NO_EFFECT)
+    return key.split(".")[0] in RUNTIME_BLOCKS
 
 
 @pytest.mark.parametrize("stage", sorted(LIBRARY_CALLS))
@@ -246,7 +181,19 @@ def test_a_stage_reads_exactly_the_params_keys_it_declares(stage: str, monkeypat
     declared = declared_keys(stage)
     assert not reads - declared, f"stage {stage} reads {sorted(reads - declared)}, which dvc.yaml does not declare"
     assert not declared - reads, f"dvc.yaml declares {sorted(declared - reads)} for stage {stage}, which it never reads"
-    assert not {key for key in declared if _no_effect(key)}, f"stage {stage} declares a no-effect key"
+    assert not {key for key in declared if _no_effect(key)}, f"stage {stage} declares a runtime key"
+
+
+def test_dvc_yaml_lists_single_keys_only_where_a_stage_reads_part_of_a_block() -> None:
+    # `demo.extract` / `demo.train` are the demo's override blocks, each declared whole.
+    single = [(name, key) for name, stage in STAGES.items() for key in stage.params
+              if "." in key and not key.startswith("demo.")]
+    for name, key in single:
+        block = key.split(".")[0]
+        listed = {k for k in STAGES[name].params if k.startswith(f"{block}.")}
+        every = {f"{block}.{f.name}" for f in dataclasses.fields(getattr(Params(), block))}
+        assert listed != every, f"stage {name} lists every key of {block} one by one: declare the block whole"
+    assert len(single) <= 15, f"{len(single)} single keys (at most 15): {single}"
 
 
 def test_every_stage_function_is_checked() -> None:
@@ -313,7 +260,7 @@ def _within(path: str, folder: str) -> bool:
 def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[str]:
     """What is wrong between the paths `cmd` gives stage `stage` and its DVC deps and outs ([] when nothing)."""
     words = shlex.split(cmd)
-    assert words[:2] == ["stego", command_of(stage)], f"stage {stage} runs {cmd!r}"
+    assert words[:2] == ["stego", STAGES[stage].command], f"stage {stage} runs {cmd!r}"
     args = _parser(words[1]).parse_args(words[1:])
     problems = []
     if stage == "report":
@@ -327,9 +274,7 @@ def path_mismatch(stage: str, cmd: str, deps: set[str], outs: set[str]) -> list[
                      if not any(_within(path, dep) or _within(dep, path) for path in wanted)]
         given = {_normal(args.out)}
     else:
-        given = {_normal(getattr(args, option)) for option in STAGES[stage][1]}
-        if stage == "demo_data":
-            given.add(_normal(args.directory))
+        given = {_normal(getattr(args, option)) for option in STAGES[stage].path_params()}
         reads = given - outs
         problems += [f"is given {path}, neither an out nor a dep" for path in sorted(reads - deps)]
         problems += [f"has dep {dep}, which it is not given" for dep in sorted(deps - given)
@@ -521,8 +466,8 @@ def test_every_prefect_yaml_entrypoint_imports() -> None:
 def test_each_stage_flow_takes_its_stage_functions_typed_parameters(stage: str) -> None:
     from prefect import Flow
 
-    flow = getattr(importlib.import_module(f"flows.{stage}"), f"{stage}_flow")
-    assert isinstance(flow, Flow) and flow.name == stage, f"flows/{stage}.py: {stage}_flow"
+    flow = flow_of(STAGES[stage])
+    assert isinstance(flow, Flow) and flow.name == stage, f"the flow of stage {stage} is named {flow.name}"
     want = {name: p for name, p in inspect.signature(getattr(stage_functions, stage)).parameters.items() if name != "runner"}
     # Every flow takes one keyword more: the file its trace is written to (flows/stage_flow.py).
     want["trace"] = inspect.Parameter("trace", inspect.Parameter.KEYWORD_ONLY, default=None, annotation="str | None")

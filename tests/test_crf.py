@@ -11,7 +11,7 @@ import pytest
 import zarr
 
 from stego_tasks.config import CRFParams, DaskParams
-from stego_tasks.crf import crf_stage
+from stego_tasks.crf import crf
 from stego_tasks.method.dense_crf import crf_chunk, dense_crf, dense_crf_batch
 from stego_tasks.runtime.executors import default_chunksize, run_chunks, spawn_pool
 
@@ -283,7 +283,7 @@ def test_stage_matches_dense_crf_with_one_pool(tmp_path, pool_count, workers, po
     features, predictions = _stores(tmp_path)
     out = tmp_path / "crf.zarr"
     # chunk=2: several chunks per branch, so a pool per chunk or per branch would show.
-    summary = crf_stage(features, predictions, out, CRFParams(), workers=workers, chunk=2)
+    summary = crf(features, predictions, out, CRFParams(), workers=workers, chunk=2)
     assert summary == {"images": N_VAL}, f"summary: {summary}"
     assert len(pool_count) == pools, f"workers={workers}: {len(pool_count)} process pools started, expected {pools}"
     got, want = _read_preds(out), _expected(features, predictions)
@@ -297,10 +297,10 @@ def test_stage_on_a_dask_cluster_equals_the_local_pool(tmp_path, pool_count, das
     """`dask.address` pointing at a real `dask scheduler` with two `dask worker` processes."""
     features, predictions = _stores(tmp_path)
     local = tmp_path / "local.zarr"
-    crf_stage(features, predictions, local, CRFParams(), workers=2, chunk=2)
+    crf(features, predictions, local, CRFParams(), workers=2, chunk=2)
     assert len(pool_count) == 1, f"local run: {len(pool_count)} pools"
     remote = tmp_path / "dask.zarr"
-    crf_stage(features, predictions, remote, CRFParams(), workers=2, chunk=2, dask=DaskParams(address=dask_cli_cluster))
+    crf(features, predictions, remote, CRFParams(), workers=2, chunk=2, dask=DaskParams(address=dask_cli_cluster))
     assert len(pool_count) == 1, "with dask.address the stage must not start a local process pool"
     got, want = _read_preds(remote), _read_preds(local)
     for name in want:
@@ -316,7 +316,7 @@ def test_stage_error_in_a_worker_surfaces_and_writes_nothing(tmp_path):
     group["linear_logits"][3] = bad
     out = tmp_path / "crf.zarr"
     with pytest.raises(ValueError, match="NaN"):
-        crf_stage(features, predictions, out, CRFParams(), workers=2, chunk=2)
+        crf(features, predictions, out, CRFParams(), workers=2, chunk=2)
     assert not out.exists(), "a failed crf stage left an output store behind"
 
 

@@ -12,7 +12,7 @@ from stego_tasks.demo_data import (
     DEMO_CLASS_NAMES,
     DEMO_IGNORE_INDEX,
     DEMO_N_CLASSES,
-    make_demo_corpus,
+    demo_data,
 )
 
 N_TRAIN, N_VAL, SIZE = 6, 4, 48
@@ -21,7 +21,7 @@ N_TRAIN, N_VAL, SIZE = 6, 4, 48
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("demo")
-    return root, make_demo_corpus(root, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=3)
+    return root, demo_data(root, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=3)
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -30,7 +30,7 @@ def _files(root: Path) -> dict[str, bytes]:
 
 def test_same_seed_gives_byte_identical_files(corpus, tmp_path):
     root, _ = corpus
-    make_demo_corpus(tmp_path, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=3)
+    demo_data(tmp_path, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=3)
     first, second = _files(root), _files(tmp_path)
     assert sorted(first) == sorted(second), "two calls wrote different file names"
     differing = [name for name in first if first[name] != second[name]]
@@ -39,7 +39,7 @@ def test_same_seed_gives_byte_identical_files(corpus, tmp_path):
 
 def test_other_seed_gives_other_images(corpus, tmp_path):
     root, _ = corpus
-    make_demo_corpus(tmp_path, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=4)
+    demo_data(tmp_path, n_train=N_TRAIN, n_val=N_VAL, size=SIZE, seed=4)
     name = "images/train/scene_0000.png"
     assert (root / name).read_bytes() != (tmp_path / name).read_bytes(), "seed is ignored"
 
@@ -109,6 +109,6 @@ def test_classes_differ_in_colour_and_texture(corpus):
 
 def test_too_few_images_is_refused(tmp_path):
     with pytest.raises(ValueError, match="at least 3 images per split"):
-        make_demo_corpus(tmp_path, n_train=2, n_val=5)
+        demo_data(tmp_path, n_train=2, n_val=5)
     with pytest.raises(ValueError, match="size >= 32"):
-        make_demo_corpus(tmp_path, size=16)
+        demo_data(tmp_path, size=16)

@@ -18,13 +18,13 @@ from stego_tasks.data.embed import (
 )
 from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.preprocess import preprocess
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> ChunkJob:
     root = tmp_path_factory.mktemp("embed")
-    make_demo_corpus(root, n_train=3, n_val=3, size=64)
+    demo_data(root, n_train=3, n_val=3, size=64)
     images = sorted((root / "images" / "train").iterdir())[:2]
     labels = [root / "labels" / "train" / (path.stem + ".png") for path in images]
     assert all(path.exists() for path in labels), f"the demo corpus has no label for some of {images}"

@@ -23,12 +23,18 @@ import torch
 import zarr
 from torchvision.transforms.functional import five_crop
 
-from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
+from stego_tasks.config import (
+    BackboneParams,
+    CorpusParams,
+    DaskParams,
+    ExtractParams,
+    RuntimeParams,
+)
 from stego_tasks.data.feature_store import read_split, resize_split
 from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.manifest import read_manifest
 from stego_tasks.data.preprocess import five_crop_boxes, preprocess, resize_center_crop
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.extract import ExtractSummary, extract, resolve_writers
 from stego_tasks.ingest import ingest
 from stego_tasks.method.backbone import Backbone, create_backbone, normalize
@@ -59,7 +65,7 @@ def _corpus(root: Path, demo: bool = True) -> CorpusParams:
 def base(tmp_path_factory) -> Base:
     tmp = tmp_path_factory.mktemp("extract")
     root = tmp / "corpus"
-    make_demo_corpus(root, n_train=N_TRAIN, n_val=N_VAL, size=64)
+    demo_data(root, n_train=N_TRAIN, n_val=N_VAL, size=64)
     manifest = tmp / "manifest.parquet"
     ingest(root, manifest, tmp / "quarantine.csv")
     store = tmp / "features.zarr"
@@ -310,7 +316,7 @@ def test_shrunk_then_regrown_split_does_not_trust_stale_done_flags(base, schedul
 
 def test_grown_corpus_extracts_only_the_new_images(base, scheduler, tmp_path):
     copy = _copy(base, tmp_path)
-    make_demo_corpus(copy.root, n_train=N_TRAIN + 2, n_val=N_VAL, size=64)  # same first 6, 2 new
+    demo_data(copy.root, n_train=N_TRAIN + 2, n_val=N_VAL, size=64)  # same first 6, 2 new
     grown = ingest(copy.root, copy.manifest, tmp_path / "quarantine.csv")
     assert grown.n_new == 2 and grown.n_kept == N_TRAIN + N_VAL, f"ingest summary {grown}"
     summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, PARAMS, scheduler)
@@ -393,9 +399,10 @@ def test_any_number_of_decoders_gives_the_single_decoder_store(base, tmp_path):
     # batch_size 2: 3 + 2 chunks, so several chunks queue ahead and finish out of order.
     stores = {}
     for workers in (1, 5):
-        params = ExtractParams(resolution=32, val_resolution=48, batch_size=2, device="cpu", decode_workers=workers)
+        params = ExtractParams(resolution=32, val_resolution=48, batch_size=2, device="cpu")
         stores[workers] = tmp_path / f"decoders-{workers}.zarr"
-        summary = extract(base.manifest, stores[workers], _corpus(base.root), BACKBONE, params, DASK)
+        summary = extract(base.manifest, stores[workers], _corpus(base.root), BACKBONE, params, DASK,
+                          runtime=RuntimeParams(decode_workers=workers))
         assert summary.chunks_computed == {"train": 3, "val": 2}, f"{workers} decoders: {summary}"
     _assert_store_equals(stores[5], stores[1], "5 decoders vs 1")
     a, b = _arrays(stores[1]), _arrays(base.store)
@@ -405,8 +412,9 @@ def test_any_number_of_decoders_gives_the_single_decoder_store(base, tmp_path):
 
 def test_decode_workers_and_writers_are_not_part_of_the_fingerprint(base, tmp_path):
     copy = _copy(base, tmp_path)
-    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu", decode_workers=7, writers=5)
-    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, DASK)
+    params = ExtractParams(resolution=32, val_resolution=48, batch_size=4, device="cpu")
+    summary = extract(copy.manifest, copy.store, _corpus(copy.root), BACKBONE, params, DASK,
+                      runtime=RuntimeParams(decode_workers=7, writers=5))
     assert summary.chunks_computed == {"train": 0, "val": 0}, f"a decoder or writer count re-extracted chunks: {summary}"
 
 
@@ -419,9 +427,10 @@ def test_any_number_of_writers_gives_the_single_writer_store_byte_for_byte(base,
     # out of order; the same process and thread count make the features bit-identical.
     files = {}
     for writers in (1, 4):
-        params = ExtractParams(resolution=32, val_resolution=48, batch_size=1, device="cpu", writers=writers)
+        params = ExtractParams(resolution=32, val_resolution=48, batch_size=1, device="cpu")
         store = tmp_path / f"writers-{writers}.zarr"
-        summary = extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DASK)
+        summary = extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DASK,
+                          runtime=RuntimeParams(writers=writers))
         assert summary.chunks_computed == {"train": N_TRAIN, "val": N_VAL}, f"{writers} writers: {summary}"
         files[writers] = _store_files(store)
     assert sorted(files[4]) == sorted(files[1]), f"files in one store only: {sorted(set(files[4]) ^ set(files[1]))}"
@@ -436,8 +445,8 @@ def test_auto_writers_are_the_cores_this_process_may_run_on():
 
 @pytest.mark.parametrize("writers", [0, -1, "many"])
 def test_a_bad_writer_count_is_refused_in_one_sentence(writers):
-    with pytest.raises(ValueError, match=r"^extract\.writers must be a positive integer or 'auto', got .+\.$"):
-        ExtractParams(writers=writers)
+    with pytest.raises(ValueError, match=r"^runtime\.writers must be a positive integer or 'auto', got .+\.$"):
+        RuntimeParams(writers=writers)
 
 
 @pytest.mark.parametrize("compression", ["none", "blosc-lz4", "blosc-zstd"])

@@ -18,7 +18,7 @@ from PIL import Image
 from stego_tasks import ingest as ingest_mod
 from stego_tasks.data.corpus_layout import EmptyCorpusError
 from stego_tasks.data.manifest import MANIFEST_SCHEMA, read_manifest, resolve_in_corpus
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import IngestSummary, ingest
 
 CAMVID = Path("/work/shared/data/camvid-dev")
@@ -26,7 +26,7 @@ CAMVID = Path("/work/shared/data/camvid-dev")
 
 def _corpus(tmp_path: Path) -> Path:
     root = tmp_path / "corpus"
-    make_demo_corpus(root, n_train=4, n_val=3, size=32, seed=1)
+    demo_data(root, n_train=4, n_val=3, size=32, seed=1)
     return root
 
 

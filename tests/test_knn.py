@@ -8,7 +8,7 @@ import zarr
 from scipy.stats import chi2
 
 from stego_tasks.data.store_integrity import StoreDamagedError, open_store
-from stego_tasks.knn import knn_stage
+from stego_tasks.knn import knn
 from stego_tasks.method.neighbours import (
     _l2_normalise,
     _unit_rows_float32,
@@ -230,7 +230,7 @@ def test_knn_stage_writes_the_exact_graph_with_integrity_records(tmp_path, k):
     rng = np.random.default_rng(3)
     pooled = pool_features(rng.normal(size=(12, 5, 2, 2)).astype(np.float32))
     store = _pooled_store(tmp_path / "features.zarr", pooled)
-    summary = knn_stage(store, tmp_path / "knn.zarr", k)
+    summary = knn(store, tmp_path / "knn.zarr", k)
     kept = min(k, len(pooled) - 1)  # more neighbours than other crops: all of them
     assert summary == {"rows": 12, "k": kept}, summary
     group = open_store(tmp_path / "knn.zarr", "knn", ["train"])

@@ -1,5 +1,5 @@
 """End-to-end on the tiny DVC project: the keys that only say how many threads read, decode or
-write (`train.readers`, `extract.decode_workers`, `extract.writers`) make no stage stale (but `report`, which reads
+write (the `runtime` block: `readers`, `decode_workers`, `writers`, `crf_workers`) make no stage stale (but `report`, which reads
 params.yaml whole), while a key beside them in
 the same block (`extract.compression`) still does.
 """
@@ -16,12 +16,13 @@ pytestmark = pytest.mark.slow
 
 
 def test_reader_decoder_and_writer_counts_make_no_stage_stale(project_copy: Path, project_env: dict[str, str]) -> None:
-    set_params(project_copy, {("train", "readers"): 5, ("extract", "decode_workers"): 3, ("extract", "writers"): 3})
+    set_params(project_copy, {("runtime", "readers"): 5, ("runtime", "decode_workers"): 3, ("runtime", "writers"): 3,
+                              ("runtime", "crf_workers"): 2})
     result = dvc_repro(project_copy, project_env)
     ran = re.findall(r"^Running stage '([^']+)':", result.stdout, flags=re.MULTILINE)
     # `report` depends on params.yaml as a whole file (the page shows it), so it alone re-runs.
     assert set(ran) <= {"report"} | always_changed(project_copy), (
-        f"changing train.readers / extract.decode_workers / extract.writers ran {ran}:\n{result.stdout}"
+        f"changing the runtime block ran {ran}:\n{result.stdout}"
     )
 
 

@@ -146,15 +146,15 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
 
     seen: dict[str, dict[str, Any]] = {}
 
-    def extract(manifest, store, corpus, backbone, params, dask, runner=None):
+    def extract(manifest, store, corpus, backbone, params, dask, runner=None, runtime=None):
         seen["extract"] = {"corpus": corpus, "backbone": backbone, "extract": params}
         return stego_tasks.extract.ExtractSummary({}, {}, {}, "x")
 
-    def train(features, knn, model, loss_log, corpus, params, seed, resume=False, shift_stats=None):
+    def train(features, knn, model, loss_log, corpus, params, seed, resume=False, shift_stats=None, readers=2):
         seen["train"] = {"corpus": corpus, "train": params, "seed": seed}
         return type("Trained", (), {"info": {"in_dim": 1}})()
 
-    def knn_stage(features, out, k):
+    def knn(features, out, k):
         seen["knn"] = {"k": k}
         return {}
 
@@ -162,7 +162,7 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
         seen["cluster"] = {"cluster": params, "seed": seed}
         return {}
 
-    def crf_stage(features, predictions, out, params, workers, dask):
+    def crf(features, predictions, out, params, workers, dask):
         seen["crf"] = {"crf": params, "workers": workers}
         return {}
 
@@ -172,9 +172,9 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
 
     monkeypatch.setattr(stego_tasks.extract, "extract", extract)
     monkeypatch.setattr(stego_tasks.train, "train", train)
-    monkeypatch.setattr(stego_tasks.knn, "knn_stage", knn_stage)
+    monkeypatch.setattr(stego_tasks.knn, "knn", knn)
     monkeypatch.setattr(stego_tasks.cluster, "cluster", cluster)
-    monkeypatch.setattr(stego_tasks.crf, "crf_stage", crf_stage)
+    monkeypatch.setattr(stego_tasks.crf, "crf", crf)
     monkeypatch.setattr(stego_tasks.evaluate, "evaluate", evaluate)
     return seen
 
@@ -206,7 +206,7 @@ def test_every_preset_value_reaches_the_stage_that_uses_it(name: str, tmp_path: 
         stage = where[block]
         if block == "crf":
             for key, value in values.items():
-                got = seen["crf"]["workers"] if key == "workers" else getattr(seen["crf"]["crf"], key)
+                got = getattr(seen["crf"]["crf"], key)
                 assert got == value, f"{name}: crf.{key} reached the stage as {got!r}, preset says {value!r}"
                 checked += 1
             continue

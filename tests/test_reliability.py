@@ -33,7 +33,7 @@ import zarr
 from conftest import SUBPROCESS_ENV, VENV_BIN, free_port, make_tiny_project, run
 from PIL import Image
 
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.runtime.locking import artifact_lock
 
@@ -50,11 +50,12 @@ BASE_PARAMS: dict = {
     "corpus": {"root": "corpus", "n_classes": 5, "ignore_index": 255, "class_names": CLASS_NAMES, "demo": True},
     "backbone": {"name": "vit_tiny_patch16_224", "weights": "random"},
     # 3 writers whatever the cores: the SIGKILL lands while several chunks are being written.
-    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": BATCH, "device": "cpu", "writers": 3},
+    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": BATCH, "device": "cpu"},
+    "runtime": {"writers": 3, "crf_workers": 1},
     "knn": {"k": 3},
     "train": {"n_codes": 8, "steps": 20, "batch_size": 8, "log_every": 5, "checkpoint_every": 10, "device": "cpu"},
     "cluster": {"kmeans_iters": 10},
-    "crf": {"iterations": 3, "workers": 1},
+    "crf": {"iterations": 3},
     "evaluate": {"n_overlays": 1},
     "dask": {"address": None, "n_workers": 1, "threads_per_worker": 1},
 }
@@ -92,7 +93,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny project after `stego ingest` and one uninterrupted `stego extract` (6 + 2 chunks)."""
     project = tmp_path_factory.mktemp("reliability") / "reference"
     project.mkdir()
-    make_demo_corpus(project / "corpus", n_train=N_TRAIN, n_val=N_VAL, size=64)
+    demo_data(project / "corpus", n_train=N_TRAIN, n_val=N_VAL, size=64)
     write_params(project)
     stego(project, "ingest", "--no-prefect")
     stego(project, "extract", "--no-prefect")

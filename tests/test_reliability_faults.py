@@ -23,7 +23,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from stego_tasks.config import TrainParams, load_params
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.method.model import build_model, load_model, save_model
 from stego_tasks.runtime import content_hash
@@ -33,7 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 TINY = "vit_tiny_patch16_224"
 TINY_PARAMS = {
     "backbone": {"name": TINY, "weights": "random"},
-    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": 2, "device": "cpu", "decode_workers": 1},
+    "extract": {"resolution": 32, "val_resolution": 32, "batch_size": 2, "device": "cpu"},
+    "runtime": {"decode_workers": 1},
 }
 
 
@@ -49,7 +50,7 @@ def _stego(args: list[str], cwd: Path, file_size_limit: int | None = None) -> su
 
 
 def _project(tmp_path: Path) -> Path:
-    make_demo_corpus(tmp_path / "corpus", n_train=4, n_val=3, size=48)
+    demo_data(tmp_path / "corpus", n_train=4, n_val=3, size=48)
     params = {**TINY_PARAMS, "corpus": {"root": str(tmp_path / "corpus"), "n_classes": 5, "demo": False}}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path
@@ -163,7 +164,7 @@ def test_predict_refuses_a_checkpoint_whose_content_changed_since_the_features(t
 
 def test_images_sharing_a_stem_are_quarantined_with_their_label_named(tmp_path):
     root = tmp_path / "corpus"
-    make_demo_corpus(root, n_train=3, n_val=3, size=48)
+    demo_data(root, n_train=3, n_val=3, size=48)
     first = sorted((root / "images" / "train").glob("*.png"))[0]
     Image.open(first).convert("RGB").save(first.with_suffix(".jpg"), quality=95)
     summary = ingest(root, tmp_path / "manifest.parquet", tmp_path / "quarantine.csv")

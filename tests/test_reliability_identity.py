@@ -19,16 +19,23 @@ import zarr
 from PIL import Image
 from safetensors.torch import save_file
 
-from stego_tasks.config import BackboneParams, CorpusParams, DaskParams, ExtractParams
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks import weights as weights_module
+from stego_tasks.config import (
+    BackboneParams,
+    CorpusParams,
+    DaskParams,
+    ExtractParams,
+    RuntimeParams,
+)
+from stego_tasks.demo_data import demo_data
 from stego_tasks.extract import extract
 from stego_tasks.ingest import ingest
 from stego_tasks.method.backbone import create_backbone
 from stego_tasks.runtime import content_hash
-from stego_tasks.weights import weights_identity, weights_stage
+from stego_tasks.weights import weights_identity
 
 TINY = "vit_tiny_patch16_224"
-EXTRACT = ExtractParams(resolution=32, val_resolution=32, batch_size=2, device="cpu", decode_workers=1)
+EXTRACT = ExtractParams(resolution=32, val_resolution=32, batch_size=2, device="cpu")
 IN_PROCESS = DaskParams(n_workers=1, threads_per_worker=1)
 N_TRAIN, N_VAL = 4, 3
 
@@ -44,13 +51,14 @@ def _corpus(root: Path) -> CorpusParams:
 
 def _prepare(tmp_path: Path) -> tuple[Path, Path]:
     root = tmp_path / "corpus"
-    make_demo_corpus(root, n_train=N_TRAIN, n_val=N_VAL, size=48)
+    demo_data(root, n_train=N_TRAIN, n_val=N_VAL, size=48)
     return root, tmp_path / "manifest.parquet"
 
 
 def _extract(root: Path, manifest: Path, store: Path, weights: str = "random"):
     ingest(root, manifest, manifest.with_suffix(".csv"))
-    return extract(manifest, store, _corpus(root), BackboneParams(name=TINY, weights=weights), EXTRACT, IN_PROCESS)
+    return extract(manifest, store, _corpus(root), BackboneParams(name=TINY, weights=weights), EXTRACT, IN_PROCESS,
+                   runtime=RuntimeParams(decode_workers=1))
 
 
 def _arrays(store: Path) -> dict[str, np.ndarray]:
@@ -174,17 +182,17 @@ def test_weights_identity_follows_content_and_the_hash_cache_reads_a_file_once(t
     _checkpoint(weights, seed=1)
     out = tmp_path / "weights.json"
     params = BackboneParams(name=TINY, weights=str(weights))
-    first = weights_stage(params, out)
+    first = weights_module.weights(params, out)
     assert first["sha256"] == content_hash.sha256_of_file(weights), "the identity is not the file's SHA-256"
     assert first["size"] == weights.stat().st_size
     text = out.read_text()
     reads = []
     original = content_hash.sha256_of_file
     monkeypatch.setattr(content_hash, "sha256_of_file", lambda path, *a: reads.append(path) or original(path, *a))
-    weights_stage(params, out)
+    weights_module.weights(params, out)
     assert reads == [] and out.read_text() == text, "an unchanged checkpoint was hashed again or changed the identity"
     _checkpoint(weights, seed=2)
-    changed = weights_stage(params, out)
+    changed = weights_module.weights(params, out)
     assert len(reads) == 1 and changed["sha256"] == original(weights) != first["sha256"], "a replaced file kept its hash"
     random = weights_identity(BackboneParams(name=TINY, weights="random"))
     assert random["sha256"] is None and random["found"] == "random weights", f"random weights identity: {random}"

@@ -25,14 +25,14 @@ from stego_tasks.data.corpus_files import is_hidden, is_image_name
 from stego_tasks.data.embed import ChunkJob, load_chunk
 from stego_tasks.data.images import load_label
 from stego_tasks.data.manifest import read_manifest
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.tools.predict import collect_images
 
 
 def _corpus(tmp_path: Path) -> Path:
     root = tmp_path / "corpus"
-    make_demo_corpus(root, n_train=4, n_val=3, size=32, seed=1)
+    demo_data(root, n_train=4, n_val=3, size=32, seed=1)
     return root
 
 

@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 
 from flows.cli import main
 from stego_tasks.config import TrainParams, params_to_dict
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.method.backbone import create_backbone
 from stego_tasks.method.model import build_model, load_model, save_model
 from stego_tasks.method.weights import read_checkpoint
@@ -75,7 +75,7 @@ def test_report_out_naming_a_folder_is_refused_and_the_folder_kept(tmp_path, mon
 
 def test_ingest_quarantine_naming_a_folder_is_refused_and_the_folder_kept(tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
-    make_demo_corpus(tmp_path / "corpus", n_train=3, n_val=3, size=32)
+    demo_data(tmp_path / "corpus", n_train=3, n_val=3, size=32)
     (tmp_path / "params.yaml").write_text("corpus:\n  root: corpus\n")
     before = _user_folder(tmp_path / "mine")
     status, err = _cli(capsys, "ingest", "--no-prefect", "--manifest", "m.parquet", "--quarantine", "mine")
@@ -266,9 +266,9 @@ def test_demo_data_refuses_a_folder_holding_other_files(tmp_path, monkeypatch, c
 
 
 def test_demo_data_rewrites_an_earlier_demo_corpus_exactly(tmp_path: Path) -> None:
-    make_demo_corpus(tmp_path / "demo", n_train=5, n_val=4, size=32, seed=1)
-    make_demo_corpus(tmp_path / "demo", n_train=3, n_val=3, size=32, seed=2)
-    make_demo_corpus(tmp_path / "fresh", n_train=3, n_val=3, size=32, seed=2)
+    demo_data(tmp_path / "demo", n_train=5, n_val=4, size=32, seed=1)
+    demo_data(tmp_path / "demo", n_train=3, n_val=3, size=32, seed=2)
+    demo_data(tmp_path / "fresh", n_train=3, n_val=3, size=32, seed=2)
     assert _snapshot(tmp_path / "demo") == _snapshot(tmp_path / "fresh"), (
         "rewriting a demo corpus must give exactly the corpus asked for (no scenes of the earlier one)"
     )
@@ -374,3 +374,10 @@ def test_predict_with_a_broken_model_prints_one_line(run_dir, tmp_path, monkeypa
         f"corrupt (Error while deserializing header: header too small){REDO}"
     ], f"stderr {err}"
     assert not (tmp_path / "out").exists(), "a refused predict created its output folder"
+
+
+def test_a_model_written_before_the_runtime_block_still_loads(model_dir: Path) -> None:
+    # Before the runtime block, model.json's train block recorded `readers` (a thread count).
+    _edit_info(model_dir, lambda info: info["train"].update(readers=3))
+    model = load_model(model_dir)  # the moved key is skipped, not refused as unknown
+    assert model.info["train"]["readers"] == 3, "the recorded block is kept as written"

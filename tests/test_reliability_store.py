@@ -34,15 +34,15 @@ from stego_tasks.config import (
     TrainParams,
     params_to_dict,
 )
-from stego_tasks.crf import crf_stage
+from stego_tasks.crf import crf
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import StoreDamagedError
 from stego_tasks.data.training_data import TrainingData, load_training_data
-from stego_tasks.demo_data import make_demo_corpus
+from stego_tasks.demo_data import demo_data
 from stego_tasks.evaluate import evaluate
 from stego_tasks.extract import extract
 from stego_tasks.ingest import ingest
-from stego_tasks.knn import knn_stage
+from stego_tasks.knn import knn
 from stego_tasks.method.model import load_model
 from stego_tasks.method.neighbours import knn_graph, pool_features
 from stego_tasks.train import fit, train
@@ -79,14 +79,14 @@ class Run:
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory) -> Run:
     run = Run(tmp_path_factory.mktemp("clean"))
-    make_demo_corpus(run.tmp / "corpus", n_train=6, n_val=3, size=64)
+    demo_data(run.tmp / "corpus", n_train=6, n_val=3, size=64)
     ingest(run.tmp / "corpus", run.manifest, run.tmp / "quarantine.csv")
     summary = run.extract()
     assert summary.chunks_total == {"train": 3, "val": 2}, f"fixture layout changed: {summary.chunks_total}"
-    knn_stage(run.features, run.knn, 3)
+    knn(run.features, run.knn, 3)
     train(run.features, run.knn, run.model, run.tmp / "loss.csv", run.corpus_params(), TRAIN, seed=0)
     cluster(run.features, run.model, run.predictions, ClusterParams(kmeans_iters=5), seed=0)
-    crf_stage(run.features, run.predictions, run.crf, CRFParams(iterations=2), workers=1)
+    crf(run.features, run.predictions, run.crf, CRFParams(iterations=2), workers=1)
     return run
 
 
@@ -161,10 +161,10 @@ def test_truncated_and_bit_flipped_chunks_are_named_and_recomputed(clean, tmp_pa
     with pytest.raises(ValueError, match=r"chunk 2 of train/labels is truncated or damaged .*`stego extract`"):
         load_training_data(run.features, run.knn, IGNORE, N_CLASSES)
     with pytest.raises(ValueError, match=r"chunk 0 of train/pooled is truncated or damaged"):
-        knn_stage(run.features, tmp_path / "knn-new.zarr", 3)
+        knn(run.features, tmp_path / "knn-new.zarr", 3)
     assert not (tmp_path / "knn-new.zarr").exists(), "a refused knn stage wrote its store"
     with pytest.raises(ValueError, match=r"chunk 0 of val/images is damaged \(file val/images/c/0/0/0/0 does not match"):
-        crf_stage(run.features, run.predictions, tmp_path / "crf-new.zarr", CRFParams(iterations=2), workers=1)
+        crf(run.features, run.predictions, tmp_path / "crf-new.zarr", CRFParams(iterations=2), workers=1)
 
     summary = run.extract()
     assert summary.chunks_computed == {"train": 2, "val": 1}, f"computed {summary.chunks_computed}"
@@ -209,7 +209,7 @@ def test_damaged_knn_predictions_and_crf_stores_name_the_stage_that_rewrites_the
 
     _truncate(run.predictions / "linear_logits/c/1/0/0/0")
     with pytest.raises(StoreDamagedError, match=r"predictions.zarr: chunk 1 of linear_logits is truncated .*`stego cluster`"):
-        crf_stage(run.features, run.predictions, tmp_path / "crf-new.zarr", CRFParams(iterations=2), workers=1)
+        crf(run.features, run.predictions, tmp_path / "crf-new.zarr", CRFParams(iterations=2), workers=1)
 
     _flip_byte(run.crf / "cluster_pred/c/0/0/0")
     with pytest.raises(StoreDamagedError, match=r"crf.zarr: chunk 0 of cluster_pred is damaged .*`stego crf`"):

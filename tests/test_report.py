@@ -217,8 +217,8 @@ def test_random_weights_banner(tmp_path: Path) -> None:
 
 
 def test_page_is_self_contained_and_deterministic(run_dir: Path, tmp_path: Path) -> None:
-    first = report(run_dir, tmp_path / "a" / "report.html")
-    second = report(run_dir, tmp_path / "b" / "report.html")
+    first = Path(report(run_dir, tmp_path / "a" / "report.html")["out"])
+    second = Path(report(run_dir, tmp_path / "b" / "report.html")["out"])
     assert first.read_bytes() == second.read_bytes(), "the same run gave two different pages"
     html = first.read_text(encoding="utf-8")
     links = re.findall(r'(?:src|href)="([^"]*)"', html)
@@ -270,7 +270,7 @@ def test_malformed_json_is_one_sentence(run_dir: Path) -> None:
 
 def test_cli_arguments(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     defaults = _parser("report").parse_args(["report"])
-    assert (defaults.run, defaults.out) == (Path("."), Path("reports/report.html")), "documented defaults"
+    assert (defaults.run, defaults.out) == (".", "reports/report.html"), "documented defaults"
     assert defaults.trace == "metrics/trace/report.json", "the trace's documented default"
     out, trace = tmp_path / "reports" / "report.html", tmp_path / "trace" / "report.json"
     assert main(["report", "--no-prefect", "--run", str(run_dir), "--out", str(out), "--trace", str(trace)]) == 0, "exit 0"
@@ -297,7 +297,7 @@ def test_overlays_and_quarantine_rows_capped_by_the_report_block(tmp_path: Path)
 
 @pytest.mark.skipif(not chromium_available(), reason=SKIP_REASON)
 def test_page_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> None:
-    page = report(run_dir, tmp_path / "report.html")
+    page = Path(report(run_dir, tmp_path / "report.html")["out"])
     n_images = len(Page(page.read_text(encoding="utf-8")).images)
     dom = run_chromium(page, "--virtual-time-budget=5000", "--dump-dom", timeout=90)
     assert dom.returncode == 0, f"chromium --dump-dom failed: {dom.stderr[-2000:]}"

@@ -3,7 +3,7 @@ determinism, resume, model files, and reading the split in memory or streamed.
 
 Everything runs on tiny in-memory features (10 crops of [8, 4, 4]); the stage tests write
 a small features store in the layout `extract` writes (4-row chunks) and a kNN store from
-`knn_stage`, and read it both into memory and streamed batch by batch.
+`knn`, and read it both into memory and streamed batch by batch.
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ import pytest
 import torch
 import zarr
 
+from stego_tasks import knn as knn_module
 from stego_tasks import train as train_mod
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
 from stego_tasks.data.shard_rows import gather_rows
 from stego_tasks.data.training_data import TrainingData, load_training_data
-from stego_tasks.knn import knn_stage
 from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
 from stego_tasks.method.neighbours import knn_graph, pool_features
 from stego_tasks.runtime.content_hash import sha256_of_file
@@ -206,7 +206,7 @@ def test_train_stage_writes_model_files_and_loss_log(tmp_path):
     data = _data()
     store, knn, model_dir, loss_log = (tmp_path / n for n in ("features.zarr", "knn.zarr", "model", "loss.csv"))
     _write_store(store, data)
-    assert knn_stage(store, knn, 3) == {"rows": 10, "k": 3}, "knn stage on the store"
+    assert knn_module.knn(store, knn, 3) == {"rows": 10, "k": 3}, "knn stage on the store"
     corpus = CorpusParams(root="unused", n_classes=N_CLASSES, ignore_index=IGNORE, class_names=("a", "b", "c"))
     # The reference's probe (no refit after training), so the stage equals `fit` below.
     params = dataclasses.replace(PARAMS, probe_init="random")
@@ -251,7 +251,7 @@ def _stored(tmp_path: Path, data: TrainingData | None = None) -> tuple[Path, Pat
     """The features store of `data` (default `_data()`) and its kNN store, as the stages write them."""
     store, knn = tmp_path / "features.zarr", tmp_path / "knn.zarr"
     _write_store(store, _data() if data is None else data)
-    knn_stage(store, knn, 3)
+    knn_module.knn(store, knn, 3)
     return store, knn
 
 
@@ -362,7 +362,7 @@ def test_train_stage_refits_the_cluster_probe_on_the_codes_when_asked(tmp_path):
     data = _data()
     store, knn, model_dir = tmp_path / "features.zarr", tmp_path / "knn.zarr", tmp_path / "model"
     _write_store(store, data)
-    knn_stage(store, knn, 3)
+    knn_module.knn(store, knn, 3)
     corpus = CorpusParams(root="unused", n_classes=N_CLASSES, ignore_index=IGNORE, class_names=("a", "b", "c"))
     params = dataclasses.replace(PARAMS, probe_init="codes", probe_restarts=2)
     trained = train(store, knn, model_dir, tmp_path / "loss.csv", corpus, params, seed=5)

@@ -20,7 +20,7 @@ from stego_tasks.config import TrainParams
 from stego_tasks.data.feature_store import array_layout
 from stego_tasks.data.shard_rows import ShardRows, gather_rows
 from stego_tasks.data.training_data import TrainingData, load_training_data
-from stego_tasks.knn import knn_stage
+from stego_tasks.knn import knn
 from stego_tasks.method.batching import step_positives
 from stego_tasks.method.neighbours import knn_graph, pool_features
 from stego_tasks.train import fit, training_batches
@@ -52,7 +52,7 @@ def _store(path: Path, compression: str = "zstd", rows: int = 10) -> tuple[Path,
         group.create_array(name, shape=values.shape, dtype=values.dtype, fill_value=0, **layout)[:] = values
     group.create_array("pooled", data=pool_features(feats))
     group.create_array("done", data=np.ones(-(-rows // ROWS_PER_CHUNK), dtype=bool))
-    knn_stage(path / "features.zarr", path / "knn.zarr", 3)
+    knn(path / "features.zarr", path / "knn.zarr", 3)
     return path / "features.zarr", path / "knn.zarr"
 
 
@@ -95,8 +95,7 @@ def test_a_damaged_shard_index_is_named(tmp_path):
 
 
 def _all_batches(data: TrainingData, readers: int) -> list[tuple[torch.Tensor, ...]]:
-    params = TrainParams(**{**PARAMS.__dict__, "readers": readers})
-    with training_batches(data, params, seed=4, device=torch.device("cpu")) as batches:
+    with training_batches(data, PARAMS, seed=4, device=torch.device("cpu"), readers=readers) as batches:
         return [(b.feats, b.feats_pos, b.labels) for b in batches]
 
 
@@ -117,7 +116,7 @@ def test_every_step_gets_the_same_batch_for_any_reader_count_held_or_streamed(tm
 def test_fit_is_the_same_for_any_reader_count(tmp_path):
     store, knn = _store(tmp_path)
     data = load_training_data(store, knn, IGNORE, N_CLASSES, in_memory_bytes=0)
-    runs = [fit(data, N_CLASSES, TrainParams(**{**PARAMS.__dict__, "readers": r}), seed=1, ignore_index=IGNORE) for r in (0, 4)]
+    runs = [fit(data, N_CLASSES, PARAMS, seed=1, ignore_index=IGNORE, readers=r) for r in (0, 4)]
     (a, rows_a), (b, rows_b) = runs
     assert rows_a == rows_b, "the loss log depends on the reader count"
     for key in a.modules():
@@ -166,5 +165,5 @@ def test_a_failing_read_stops_training_with_its_error_and_leaves_no_reader_threa
 
     monkeypatch.setattr(data, "host_batch", failing)
     with pytest.raises(OSError, match="disk gone"):
-        fit(data, N_CLASSES, TrainParams(**{**PARAMS.__dict__, "readers": 2}), seed=0, ignore_index=IGNORE)
+        fit(data, N_CLASSES, PARAMS, seed=0, ignore_index=IGNORE, readers=2)
     assert not [t for t in threading.enumerate() if t.name.startswith("stego-read")], "reader threads outlived the run"

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from stego_tasks.data.manifest import MANIFEST_SCHEMA, read_manifest
-from stego_tasks.demo_data import DEMO_N_CLASSES, make_demo_corpus
+from stego_tasks.demo_data import DEMO_N_CLASSES, demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.validate import ValidationFailed, validate
 
@@ -24,7 +24,7 @@ CAMVID = Path("/work/shared/data/camvid-dev")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     base = tmp_path_factory.mktemp("validate")
     root = base / "corpus"
-    make_demo_corpus(root, n_train=4, n_val=3, size=32, seed=2)
+    demo_data(root, n_train=4, n_val=3, size=32, seed=2)
     ingest(root, base / "manifest.parquet", base / "quarantine.csv")
     return root, base / "manifest.parquet"
 

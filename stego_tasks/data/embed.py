@@ -7,7 +7,7 @@ so where the work ran never changes the store.
 
 Decoding (`load_chunk`, image by image: `decode_image`) is kept apart from the forward
 pass (`embed_chunk`) so that the in-process runner can decode the next chunks on a pool of
-`extract.decode_workers` threads while the backbone runs.
+`runtime.decode_workers` threads while the backbone runs.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ class ChunkJob:
     compile_model: bool = False
     preprocess: str = "antialias"
     pos_embed: str = "timm"
-    # Threads decoding the chunk's images (`extract.decode_workers`); changes no value.
+    # Threads decoding the chunk's images (`runtime.decode_workers`); changes no value.
     decode_workers: int = 1
     # SHA-256 of the checkpoint file the stage planned with (None: random weights).
     weights_sha256: str | None = None
@@ -128,7 +128,7 @@ def decode_image(job: ChunkJob, position: int) -> DecodedImage:
     """Decode and preprocess image `position` of a chunk and its label (no torch; safe in a thread).
 
     PIL releases the GIL while it decodes, resizes and JPEG-encodes, so several threads
-    running this decode in parallel (`extract.decode_workers`).
+    running this decode in parallel (`runtime.decode_workers`).
     """
     label_path = job.label_paths[position]
     label = load_label(Path(label_path)) if label_path else None

@@ -58,6 +58,7 @@ from stego_tasks.data.store_integrity import (
     record_chunk,
     verify_split,
 )
+from stego_tasks.runtime.atomic import ZARR_METADATA
 
 # Integrity is its own module (`store_integrity`); its public names are also reached from here,
 # where every reader of the features store already imports.
@@ -366,7 +367,7 @@ def open_for_writing(store_path: Path) -> zarr.Group:
     except FileNotFoundError:
         raise
     except Exception as exc:  # noqa: BLE001 - damaged root metadata
-        metadata = Path(store_path) / "zarr.json"
+        metadata = Path(store_path) / ZARR_METADATA
         if not metadata.is_file():
             raise
         log.warning("extract: %s cannot be read (%s); writing it again", metadata, type(exc).__name__)

@@ -20,6 +20,8 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from stego_tasks.runtime.atomic import ZARR_METADATA
+
 
 def opens(group: zarr.Group, name: str) -> bool:
     """Whether `group[name]` exists and its metadata can be read."""
@@ -182,7 +184,7 @@ def chunk_problems(
     for name in wanted:
         if not opens(group, name):
             # Without its metadata no chunk of the array can be read.
-            return {i: (f"{group.path}/{name}", "has lost its metadata (zarr.json)") for i in indices}
+            return {i: (f"{group.path}/{name}", f"has lost its metadata ({ZARR_METADATA})") for i in indices}
         arrays[name] = group[name]
     records = _records(digests, indices)
     # Checked in slices of chunks, so a huge store never holds all keys' results at once.
@@ -281,7 +283,7 @@ def open_store(store_path: Path, stage: str, arrays: Iterable[str] | None = None
     recorded = integrity["chunks"]
     for name in recorded if arrays is None else [n for n in arrays if n in recorded]:
         if not opens(group, name):
-            raise StoreDamagedError(store_path, name, None, "has lost its metadata (zarr.json)", fix)
+            raise StoreDamagedError(store_path, name, None, f"has lost its metadata ({ZARR_METADATA})", fix)
         array = group[name]
         coords = _storage_grid(array)
         keys = [_storage_key(array, c) for c in coords]

@@ -22,6 +22,19 @@ from stego_tasks.method.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.content_hash import sha256_of_file
 
+# The model folder's files, named here only: the tensors, their description, and train's
+# resumable state (written and read by the train stage, kept beside the model).
+MODEL_WEIGHTS = "model.safetensors"
+MODEL_JSON = "model.json"
+CHECKPOINT = "checkpoint.pt"
+MODEL_KIND = "model"
+atomic.register_folder_kind(MODEL_KIND, (MODEL_JSON, MODEL_WEIGHTS, CHECKPOINT),
+                            f"a trained model ({MODEL_JSON} / {CHECKPOINT})")
+
+# Train keys that moved to the `runtime` block: a model.json written before records them in
+# its train block; they never shaped a model, so loading drops them.
+MOVED_TO_RUNTIME = frozenset({"readers"})
+
 # model.json's key for the SHA-256 of model.safetensors (models written before it are read unchecked).
 SAFETENSORS_SHA256 = "safetensors_sha256"
 
@@ -72,6 +85,11 @@ def build_model(in_dim: int, n_classes: int, params: TrainParams, info: dict[str
     )
 
 
+def holds_model(model_dir: Path) -> bool:
+    """Whether `model_dir` holds a saved model (both its files; not checked for damage)."""
+    return (Path(model_dir) / MODEL_JSON).is_file() and (Path(model_dir) / MODEL_WEIGHTS).is_file()
+
+
 def save_model(model: StegoModel, model_dir: Path) -> None:
     """Write `model.safetensors` and `model.json` into `model_dir`, each atomically."""
     tensors = {
@@ -79,13 +97,13 @@ def save_model(model: StegoModel, model_dir: Path) -> None:
         for prefix, module in model.modules().items()
         for name, tensor in module.state_dict().items()
     }
-    with atomic.atomic_path(Path(model_dir) / "model.safetensors") as tmp:
+    with atomic.atomic_path(Path(model_dir) / MODEL_WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
         checksum = sha256_of_file(tmp)
     # Recorded where the model is described, and checked on every load: a flipped bit in a
     # tensor would otherwise load silently.
     model.info[SAFETENSORS_SHA256] = checksum
-    atomic.write_json(Path(model_dir) / "model.json", model.info)
+    atomic.write_json(Path(model_dir) / MODEL_JSON, model.info)
 
 
 def load_model(model_dir: Path) -> StegoModel:
@@ -108,9 +126,9 @@ def load_model(model_dir: Path) -> StegoModel:
     from stego_tasks.params_schema import params_block
 
     model_dir = Path(model_dir)
-    json_path, weights_path = model_dir / "model.json", model_dir / "model.safetensors"
-    if not json_path.exists() or not weights_path.exists():
-        raise FileNotFoundError(f"{model_dir} holds no trained model (model.json + model.safetensors); run `stego train` first.")
+    json_path, weights_path = model_dir / MODEL_JSON, model_dir / MODEL_WEIGHTS
+    if not holds_model(model_dir):
+        raise FileNotFoundError(f"{model_dir} holds no trained model ({MODEL_JSON} + {MODEL_WEIGHTS}); run `stego train` first.")
     redo = "rerun `stego train` to write the model again"
     info = atomic.read_json_object(json_path, "train", redo)
     expected = {"in_dim": "a positive integer", "n_classes": "a positive integer", "train": "a mapping"}
@@ -128,7 +146,8 @@ def load_model(model_dir: Path) -> StegoModel:
             raise ValueError(f"{json_path}: {key} must be {'an integer' if kind is int else 'a string'} or null, "
                              f"got {json.dumps(info[key])[:60]}; {redo}.")
     try:
-        params = params_block(TrainParams, info["train"], "train", str(json_path))
+        recorded = {key: value for key, value in info["train"].items() if key not in MOVED_TO_RUNTIME}
+        params = params_block(TrainParams, recorded, "train", str(json_path))
     except ValueError as error:
         raise ValueError(f"{str(error).rstrip('.')}; {redo}.") from None
     model = build_model(info["in_dim"], info["n_classes"], params, info)

@@ -31,6 +31,9 @@ from stego_tasks.method.loss import feature_correlations
 from stego_tasks.method.neighbours import sample_positives
 from stego_tasks.runtime import atomic
 
+# The train stage writes the statistics into its model folder under this name; the report reads them.
+SHIFT_STATS_FILE = "shift_stats.json"
+
 TERMS = ("intra", "inter", "neg")
 LABELS = {"intra": "intra (self)", "inter": "kNN", "neg": "random"}
 BINS = np.linspace(-1.0, 1.0, 81)

@@ -19,7 +19,9 @@ from stego_tasks.method.registry import BackboneSpec
 if TYPE_CHECKING:  # torch and timm load only where a checkpoint is read: finding a file needs neither
     from torch import Tensor, nn
 
-# timm hosts its weights as safetensors; older repos only have the pickle file.
+# timm hosts its weights as safetensors; older repos only have the pickle file. These are
+# the Hugging Face hub's file names for a backbone, not this project's model folder
+# (method/model.py), whose weights file happens to share the first name.
 _HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 # Wrappers used by the DINO / DINOv2 training checkpoints, most preferred first: the
 # teacher is the model DINO evaluates and publishes.

@@ -25,14 +25,25 @@ from stego_tasks.runtime.room import room_guard
 
 # evaluate's overlay panels: 0000.png, 0001.png, ... and nothing else.
 _OVERLAY_PANEL = re.compile(r"\d{4}\.png")
+# Zarr's own metadata file at the top of every (v3) store.
+ZARR_METADATA = "zarr.json"
 _KIND_WORDS = {
     "empty": "an empty folder",
     "zarr": "a Zarr store",
     "overlays": "overlay panels (NNNN.png)",
-    "model": "a trained model (model.json / checkpoint.pt)",
 }
+# Folder kinds told by the files in them, registered by the module that owns those files
+# (`register_folder_kind`; method/model.py registers the model folder), so this module
+# knows no artifact's file names.
+_KIND_FILES: dict[str, tuple[str, ...]] = {}
 # A folder output other than those above says what it is in this file: {"kind": "<kind>"}.
 MARKER = ".stego-artifact.json"
+
+
+def register_folder_kind(kind: str, files: tuple[str, ...], words: str) -> None:
+    """Let `folder_kind` call a folder holding any of `files` `kind`; `words` names it in errors."""
+    _KIND_FILES[kind] = files
+    _KIND_WORDS[kind] = words
 
 
 def mark_folder(folder: Path, kind: str) -> None:
@@ -47,11 +58,11 @@ def folder_kind(path: Path) -> str | None:
         path: an existing folder.
 
     Returns:
-        "empty", "zarr" (a Zarr store: its `zarr.json`), "model" (train's model folder),
-        "overlays" (evaluate's numbered PNG panels), the kind named in a `MARKER` file
+        "empty", "zarr" (a Zarr store: its `zarr.json`), a registered kind (the model
+        folder: `register_folder_kind`), "overlays" (evaluate's numbered PNG panels), the kind named in a `MARKER` file
         (e.g. "gallery", "export"), or None for anything else: a folder stego did not write.
     """
-    if (path / "zarr.json").is_file():
+    if (path / ZARR_METADATA).is_file():
         return "zarr"
     if (path / MARKER).is_file():
         try:
@@ -60,8 +71,9 @@ def folder_kind(path: Path) -> str | None:
             kind = None
         if isinstance(kind, str) and kind:
             return kind
-    if any((path / name).is_file() for name in ("model.json", "model.safetensors", "checkpoint.pt")):
-        return "model"
+    for kind, files in _KIND_FILES.items():
+        if any((path / name).is_file() for name in files):
+            return kind
     entries = list(path.iterdir())
     if not entries:
         return "empty"

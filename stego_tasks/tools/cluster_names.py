@@ -197,9 +197,12 @@ def write_init(run_dir: Path, out: Path, force: bool = False) -> dict:
     from stego_tasks.paths import PATHS, run_path
     from stego_tasks.runtime import atomic
 
-    gallery = run_path(run_dir, "gallery") / "gallery.json"
+    # Imported here: the gallery module imports this one (the names it shows).
+    from stego_tasks.tools.gallery import GALLERY_JSON
+
+    gallery = run_path(run_dir, "gallery") / GALLERY_JSON
     if not gallery.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {PATHS['gallery']}/gallery.json; run `dvc repro` "
+        raise FileNotFoundError(f"{run_dir} has no {PATHS['gallery']}/{GALLERY_JSON}; run `dvc repro` "
                                 "(its evaluate stage writes it) before `stego names init`.")
     clusters = atomic.read_json_object(gallery, "evaluate", "rerun `stego evaluate`").get("clusters") or []
     out = Path(out)

@@ -34,14 +34,16 @@ import numpy as np
 import yaml
 from PIL import Image
 
+from stego_tasks.data.adapters.core import CORPUS_FILE
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.images import load_rgb
 from stego_tasks.data.manifest import read_manifest
 from stego_tasks.data.store_integrity import open_store
+from stego_tasks.method.model import MODEL_JSON
 from stego_tasks.paths import PATHS, run_path
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.cluster_names import IGNORED, ClusterNames, load_names
-from stego_tasks.tools.predict_output import WRITER
+from stego_tasks.tools.predict_output import CLUSTERS_PNG, LEGEND, WRITER
 
 KIND = "export"
 EXIF_ORIENTATION = 0x0112
@@ -131,7 +133,7 @@ def predict_items(folder: Path, names: ClusterNames) -> Iterator[Item]:
     Raises:
         ValueError: the folder is not a finished predict output, or does not record its images.
     """
-    legend_path = folder / "legend.json"
+    legend_path = folder / LEGEND
     try:
         legend = json.loads(legend_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -144,10 +146,10 @@ def predict_items(folder: Path, names: ClusterNames) -> Iterator[Item]:
         raise ValueError(f"{legend_path} does not record which images were segmented (an older predict); "
                          "run `stego predict` into that folder again.")
     for key, source in sorted(sources.items()):
-        with Image.open(folder / f"{key}_clusters.png") as picture:
+        with Image.open(folder / f"{key}{CLUSTERS_PNG}") as picture:
             clusters = np.asarray(picture)
         if clusters.max(initial=0) >= names.n_clusters:
-            raise ValueError(f"{folder / key}_clusters.png holds cluster {clusters.max()}, but the run has "
+            raise ValueError(f"{folder / key}{CLUSTERS_PNG} holds cluster {clusters.max()}, but the run has "
                              f"{names.n_clusters} clusters; pass --run the run that predicted it.")
         yield Item(key.replace("/", "__"), _classes_of(clusters, names), source=Path(source))
 
@@ -204,7 +206,7 @@ def write_export(items: Iterator[Item], class_names: tuple[str, ...], out_dir: P
         atomic.write_json(tmp / "annotations.json", coco)
         corpus = {"corpus": {"n_classes": len(class_names), "ignore_index": IGNORED,
                              "class_names": list(class_names), "demo": False}}
-        atomic.write_text(tmp / "corpus.yaml", yaml.safe_dump(corpus, sort_keys=False))
+        atomic.write_text(tmp / CORPUS_FILE, yaml.safe_dump(corpus, sort_keys=False))
         atomic.mark_folder(tmp, KIND)
     return {"images": len(images), "annotations": len(annotations), "classes": len(class_names)}
 
@@ -225,9 +227,9 @@ def export(run_dir: Path, out_dir: Path, predictions: Path | None = None, split:
         FileNotFoundError, ValueError: one sentence (no run, a bad names file, a bad source).
     """
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    model = run_path(run_dir, "model") / "model.json"
+    model = run_path(run_dir, "model") / MODEL_JSON
     if not model.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no trained run ({PATHS['model']}/model.json); pass --run a run folder.")
+        raise FileNotFoundError(f"{run_dir} holds no trained run ({PATHS['model']}/{MODEL_JSON}); pass --run a run folder.")
     n_clusters = _n_clusters(model)
     names = load_names(run_path(run_dir, "cluster_names"), n_clusters)
     items = predict_items(Path(predictions), names) if predictions is not None else val_items(run_dir, names)

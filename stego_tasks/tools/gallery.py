@@ -36,6 +36,8 @@ from stego_tasks.runtime import atomic
 from stego_tasks.tools.cluster_names import ClusterNames
 from stego_tasks.tools.visualize import palette
 
+# The gallery's record, beside its strips (the report and `stego names init` read it).
+GALLERY_JSON = "gallery.json"
 THUMB = 112  # px: the side of each example in a cluster's strip
 ELEMENTS_PER_BATCH = 8_000_000  # float32 probabilities held at once (images x clusters x pixels)
 
@@ -202,6 +204,6 @@ def write_gallery(out_dir: Path, images: zarr.Array, final: zarr.Array, entries:
         for entry in entries:
             pictures = [example_picture(images[i], final[i], entry["id"]) for i in entry["examples"]]
             Image.fromarray(_strip(pictures)).save(tmp / entry["file"], optimize=True)
-        atomic.write_json(tmp / "gallery.json", {**info, "clusters": entries})
+        atomic.write_json(tmp / GALLERY_JSON, {**info, "clusters": entries})
         atomic.mark_folder(tmp, "gallery")  # so the next evaluate may replace it
-    return out_dir / "gallery.json"
+    return out_dir / GALLERY_JSON

@@ -46,6 +46,10 @@ from stego_tasks.runtime import atomic
 from stego_tasks.runtime.devices import backbone_precision
 from stego_tasks.runtime.progress import Progress
 from stego_tasks.tools.predict_output import (
+    CLASSES_PNG,
+    CLUSTERS_PNG,
+    NAMED_PNG,
+    OVERLAY_PNG,
     WRITER,
     check_out_dir,
     legend,
@@ -241,11 +245,11 @@ def write_outputs(image: np.ndarray, seg: Segmentation, out_dir: Path, key: Path
     The overlay shows the user's names when there are any, else the matched classes, else the clusters.
     """
     base = out_dir / key
-    _save_png(palette_png(seg.clusters), base.with_name(f"{base.name}_clusters.png"))
+    _save_png(palette_png(seg.clusters), base.with_name(base.name + CLUSTERS_PNG))
     if seg.classes is not None:
-        _save_png(_class_palette_png(seg.classes), base.with_name(f"{base.name}_classes.png"))
+        _save_png(_class_palette_png(seg.classes), base.with_name(base.name + CLASSES_PNG))
     if seg.named is not None:
-        _save_png(_class_palette_png(seg.named), base.with_name(f"{base.name}_named.png"))
+        _save_png(_class_palette_png(seg.named), base.with_name(base.name + NAMED_PNG))
     shown = seg.named if seg.named is not None else seg.classes
     if shown is None:
         blended = overlay(image, seg.clusters)
@@ -253,7 +257,7 @@ def write_outputs(image: np.ndarray, seg: Segmentation, out_dir: Path, key: Path
         # Classes (their colours are the legend's); unmatched or ignored pixels stay untinted.
         blended = overlay(image, shown)
         blended[shown == UNMATCHED] = image[shown == UNMATCHED]
-    _save_png(Image.fromarray(blended), base.with_name(f"{base.name}_overlay.png"))
+    _save_png(Image.fromarray(blended), base.with_name(base.name + OVERLAY_PNG))
 
 
 def predict_paths(

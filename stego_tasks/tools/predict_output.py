@@ -15,13 +15,18 @@ import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from stego_tasks.method.model import MODEL_WEIGHTS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.trained_run import UNMATCHED, Run
 from stego_tasks.tools.visualize import palette
 
 # legend.json's `written_by`: marks a folder this command wrote (and may rewrite).
 WRITER = "stego predict"
-OUTPUT_SUFFIXES = ("_clusters.png", "_overlay.png", "_classes.png", "_named.png")
+# The output folder's record (which run and command wrote it, its files); `stego export` reads it.
+LEGEND = "legend.json"
+# What `stego predict` writes per image: <stem> + each suffix (`stego export` reads the clusters).
+CLUSTERS_PNG, OVERLAY_PNG, CLASSES_PNG, NAMED_PNG = "_clusters.png", "_overlay.png", "_classes.png", "_named.png"
+OUTPUT_SUFFIXES = (CLUSTERS_PNG, OVERLAY_PNG, CLASSES_PNG, NAMED_PNG)
 
 
 def output_keys(images: list[tuple[Path, Path]]) -> list[Path]:
@@ -111,7 +116,7 @@ def previous_outputs(out_dir: Path) -> list[str] | None:
         Paths relative to `out_dir` (POSIX), or None.
     """
     try:
-        data = json.loads((out_dir / "legend.json").read_text(encoding="utf-8"))
+        data = json.loads((out_dir / LEGEND).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(data, dict):
@@ -173,7 +178,7 @@ def check_out_dir(inputs: list[Path], out_dir: Path) -> list[str]:
 
 
 def model_digest(run: Run) -> str | None:
-    path = run.model_dir / "model.safetensors" if run.model_dir is not None else None
+    path = run.model_dir / MODEL_WEIGHTS if run.model_dir is not None else None
     if path is None or not path.is_file():
         return None
     return hashlib.sha256(path.read_bytes()).hexdigest()
@@ -198,12 +203,12 @@ def publish(staging: Path, out_dir: Path, previous: list[str], record: dict) -> 
     """
     written = sorted(path.relative_to(staging).as_posix() for path in staging.rglob("*") if path.is_file())
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_json(out_dir / "legend.json", {**record, "complete": False, "files": sorted(set(previous) | set(written))})
+    atomic.write_json(out_dir / LEGEND, {**record, "complete": False, "files": sorted(set(previous) | set(written))})
     for relative in sorted(set(previous) - set(written)):
         _remove_file(out_dir, relative)
     for relative in written:
         target = out_dir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staging / relative, target)
-    atomic.write_json(out_dir / "legend.json", {**record, "complete": True, "files": written})
+    atomic.write_json(out_dir / LEGEND, {**record, "complete": True, "files": written})
     return written

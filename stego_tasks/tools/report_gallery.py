@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from stego_tasks.paths import PATHS
+from stego_tasks.tools.gallery import GALLERY_JSON
 from stego_tasks.tools.visualize import palette
 
-GALLERY = f"{PATHS['gallery']}/gallery.json"
+GALLERY = f"{PATHS['gallery']}/{GALLERY_JSON}"
 GROUP = 24  # clusters per fold of the gallery: K = 100 opens as five folds, largest clusters first
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 GALLERY_CSS = """

@@ -14,9 +14,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.method.shift_stats import SHIFT_STATS_FILE
 from stego_tasks.paths import PATHS
 
-SHIFT_STATS = f"{PATHS['model']}/shift_stats.json"  # written by the train stage into its model folder
+SHIFT_STATS = f"{PATHS['model']}/{SHIFT_STATS_FILE}"  # written by the train stage into its model folder
 SEEDS = PATHS["seeds"]
 
 

@@ -112,7 +112,7 @@ def provenance_section(scores: dict[str, Any] | None, records: list[dict[str, An
     head = "<h2>Provenance</h2>"
     origin = (scores or {}).get(PROVENANCE) or next((r.get(PROVENANCE) for r in reversed(records) if r.get(PROVENANCE)), None)
     if not isinstance(origin, dict):
-        return head + _note("No provenance recorded (metrics/scores.json predates it, and no stage trace has it).")
+        return head + _note(f"No provenance recorded ({PATHS['scores']} predates it, and no stage trace has it).")
     commit = origin.get("git_commit")
     facts = [
         ("project version", origin.get("project")),
@@ -123,5 +123,5 @@ def provenance_section(scores: dict[str, Any] | None, records: list[dict[str, An
         *sorted((name, version or "not installed") for name, version in (origin.get("packages") or {}).items()),
     ]
     rows = "".join(f"<tr><th>{escape(str(k))}</th><td>{escape(str(v))}</td></tr>" for k, v in facts)
-    source = "metrics/scores.json (the evaluate stage)" if (scores or {}).get(PROVENANCE) else "the latest stage trace"
+    source = f"{PATHS['scores']} (the evaluate stage)" if (scores or {}).get(PROVENANCE) else "the latest stage trace"
     return head + f'<table id="provenance">{rows}</table>' + _note(f"Recorded by {source}.")

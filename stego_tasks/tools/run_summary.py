@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.paths import PATHS
+
 METHODS: tuple[tuple[str, str], ...] = (
     ("cluster", "cluster"),
     ("cluster_crf", "cluster + CRF"),
@@ -54,7 +56,7 @@ def format_summary(scores: dict[str, Any], report_path: str | None = None) -> st
     return "\n".join(lines)
 
 
-def summary_from_files(scores_path: str | Path = "metrics/scores.json", report_path: str | Path = "reports/report.html") -> str:
+def summary_from_files(scores_path: str | Path = PATHS["scores"], report_path: str | Path = PATHS["report"]) -> str:
     """`format_summary` of the files a run wrote; a one-line note when the scores are missing."""
     scores_path, report_path = Path(scores_path), Path(report_path)
     if not scores_path.is_file():

@@ -18,7 +18,7 @@ import zarr
 
 from stego_tasks.config import ClusterParams, CRFParams
 from stego_tasks.method.backbone import Backbone, create_seeded_backbone
-from stego_tasks.method.model import StegoModel, load_model
+from stego_tasks.method.model import MODEL_JSON, MODEL_WEIGHTS, StegoModel, holds_model, load_model
 from stego_tasks.method.weights import WeightsNotFoundError, weights_argument
 from stego_tasks.params_schema import params_block
 from stego_tasks.paths import PATHS, run_path
@@ -80,10 +80,10 @@ class Run:
 
 def _model_dir(run_dir: Path) -> Path:
     for candidate in (run_path(run_dir, "model"), run_dir):
-        if (candidate / "model.json").is_file() and (candidate / "model.safetensors").is_file():
+        if holds_model(candidate):
             return candidate
     raise FileNotFoundError(
-        f"{run_dir} holds no trained model (artifacts/model/model.json + model.safetensors); "
+        f"{run_dir} holds no trained model ({PATHS['model']}/{MODEL_JSON} + {MODEL_WEIGHTS}); "
         "pass --run the project folder of a run whose `dvc repro` (or `stego train`) finished."
     )
 
@@ -95,7 +95,7 @@ def _weights_for(info: dict, run_dir: Path) -> str:
         weights = weights_argument(source)
     except ValueError:
         raise ValueError(
-            f"model.json records backbone_weights {source!r}, not 'file:<path>', 'hub-cache', "
+            f"{MODEL_JSON} records backbone_weights {source!r}, not 'file:<path>', 'hub-cache', "
             "'hub-download' or 'random'; pass --weights PATH to the checkpoint the run used."
         ) from None
     if not source.startswith("file:"):
@@ -106,7 +106,7 @@ def _weights_for(info: dict, run_dir: Path) -> str:
         if path.is_file():
             return str(path)
     raise FileNotFoundError(
-        f"The run's backbone checkpoint {str(recorded)!r} (model.json backbone_weights) does "
+        f"The run's backbone checkpoint {str(recorded)!r} ({MODEL_JSON} backbone_weights) does "
         "not exist here; pass --weights PATH to the checkpoint the run was trained with."
     )
 
@@ -242,7 +242,7 @@ def load_run(
     info = model.info
     name = info.get("backbone")
     if not name:
-        raise ValueError(f"{model_dir / 'model.json'} does not name its backbone; rerun `stego train`.")
+        raise ValueError(f"{model_dir / MODEL_JSON} does not name its backbone; rerun `stego train`.")
     source = str(info.get("backbone_weights"))
     # The position-embedding resampling the features were stored with (`extract.preprocess`).
     pos_embed = str(info.get("pos_embed") or "timm")

@@ -1,8 +1,0 @@
-"""Prefect flow `crf`: the DVC stage `crf` as a flow run (`flows.stage_flow`), wrapping `stego_tasks`."""
-
-from __future__ import annotations
-
-from flows import stage_functions
-from flows.stage_flow import stage_flow
-
-crf_flow = stage_flow(stage_functions.crf)

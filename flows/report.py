@@ -1,8 +1,0 @@
-"""Prefect flow `report`: the DVC stage `report` as a flow run (`flows.stage_flow`), wrapping `stego_tasks`."""
-
-from __future__ import annotations
-
-from flows import stage_functions
-from flows.stage_flow import stage_flow
-
-report_flow = stage_flow(stage_functions.report)
