@@ -94,7 +94,8 @@ def adapt_from_args(args: argparse.Namespace) -> int:
     """
     import yaml
 
-    from stego_tasks.data.adapters import CORPUS_FILE, PARAMS_FILE, adapt, preset_for, write_params
+    from stego_tasks.data.adapters import PARAMS_FILE, adapt, preset_for, write_params
+    from stego_tasks.data.adapters.core import CORPUS_FILE
 
     preset_for(args.name, args.backbone)  # refuse an unpublished pair before any file is written
     summary = adapt(args.name, args.src, args.dst, unlabelled_train=args.unlabelled_train)

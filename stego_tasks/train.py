@@ -42,7 +42,7 @@ from stego_tasks.data.training_data import (
 )
 from stego_tasks.method.batching import step_plan
 from stego_tasks.method.loss import correspondence_loss
-from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
+from stego_tasks.method.model import StegoModel, build_model, save_model
 from stego_tasks.method.selection import BestCheckpoint, ValScorer, refit_cluster_probe
 from stego_tasks.method.shift_stats import (
     auto_shifts,
@@ -57,8 +57,8 @@ from stego_tasks.runtime.progress import Progress
 
 log = logging.getLogger("stego")
 
-# The model type and its files live in `stego_tasks/method/model.py`; re-exported for older callers.
-__all__ = ["LOSS_COLUMNS", "StegoModel", "build_model", "fit", "load_model", "save_model", "train", "write_loss_log"]
+# The model type and its files live in `stego_tasks/method/model.py`; import them from there.
+__all__ = ["LOSS_COLUMNS", "fit", "train", "training_batches", "write_loss_log"]
 
 LOSS_COLUMNS = ("step", "total", "intra", "inter", "neg", "cluster", "linear")
 

@@ -22,34 +22,21 @@ from pathlib import Path
 
 from stego_tasks.data.adapters.cityscapes import CITYSCAPES27
 from stego_tasks.data.adapters.cocostuff import COCOSTUFF27
-from stego_tasks.data.adapters.core import (
-    CORPUS_FILE,
-    AdaptSummary,
-    DatasetAdapter,
-    Entry,
-    LabelParams,
-    build_lut,
-    remap_labels,
-)
+from stego_tasks.data.adapters.core import AdaptSummary, DatasetAdapter
 from stego_tasks.data.adapters.potsdam import POTSDAM, POTSDAM3
 from stego_tasks.presets import params_text
 from stego_tasks.runtime import atomic
 
 __all__ = [
     "ADAPTERS",
-    "CORPUS_FILE",
     "LAYOUT_HELP",
     "PARAMS_FILE",
     "PRESETS_FOR",
     "AdaptSummary",
-    "LabelParams",
     "DatasetAdapter",
-    "Entry",
     "adapt",
-    "build_lut",
     "get_adapter",
     "preset_for",
-    "remap_labels",
     "write_params",
 ]
 
