@@ -33,6 +33,7 @@ from PIL import Image
 from stego_tasks.config import CorpusParams, EvaluateParams
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import open_store, same_images
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.metrics import ScoreAccumulator, mapped_scores
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.provenance import provenance
@@ -243,7 +244,7 @@ def evaluate(
     }
     same_images(stores["cluster"], read_split(store_path, "val", arrays=["image_ids"]), cluster_path, store_path)
     if stores["crf"]["cluster_pred"].shape != stores["cluster"]["cluster_pred"].shape:
-        raise ValueError(
+        raise InvalidInputError(
             f"{crf_path} refines other predictions than {cluster_path} holds; rerun `stego crf` (or `dvc repro`)."
         )
     root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)

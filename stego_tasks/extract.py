@@ -56,6 +56,7 @@ from stego_tasks.data.store_labels import (
     write_labels,
 )
 from stego_tasks.data.store_writer import SplitWriter
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.backbone import Backbone
 from stego_tasks.method.weights import weights_argument
 from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
@@ -209,7 +210,7 @@ def plan_extraction(
     for key in ("resolution", "val_resolution"):
         value = getattr(params, key)
         if value and value % backbone.patch_size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"extract.{key} {value} is not a multiple of the backbone's patch size "
                 f"{backbone.patch_size}; use e.g. {max(1, value // backbone.patch_size) * backbone.patch_size}."
             )

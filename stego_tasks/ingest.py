@@ -60,6 +60,7 @@ from stego_tasks.data.manifest import (
     read_manifest,
     sha256_file,
 )
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.runtime import atomic
 
 log = logging.getLogger("stego")
@@ -227,7 +228,7 @@ def _read_previous(manifest_path: Path) -> tuple[dict, int, bool]:
     try:
         table = pq.read_table(manifest_path)
     except (OSError, pa.ArrowException) as exc:
-        raise ValueError(
+        raise InvalidInputError(
             f"the existing manifest {manifest_path} cannot be read ({exc}); delete it to "
             f"ingest from scratch (ids will then be renumbered)."
         ) from exc

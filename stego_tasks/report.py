@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from stego_tasks.config import ReportParams
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.report_dag import dag_section
@@ -125,7 +126,7 @@ def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); rerun `dvc repro` to rewrite it.") from None
+        raise InvalidInputError(f"{path} is not valid JSON ({error}); rerun `dvc repro` to rewrite it.") from None
 
 
 def _read_png(path: Path) -> bytes | None:
@@ -339,9 +340,9 @@ def render(run_dir: Path, params: ReportParams | None = None) -> str:
 def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
     """(page, whether the backbone weights were random); see `render`."""
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"Run folder {run_dir} does not exist; pass --run with a project folder after `dvc repro`.")
+        raise MissingInputError(f"Run folder {run_dir} does not exist; pass --run with a project folder after `dvc repro`.")
     if not any((run_dir / relative).exists() for relative in INPUTS.values()):
-        raise ValueError(
+        raise InvalidInputError(
             f"{run_dir} holds none of a run's outputs ({', '.join(INPUTS.values())}); "
             "run `dvc repro` there first or pass --run with a finished run folder."
         )

@@ -40,6 +40,7 @@ from stego_tasks.data.training_data import (
     data_identity,
     load_training_data,
 )
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.batching import step_plan
 from stego_tasks.method.loss import correspondence_loss
 from stego_tasks.method.model import StegoModel, build_model, save_model
@@ -226,25 +227,25 @@ def _load_checkpoint(path: Path, model: StegoModel, optimizers, generator, ident
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a checkpoint
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} cannot be read ({type(exc).__name__}); rerun without --resume to start over."
         ) from None
     if not isinstance(state, dict) or state.get("checksum") != _state_checksum(state):
         # A flipped bit in a tensor unpickles fine; only the recorded checksum tells.
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} does not match the checksum recorded when it was written (damaged on disk, or not written "
             "by this version of stego train); rerun without --resume to start over."
         )
     if identity is not None:
         recorded = state.get("identity")
         if recorded is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} does not record the settings it was trained with (an older checkpoint), so resuming "
                 "could not be exact; rerun without --resume to start over."
             )
         changes = _identity_changes(recorded, identity)
         if changes:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} was written with other settings than now ({'; '.join(changes)}); rerun without --resume "
                 "to start over, or restore the old values to resume."
             )
@@ -301,7 +302,7 @@ def fit(
         (trained model on the CPU in eval mode, logged loss rows).
     """
     if data.size < 2:
-        raise ValueError(f"training needs at least 2 crops, found {data.size}; add images to the corpus.")
+        raise InvalidInputError(f"training needs at least 2 crops, found {data.size}; add images to the corpus.")
     device = resolve_device(params.device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -313,13 +314,13 @@ def fit(
     identity = checkpoint_identity(data, n_classes, params, seed, ignore_index) if checkpoint is not None else None
     if resume and checkpoint is not None and checkpoint.exists():
         if params.select == "best":
-            raise ValueError(
+            raise InvalidInputError(
                 "train.select: best keeps the best step's weights in memory only, so a resumed run could not be "
                 "exact; rerun without --resume, or set train.select: last to resume."
             )
         start, rows = _load_checkpoint(checkpoint, model, optimizers, generator, identity)
         if start >= params.steps:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{checkpoint} is at step {start}, not before train.steps {params.steps}; rerun without --resume "
                 f"to start over, or set train.steps above {start} to resume."
             )

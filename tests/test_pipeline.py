@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, always_changed, downstream, dvc_repro, run, set_params, stage_graph
+from conftest import VENV_BIN, always_changed, downstream, dvc_repro, run, stage_graph
+from tiny_project import set_params
 
 from stego_tasks.paths import PATHS
 

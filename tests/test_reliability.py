@@ -30,8 +30,9 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import SUBPROCESS_ENV, VENV_BIN, free_port, make_tiny_project, run
+from conftest import SUBPROCESS_ENV, VENV_BIN, free_port, run
 from PIL import Image
+from tiny_project import make_tiny_project
 
 from stego_tasks.demo_data import make_demo_corpus
 from stego_tasks.ingest import ingest

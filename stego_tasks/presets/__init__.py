@@ -23,6 +23,7 @@ from stego_tasks.config import (
     params_to_dict,
     preset_names,
 )
+from stego_tasks.errors import InvalidInputError
 
 DEFAULT_PRESET = "custom"
 DEMO_BLOCK = """demo:
@@ -47,7 +48,7 @@ def preset_text(name: str) -> str:
         ValueError: unknown preset name.
     """
     if name not in list_presets():
-        raise ValueError(f"unknown preset {name!r}; use one of {list_presets()}.")
+        raise InvalidInputError(f"unknown preset {name!r}; use one of {list_presets()}.")
     return resources.files(__name__).joinpath(f"{name}.yaml").read_text(encoding="utf-8")
 
 

@@ -13,6 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.paths import PATHS
 
 TRACE_DIR = PATHS["trace"]
@@ -50,7 +51,7 @@ def trace_records(run_dir: Path) -> list[dict[str, Any]]:
         try:
             record = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); rerun its stage to rewrite it.") from None
+            raise InvalidInputError(f"{path} is not valid JSON ({error}); rerun its stage to rewrite it.") from None
         if isinstance(record, dict) and record.get("stage") != OWN_STAGE and _time(record.get("started")):
             records.append(record)
     return sorted(records, key=lambda r: _time(r["started"]))
