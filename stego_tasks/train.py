@@ -343,6 +343,49 @@ def fit(
     return model.to(torch.device("cpu")).eval(), rows
 
 
+def _shifts_and_stats(data: TrainingData, params: TrainParams, seed: int) -> tuple[tuple[float, ...], dict]:
+    """The loss shifts to train with (`train.shifts`, or drawn when "auto") and the correlation stats.
+
+    The three feature-correlation distributions are drawn on a sample of the training features
+    before the loop; they set "auto" shifts and are kept for the report either way.
+    """
+    samples = correlation_samples(
+        data, batch_size=params.batch_size, feature_samples=params.feature_samples, neg_samples=params.neg_samples,
+        pointwise=params.pointwise, seed=seed,
+    )
+    shifts = auto_shifts(samples, params.shift_quantile) if params.shifts == "auto" else tuple(params.shifts)
+    if params.shifts == "auto":
+        log.info("train: shifts auto at quantile %g: intra %.4f, kNN %.4f, random %.4f", params.shift_quantile, *shifts)
+    return shifts, correlation_stats(samples, shifts)
+
+
+def _model_info(store_path: Path, data: TrainingData, corpus: CorpusParams, params: TrainParams, seed: int,
+                shifts: tuple[float, ...]) -> dict[str, Any]:
+    """What `model.json` records about the run: the corpus, the features it was fit on, the settings."""
+    store = json.loads(json.dumps(dict(zarr.open_group(str(store_path), mode="r").attrs)))
+    return {
+        "in_dim": data.in_dim,
+        "n_classes": corpus.n_classes,
+        "class_names": list(corpus.class_names),
+        "ignore_index": corpus.ignore_index,
+        "backbone": store.get("backbone"),
+        "backbone_weights": store.get("weights_source"),
+        # The checkpoint's content the features came from: `stego predict` refuses another file.
+        **({"backbone_weights_sha256": store["weights_sha256"]} if store.get("weights_sha256") else {}),
+        "resolution": store.get("resolution"),
+        # How the stored inputs were made, so `stego predict` feeds new images the same way.
+        "preprocess": store.get("preprocess", "antialias"),
+        "pos_embed": store.get("pos_embed", "timm"),
+        "seed": seed,
+        "train": params_to_dict(params),
+        "linear_probe_trained": data.labels is not None,
+        "shifts_used": list(shifts),
+        "shifts_setting": "auto" if params.shifts == "auto" else "fixed",
+        "selection": {"select": "last", "uses_labels": False},
+        "probe_init": params.probe_init,
+    }
+
+
 def train(
     store_path: Path,
     knn_path: Path,
@@ -377,42 +420,14 @@ def train(
         The trained `StegoModel` (also written to `model_dir`).
     """
     data = load_training_data(store_path, knn_path, corpus.ignore_index, corpus.n_classes)
-    samples = correlation_samples(
-        data, batch_size=params.batch_size, feature_samples=params.feature_samples, neg_samples=params.neg_samples,
-        pointwise=params.pointwise, seed=seed,
-    )
-    shifts = auto_shifts(samples, params.shift_quantile) if params.shifts == "auto" else tuple(params.shifts)
-    if params.shifts == "auto":
-        log.info("train: shifts auto at quantile %g: intra %.4f, kNN %.4f, random %.4f", params.shift_quantile, *shifts)
-    stats = correlation_stats(samples, shifts)
+    shifts, stats = _shifts_and_stats(data, params, seed)
     effective = dataclasses.replace(params, shifts=shifts)
     scorer = None
     if params.select == "best":
         scorer = ValScorer(
             read_split(store_path, "val"), corpus.n_classes, resolve_device(params.device), in_memory_bytes=IN_MEMORY_BYTES
         )
-    store = json.loads(json.dumps(dict(zarr.open_group(str(store_path), mode="r").attrs)))
-    info = {
-        "in_dim": data.in_dim,
-        "n_classes": corpus.n_classes,
-        "class_names": list(corpus.class_names),
-        "ignore_index": corpus.ignore_index,
-        "backbone": store.get("backbone"),
-        "backbone_weights": store.get("weights_source"),
-        # The checkpoint's content the features came from: `stego predict` refuses another file.
-        **({"backbone_weights_sha256": store["weights_sha256"]} if store.get("weights_sha256") else {}),
-        "resolution": store.get("resolution"),
-        # How the stored inputs were made, so `stego predict` feeds new images the same way.
-        "preprocess": store.get("preprocess", "antialias"),
-        "pos_embed": store.get("pos_embed", "timm"),
-        "seed": seed,
-        "train": params_to_dict(params),
-        "linear_probe_trained": data.labels is not None,
-        "shifts_used": list(shifts),
-        "shifts_setting": "auto" if params.shifts == "auto" else "fixed",
-        "selection": {"select": "last", "uses_labels": False},
-        "probe_init": params.probe_init,
-    }
+    info = _model_info(store_path, data, corpus, params, seed, shifts)
     checkpoint = Path(model_dir) / "checkpoint.pt"
     with artifact_lock(model_dir):
         model, rows = fit(data, corpus.n_classes, effective, seed, corpus.ignore_index, info, checkpoint, resume, scorer)
