@@ -34,7 +34,7 @@ from stego_tasks.config import CorpusParams, EvaluateParams
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import open_store, same_images
 from stego_tasks.errors import InvalidInputError
-from stego_tasks.method.metrics import ScoreAccumulator, mapped_scores
+from stego_tasks.method.metrics import METHODS, ScoreAccumulator, mapped_scores
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.provenance import provenance
 from stego_tasks.tools.cluster_names import ClusterNames, load_names
@@ -43,14 +43,6 @@ from stego_tasks.tools.visualize import colorize, panel
 
 log = logging.getLogger("stego")
 
-METHODS = {
-    # method: (array, store, matched)
-    "cluster": ("cluster_pred", "cluster", True),
-    "cluster_crf": ("cluster_pred", "crf", True),
-    "linear": ("linear_pred", "cluster", False),
-    "linear_crf": ("linear_pred", "crf", False),
-    "kmeans": ("kmeans_pred", "cluster", True),
-}
 # The confusion for DVC's `confusion` template: one (actual, predicted) row per this share of
 # the labelled validation pixels, so the drawn counts are per CONFUSION_ROWS pixels.
 CONFUSION_ROWS = 10_000
@@ -83,7 +75,7 @@ def score_methods(
         {method: scores dict from `ScoreAccumulator.compute`}.
     """
     accumulators = {}
-    for method, (array, store, matched) in METHODS.items():
+    for method, (_label, array, store, matched) in METHODS.items():
         if array in stores[store]:
             clusters = corpus.n_classes if method in ("linear", "linear_crf", "kmeans") else n_clusters
             accumulators[method] = ScoreAccumulator(corpus.n_classes, clusters, matching=matched)
@@ -91,7 +83,7 @@ def score_methods(
         rows = slice(start, start + batch)
         truth = _labels_for_metrics(labels[rows], corpus)
         for method, accumulator in accumulators.items():
-            array, store, _ = METHODS[method]
+            _label, array, store, _ = METHODS[method]
             accumulator.update(stores[store][array][rows].astype(np.int64), truth)
     return {method: accumulator.compute() for method, accumulator in accumulators.items()}
 

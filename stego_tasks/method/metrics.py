@@ -18,12 +18,32 @@ error, so it lowers its true class's IoU and stays in the accuracy denominator.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from stego_tasks.errors import InvalidInputError
+
+
+class ScoredMethod(NamedTuple):
+    """One way a run predicts classes, as evaluate scores it and the tables show it."""
+
+    label: str  # its words in tables (the report, the end-of-run summary, `stego seeds`)
+    array: str  # the prediction array in the store below
+    store: str  # "cluster" (artifacts/predictions.zarr) or "crf" (artifacts/crf.zarr)
+    matched: bool  # Hungarian-matched to the labels (unsupervised) or scored directly (linear probe)
+
+
+# The methods a run scores, in table order: the one list the evaluate stage, the report, the
+# end-of-run table, `stego seeds` and the Prefect artifacts read.
+METHODS: dict[str, ScoredMethod] = {
+    "cluster": ScoredMethod("cluster", "cluster_pred", "cluster", True),
+    "cluster_crf": ScoredMethod("cluster + CRF", "cluster_pred", "crf", True),
+    "linear": ScoredMethod("linear", "linear_pred", "cluster", False),
+    "linear_crf": ScoredMethod("linear + CRF", "linear_pred", "crf", False),
+    "kmeans": ScoredMethod("k-means baseline", "kmeans_pred", "cluster", True),
+}
 
 
 def _as_int_array(values: Any, name: str) -> np.ndarray:

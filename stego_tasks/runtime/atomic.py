@@ -214,6 +214,28 @@ def write_json(target: str | Path, payload: Any) -> None:
     write_text(target, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+def read_json(path: Path, redo: str = "rerun `dvc repro` to rewrite it") -> Any:
+    """The JSON a stage wrote to `path`, or None when there is no such file.
+
+    The one reader of the report's inputs (the report and its sections): a missing file is
+    the section's to explain, a damaged one is refused in one sentence, never skipped.
+
+    Args:
+        path: a JSON file that may not exist yet.
+        redo: what to do about a damaged file, for the message.
+
+    Raises:
+        ValueError: not UTF-8 JSON (one sentence naming the file and `redo`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"{path} is not valid JSON ({error}); {redo}.") from None
+
+
 def read_json_object(path: Path, writer: str, redo: str) -> dict:
     """The JSON object a stage wrote to `path`; damage gets one sentence naming the fix.
 

@@ -12,13 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-METHODS: tuple[tuple[str, str], ...] = (
-    ("cluster", "cluster"),
-    ("cluster_crf", "cluster + CRF"),
-    ("linear", "linear"),
-    ("linear_crf", "linear + CRF"),
-    ("kmeans", "k-means baseline"),
-)
+from stego_tasks.method.metrics import METHODS
 
 
 def _number(value: Any) -> str:
@@ -36,7 +30,7 @@ def format_summary(scores: dict[str, Any], report_path: str | None = None) -> st
         Lines joined by newlines (no trailing newline); at most about 50 characters wide.
     """
     lines = [f"{'method':<18}{'accuracy':>10}{'mIoU':>8}", "-" * 36]
-    for key, label in METHODS:
+    for key, (label, *_) in METHODS.items():
         entry = scores.get(key)
         if isinstance(entry, dict):
             lines.append(f"{label:<18}{_number(entry.get('accuracy')):>10}{_number(entry.get('miou')):>8}")
