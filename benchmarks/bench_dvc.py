@@ -1,9 +1,9 @@
 """Benchmark: `dvc repro` wall time: no-op, after a CRF-param change, and a full run.
 
-Works on a throw-away copy of the project (the files `git ls-files` lists in the repo, plus
-new not-ignored sources, outputs excluded, in a temp folder, with its own git repo, DVC site cache and PREFECT_HOME), sized to run in
-seconds: random-weight ViT-Ti/16 at 32 px, 30 training steps, a demo corpus of 8 + 4
-images of 64 px. Every stage runs as `dvc.yaml` says: `stego <stage>`, one Prefect flow per
+Works on the test suite's tiny project (`tiny_project.py`: a throw-away git + DVC copy of
+the repo in a temp folder, with its own DVC site cache and PREFECT_HOME), sized to run in
+seconds: random-weight ViT-Ti/16 at 32 px, 30 training steps, a demo corpus of 6 + 3
+images of 64 px (`tiny_project.describe()` prints the sizes it really uses). Every stage runs as `dvc.yaml` says: `stego <stage>`, one Prefect flow per
 stage (each `stego` process starts its own ephemeral Prefect API server, as `make demo`
 runs; `--prefect-server` points them all at one real server instead, as the tests do).
 
@@ -25,25 +25,12 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 GOAL_NOOP_S = 3.0
-TINY_PARAMS = {
-    ("demo_data", "n_train"): 8,
-    ("demo_data", "n_val"): 4,
-    ("demo_data", "size"): 64,
-    ("backbone", "name"): "vit_tiny_patch16_224",
-    ("backbone", "weights"): "random",
-    ("extract", "resolution"): 32,
-    ("extract", "val_resolution"): 32,
-    ("train", "steps"): 30,
-}
-# Outputs of a run and the environment: never copied into the throw-away project.
-NOT_COPIED = ("artifacts/", "data/", "metrics/", "plots/", "dvc.lock", ".venv/", "benchmarks/", "tests/")
 # Upstream of `crf`: a crf-param change must run none of these (only crf and what follows it).
 UPSTREAM_OF_CRF = ("demo_data", "ingest", "validate", "extract", "knn", "train", "cluster")
 
@@ -73,77 +60,12 @@ def _environment(root: Path) -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 900) -> subprocess.CompletedProcess:
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False)
-    if result.returncode != 0:
-        raise RuntimeError(
-            f"`{' '.join(args)}` exited with {result.returncode} in {cwd}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-        )
-    return result
-
-
-def set_params(project: Path, updates: dict[tuple[str, ...], object]) -> None:
-    """Set keys of `project/params.yaml` in place (comments kept when ruamel.yaml is there).
-
-    Args:
-        project: folder holding params.yaml.
-        updates: {(block, key): value}.
-    """
-    path = project / "params.yaml"
-    try:
-        from ruamel.yaml import YAML
-
-        yaml = YAML()
-        params = yaml.load(path.read_text())
-    except ImportError:
-        import yaml
-
-        params = yaml.safe_load(path.read_text())
-    for keys, value in updates.items():
-        block = params
-        for key in keys[:-1]:
-            block = block[key]
-        if keys[-1] not in block:
-            raise KeyError(f"params.yaml has no key {'.'.join(keys)}; update TINY_PARAMS in {__file__}.")
-        block[keys[-1]] = value
-    with path.open("w") as handle:
-        if "YAML" in locals():
-            yaml.dump(params, handle)
-        else:
-            yaml.safe_dump(params, handle, sort_keys=False)
-
-
-def make_project(root: Path, env: dict[str, str]) -> Path:
-    """Copy the repo's tracked files into `root/project` and make it a tiny git + DVC project.
-
-    Args:
-        root: temp folder (the project, site cache and Prefect home go inside).
-        env: environment for git and dvc.
-
-    Returns:
-        The project folder.
-    """
-    from benchutil import REPO
-
-    project = root / "project"
-    # Tracked files plus new, not-ignored ones (a stage module not committed yet), never outputs.
-    listed = _run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO, env).stdout.splitlines()
-    for name in listed:
-        if (REPO / name).is_file() and not name.startswith(NOT_COPIED):
-            (project / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, project / name)
-    _run(["git", "init", "--quiet"], project, env)
-    if not (project / ".dvc" / "config").exists():
-        _run(["dvc", "init", "--quiet"], project, env)
-    _run(["dvc", "config", "--local", "core.site_cache_dir", str(root / "dvc-site-cache")], project, env)
-    set_params(project, TINY_PARAMS)
-    return project
-
-
 def repro(project: Path, env: dict[str, str], *extra: str) -> tuple[float, list[str]]:
     """Run `dvc repro` and return (wall seconds, stages it ran)."""
     start = time.perf_counter()
-    result = _run(["dvc", "repro", *extra], project, env)
+    from tiny_project import run_checked
+
+    result = run_checked(["dvc", "repro", *extra], project, env, timeout=900)
     seconds = time.perf_counter() - start
     return seconds, re.findall(r"Running stage '([^']+)'", result.stdout + result.stderr)
 
@@ -152,15 +74,16 @@ def main() -> None:
     """Measure and print JSON lines plus a summary table."""
     args = _parse()
     from benchutil import emit, machine, median, note, print_table, verdict
+    from tiny_project import describe, make_tiny_project, set_params
 
     from flows.prefect_server import start_local_server, stop_local_server
 
-    common = {"bench": "dvc", **machine(), "prefect": "server" if args.prefect_server else "ephemeral"}
+    common = {"bench": "dvc", "project": describe(), **machine(), "prefect": "server" if args.prefect_server else "ephemeral"}
     root = Path(tempfile.mkdtemp(prefix="bench-dvc-"))
     server = None
     try:
         env = _environment(root)
-        project = make_project(root, env)
+        project = make_tiny_project(root / "project", env)
         if args.prefect_server:
             note("dvc: starting one Prefect server for all stages")
             server = start_local_server(root / "prefect-server.log", home=Path(env["PREFECT_HOME"]), timeout=180, env=env)
@@ -208,7 +131,7 @@ def main() -> None:
                "goal_noop_s": GOAL_NOOP_S, "verdict_noop": verdict(median(noop), GOAL_NOOP_S, higher_is_better=False)}
     emit(summary)
     print_table(
-        f"dvc: tiny project ({n_stages} stages, ViT-Ti/16 random @ 32 px, Prefect {common['prefect']}), median of "
+        f"dvc: tiny project ({n_stages} stages, {describe()}, Prefect {common['prefect']}), median of "
         f"{args.repeats} no-op / {args.change_repeats} change / {max(args.full_repeats, 1)} full",
         ["run", "seconds", f"ratio vs full ({'warm' if full else 'cold'})", "goal"],
         [

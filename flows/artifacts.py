@@ -33,8 +33,8 @@ from prefect.artifacts import (
 )
 from prefect.utilities.context import get_task_and_flow_run_ids
 
+from stego_tasks.method.metrics import METHODS
 from stego_tasks.runtime.trace import numeric_leaves
-from stego_tasks.tools.run_summary import METHODS
 
 log = logging.getLogger("stego")
 
@@ -123,7 +123,7 @@ def _read(path: Path) -> dict[str, Any] | None:
 def scores_table(scores: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per scored method: method, accuracy (%), mIoU (%)."""
     return [{"method": label, "accuracy": scores[key].get("accuracy"), "mIoU": scores[key].get("miou")}
-            for key, label in METHODS if isinstance(scores.get(key), dict)]
+            for key, (label, *_) in METHODS.items() if isinstance(scores.get(key), dict)]
 
 
 def trace_table(trace_dir: Path) -> list[dict[str, Any]]:

@@ -19,11 +19,13 @@ import inspect
 import logging
 import os
 import sys
+import traceback
 import typing
 from typing import Any
 
 from flows.registry import STAGES, Stage, flow_of, plain_type
 from flows.tools import TOOLS
+from stego_tasks.errors import REPORT_BUG, StegoError
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime.room import is_out_of_room, out_of_room
 
@@ -38,8 +40,15 @@ def stage_of(command: str) -> str:
 # The stage functions' `params_path` is the params file, `--params` on the command line.
 FLAGS = {"params_path": "--params"}
 
-# Errors a user can fix (a bad path, params value, file): one sentence, exit status 2.
-USER_ERRORS: tuple[type[Exception], ...] = (ValueError, FileNotFoundError, RuntimeError, ConnectionError, PermissionError)
+# Errors a user can fix, printed as one sentence with exit status 2: the project's own types
+# (`stego_tasks/errors.py`), and a missing or unreadable path the user gave (open() raises those
+# with the path in the message). Anything else is a bug: it keeps its traceback (see `main`).
+USER_ERRORS: tuple[type[Exception], ...] = (StegoError, FileNotFoundError, PermissionError)
+
+
+def is_user_error(error: BaseException | None) -> bool:
+    """Whether `error` is one the CLI prints as one sentence (the console filter uses the same rule)."""
+    return isinstance(error, USER_ERRORS) or is_out_of_room(error)
 
 
 class _UserErrorConsoleFilter(logging.Filter):
@@ -58,7 +67,7 @@ class _UserErrorConsoleFilter(logging.Filter):
         if not record.name.startswith(("prefect.flow_runs", "prefect.task_runs")):
             return True
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, USER_ERRORS) or is_out_of_room(error):
+        if is_user_error(error):
             self.seen.append(str(error))
             return False
         if not self.seen:
@@ -200,13 +209,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stego {args.command}: error: {message}", file=sys.stderr)
         return 2
     except Exception as error:
-        # A full disk or a size limit hit by a write no stage wraps (a log, Prefect's database).
-        if not is_out_of_room(error) or os.environ.get("STEGO_DEBUG"):
+        if os.environ.get("STEGO_DEBUG"):
             raise
-        where = getattr(error, "filename", None) or "an output"
-        print(f"stego {args.command}: error: {out_of_room(error, str(where), 0, 'what was completed before it is kept', 'rerun the same command to resume')}",
-              file=sys.stderr)
-        return 2
+        if is_out_of_room(error):
+            # A full disk or a size limit hit by a write no stage wraps (a log, Prefect's database).
+            where = getattr(error, "filename", None) or "an output"
+            print(f"stego {args.command}: error: {out_of_room(error, str(where), 0, 'what was completed before it is kept', 'rerun the same command to resume')}",
+                  file=sys.stderr)
+            return 2
+        # Not an error the user can act on: show where it happened, then how to report it.
+        traceback.print_exc()
+        print(f"stego {args.command}: {REPORT_BUG}.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from stego_tasks.config import Params
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.params_doc import SCHEMA_FILE, json_schema, key_field, yaml_comments
 from stego_tasks.params_schema import FIELD_RANGES, _describe
 from stego_tasks.paths import PARAMS_FILE
@@ -86,7 +87,7 @@ def explain(key: str, params_path: Path, dvc_yaml: Path) -> str:
         block = key.partition(".")[0]
         cls = hints.get(block)
         known = [f"{block}.{f.name}" for f in dataclasses.fields(cls)] if dataclasses.is_dataclass(cls) else list(hints)
-        raise ValueError(f"params has no key {key!r}; the keys there are: {', '.join(known)}.")
+        raise InvalidInputError(f"params has no key {key!r}; the keys there are: {', '.join(known)}.")
     if found is None:
         hint, default, allowed, cls = hints[key], next(f.default for f in dataclasses.fields(Params) if f.name == key), \
             FIELD_RANGES.get(key), Params
@@ -96,7 +97,7 @@ def explain(key: str, params_path: Path, dvc_yaml: Path) -> str:
         default = item.default if item.default is not dataclasses.MISSING else item.default_factory()
         allowed = item.metadata.get("range", FIELD_RANGES.get(item.name))
     if dataclasses.is_dataclass(hint):
-        raise ValueError(f"{key} is a block; explain one of its keys, e.g. {key}.{dataclasses.fields(hint)[0].name}.")
+        raise InvalidInputError(f"{key} is a block; explain one of its keys, e.g. {key}.{dataclasses.fields(hint)[0].name}.")
     text = params_path.read_text(encoding="utf-8") if params_path.is_file() else ""
     present, value = _lookup(yaml.safe_load(text) or {}, key)
     demo_present, demo_value = _lookup(yaml.safe_load(text) or {}, f"demo.{key}")

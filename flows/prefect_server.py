@@ -23,6 +23,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from stego_tasks.errors import ToolFailedError
+
 # Services that start, time out or cancel runs on their own. Off, so a scheduled deployment
 # cannot start a second pipeline in the middle of this one; task runs are still recorded.
 QUIET_SERVICES = {
@@ -88,7 +90,7 @@ def start_local_server(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"prefect server exited with {process.returncode}; see {log}:\n{log.read_text()[-2000:]}")
+            raise ToolFailedError(f"prefect server exited with {process.returncode}; see {log}:\n{log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"{server.api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -97,7 +99,7 @@ def start_local_server(
             pass
         time.sleep(0.5)
     stop_local_server(server)
-    raise RuntimeError(f"prefect server did not answer within {timeout:.0f} s; see {log}:\n{log.read_text()[-2000:]}")
+    raise ToolFailedError(f"prefect server did not answer within {timeout:.0f} s; see {log}:\n{log.read_text()[-2000:]}")
 
 
 def stop_process_group(process: subprocess.Popen, grace: float = 15) -> None:

@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from stego_tasks.errors import ToolFailedError
 from stego_tasks.paths import PATHS, run_path
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.seeds import aggregate, save_val_map, seed_agreement
@@ -49,7 +50,7 @@ def run_seeds(seeds: list[int], repo: Path = Path("."), prefix: str = "seed", ou
             command = ["dvc", "exp", "run", "-S", f"seed={seed}", "--name", f"{prefix}-{seed}"]
             result = subprocess.run(command, cwd=repo, env=env, check=False)
             if result.returncode != 0:
-                raise RuntimeError(f"`{' '.join(command)}` failed (exit {result.returncode}); "
+                raise ToolFailedError(f"`{' '.join(command)}` failed (exit {result.returncode}); "
                                    f"the {len(runs)} finished seed(s) are kept as experiments.")
             scores = json.loads(run_path(repo, "scores").read_text(encoding="utf-8"))
             runs.append((seed, scores))

@@ -21,6 +21,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NONE
 
 from flows.artifacts import publish_run
+from stego_tasks.errors import ToolFailedError
 from stego_tasks.paths import PATHS
 
 RECORDED = ("dvc.lock", "metrics")
@@ -109,7 +110,7 @@ def record_run(repo: str, ran: list[str]) -> str | None:
     _git(root, "add", "--", *paths)
     result = _git(root, "commit", "--only", "-m", message, "--", *paths)
     if result.returncode != 0:
-        raise RuntimeError(f"could not commit the run's record: {result.stderr.strip() or result.stdout.strip()}")
+        raise ToolFailedError(f"could not commit the run's record: {result.stderr.strip() or result.stdout.strip()}")
     return _git(root, "rev-parse", "HEAD").stdout.strip()
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from flows.params_tool import add_params_arguments, params_from_args
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.paths import PATHS, run_path
 
 # --- stego predict -----------------------------------------------------------------------
@@ -94,7 +95,8 @@ def adapt_from_args(args: argparse.Namespace) -> int:
     """
     import yaml
 
-    from stego_tasks.data.adapters import CORPUS_FILE, PARAMS_FILE, adapt, preset_for, write_params
+    from stego_tasks.data.adapters import PARAMS_FILE, adapt, preset_for, write_params
+    from stego_tasks.data.adapters.core import CORPUS_FILE
 
     preset_for(args.name, args.backbone)  # refuse an unpublished pair before any file is written
     summary = adapt(args.name, args.src, args.dst, unlabelled_train=args.unlabelled_train)
@@ -156,12 +158,12 @@ def sweep_from_args(args: argparse.Namespace) -> int:
     run = Path(args.run)
     model_dir, store = run_path(run, "model"), run_path(run, "features")
     if not holds_model(model_dir):
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{run} holds no trained model ({PATHS['model']}/{MODEL_JSON} + {MODEL_WEIGHTS}); "
             "pass --run the folder of a run whose `stego train` finished."
         )
     if not store.is_dir():
-        raise FileNotFoundError(f"{run} holds no features store ({PATHS['features']}); run `stego extract` first.")
+        raise MissingInputError(f"{run} holds no features store ({PATHS['features']}); run `stego extract` first.")
     seed = args.seed
     if seed is None:
         seed = int(json.loads((model_dir / MODEL_JSON).read_text()).get("seed", 0))
@@ -193,7 +195,7 @@ def seeds_from_args(args: argparse.Namespace) -> int:
     from stego_tasks.tools.seeds import format_table
 
     if args.n < 1:
-        raise ValueError(f"stego seeds needs N >= 1 seeds, got {args.n}.")
+        raise InvalidInputError(f"stego seeds needs N >= 1 seeds, got {args.n}.")
     summary = run_seeds(list(range(args.first, args.first + args.n)), prefix=args.prefix)
     print(format_table(summary))
     print(f"written to {PATHS['seeds']} (and shown by `stego report`)")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.params_schema import DEFAULTS_FILE, build_block, published, read_yaml
 
 # The published settings (package data): the defaults file (`DEFAULTS_FILE`, read once into
@@ -73,9 +74,9 @@ class CorpusParams:
 
     def __post_init__(self) -> None:
         if self.n_classes < 1 or self.n_classes > 255:
-            raise ValueError(f"corpus.n_classes must be between 1 and 255, got {self.n_classes}.")
+            raise InvalidInputError(f"corpus.n_classes must be between 1 and 255, got {self.n_classes}.")
         if self.class_names and len(self.class_names) != self.n_classes:
-            raise ValueError(
+            raise InvalidInputError(
                 f"corpus.class_names lists {len(self.class_names)} names but corpus.n_classes is "
                 f"{self.n_classes}; give one name per class or leave class_names empty."
             )
@@ -122,7 +123,7 @@ class ExtractParams:
 
     def __post_init__(self) -> None:
         if self.preprocess not in ("reference", "antialias"):
-            raise ValueError(f"extract.preprocess must be 'reference' or 'antialias', got {self.preprocess!r}.")
+            raise InvalidInputError(f"extract.preprocess must be 'reference' or 'antialias', got {self.preprocess!r}.")
 
 
 @dataclass(frozen=True)
@@ -174,11 +175,11 @@ class TrainParams:
         choices = {"select": ("last", "best"), "probe_init": ("random", "codes")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
-                raise ValueError(f"train.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}.")
+                raise InvalidInputError(f"train.{key} must be one of {list(allowed)}, got {getattr(self, key)!r}.")
         if isinstance(self.shifts, str) and self.shifts != "auto":
-            raise ValueError(f"train.shifts must be a list of three numbers or 'auto', got {self.shifts!r}.")
+            raise InvalidInputError(f"train.shifts must be a list of three numbers or 'auto', got {self.shifts!r}.")
         if not 0.0 <= self.shift_quantile <= 1.0:
-            raise ValueError(f"train.shift_quantile must be between 0 and 1, got {self.shift_quantile}.")
+            raise InvalidInputError(f"train.shift_quantile must be between 0 and 1, got {self.shift_quantile}.")
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ class RuntimeParams:
 
     def __post_init__(self) -> None:
         if self.writers != "auto" and (isinstance(self.writers, bool) or not isinstance(self.writers, int) or self.writers < 1):
-            raise ValueError(f"runtime.writers must be a positive integer or 'auto', got {self.writers!r}.")
+            raise InvalidInputError(f"runtime.writers must be a positive integer or 'auto', got {self.writers!r}.")
 
 
 @dataclass(frozen=True)
@@ -291,10 +292,10 @@ class DemoParams:
         for block, cls in (("extract", ExtractParams), ("train", TrainParams)):
             overrides = getattr(self, block)
             if not isinstance(overrides, dict):
-                raise ValueError(f"params.yaml demo.{block} must be a mapping of {block} keys, got {overrides!r}.")
+                raise InvalidInputError(f"params.yaml demo.{block} must be a mapping of {block} keys, got {overrides!r}.")
             unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cls)})
             if unknown:
-                raise ValueError(f"params.yaml demo.{block} has unknown key(s) {unknown}; use keys of the {block} block.")
+                raise InvalidInputError(f"params.yaml demo.{block} has unknown key(s) {unknown}; use keys of the {block} block.")
 
 
 @dataclass(frozen=True)
@@ -364,11 +365,11 @@ def params_from_dict(values: dict[str, Any], source: str = "params.yaml") -> Par
         ValueError: one sentence naming the key, what it must be and what it is.
     """
     if not isinstance(values, dict):
-        raise ValueError(f"{source} must hold a mapping of parameter blocks, not {type(values).__name__}.")
+        raise InvalidInputError(f"{source} must hold a mapping of parameter blocks, not {type(values).__name__}.")
     params = build_block(Params, apply_demo_overrides(values), "<top level>", source)
     if params.preset not in preset_names():
         # The name is recorded in the metrics and the report as where the settings come from.
-        raise ValueError(
+        raise InvalidInputError(
             f"{source}: preset {params.preset!r} is not a preset of this project; use one of {preset_names()} "
             "(`custom` for settings of your own)."
         )
@@ -396,7 +397,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a params file; pass the path of a YAML file such as params.yaml.")
+        raise InvalidInputError(f"{path} is a folder, not a params file; pass the path of a YAML file such as params.yaml.")
     if not path.exists():
         return Params()
     values = read_yaml(path)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from stego_tasks.config import CRFParams
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.dense_crf import crf_chunk
 from stego_tasks.runtime.executors import default_chunksize, run_chunks, stage_executor
 
@@ -61,7 +62,7 @@ def crf(
     from stego_tasks.runtime.progress import Progress
 
     if chunk < 1:
-        raise ValueError(f"crf needs chunk >= 1, got {chunk}.")
+        raise InvalidInputError(f"crf needs chunk >= 1, got {chunk}.")
     images = read_split(store_path, "val", arrays=["images"])["images"]
     predictions = open_store(predictions_path, "cluster", ["cluster_logits", "linear_logits"])
     same_images(predictions, read_split(store_path, "val", arrays=["image_ids"]), predictions_path, store_path)

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 
 from stego_tasks.config import DemoDataParams
+from stego_tasks.errors import InvalidInputError
 
 DEMO_CLASS_NAMES: tuple[str, ...] = ("sky", "grass", "road", "building", "water")
 DEMO_N_CLASSES: int = len(DEMO_CLASS_NAMES)
@@ -245,17 +246,17 @@ def demo_data(
         ValueError: bad counts or size, or `root` holds something other than a demo corpus.
     """
     if n_train < 3 or n_val < 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"demo_data needs at least 3 images per split so every class appears, "
             f"got n_train={n_train}, n_val={n_val}."
         )
     if size < _MIN_SIZE:
-        raise ValueError(f"demo_data needs size >= {_MIN_SIZE} px, got size={size}.")
+        raise InvalidInputError(f"demo_data needs size >= {_MIN_SIZE} px, got size={size}.")
     root = Path(root)
     foreign = _foreign_entry(root)
     if foreign is not None:
         what = "is a file" if foreign == root else f"holds {foreign}, which is not part of a demo corpus"
-        raise ValueError(
+        raise InvalidInputError(
             f"{root} {what}; refusing to write the demo corpus there: pass a new or empty folder "
             "(or the folder of an earlier `stego demo-data`)."
         )

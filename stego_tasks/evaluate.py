@@ -33,7 +33,8 @@ from PIL import Image
 from stego_tasks.config import CorpusParams, EvaluateParams
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.store_integrity import open_store, same_images
-from stego_tasks.method.metrics import ScoreAccumulator, mapped_scores
+from stego_tasks.errors import InvalidInputError
+from stego_tasks.method.metrics import METHODS, ScoreAccumulator, mapped_scores
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.provenance import provenance
 from stego_tasks.tools.cluster_names import ClusterNames, load_names
@@ -42,14 +43,6 @@ from stego_tasks.tools.visualize import colorize, panel
 
 log = logging.getLogger("stego")
 
-METHODS = {
-    # method: (array, store, matched)
-    "cluster": ("cluster_pred", "cluster", True),
-    "cluster_crf": ("cluster_pred", "crf", True),
-    "linear": ("linear_pred", "cluster", False),
-    "linear_crf": ("linear_pred", "crf", False),
-    "kmeans": ("kmeans_pred", "cluster", True),
-}
 # The confusion for DVC's `confusion` template: one (actual, predicted) row per this share of
 # the labelled validation pixels, so the drawn counts are per CONFUSION_ROWS pixels.
 CONFUSION_ROWS = 10_000
@@ -82,7 +75,7 @@ def score_methods(
         {method: scores dict from `ScoreAccumulator.compute`}.
     """
     accumulators = {}
-    for method, (array, store, matched) in METHODS.items():
+    for method, (_label, array, store, matched) in METHODS.items():
         if array in stores[store]:
             clusters = corpus.n_classes if method in ("linear", "linear_crf", "kmeans") else n_clusters
             accumulators[method] = ScoreAccumulator(corpus.n_classes, clusters, matching=matched)
@@ -90,7 +83,7 @@ def score_methods(
         rows = slice(start, start + batch)
         truth = _labels_for_metrics(labels[rows], corpus)
         for method, accumulator in accumulators.items():
-            array, store, _ = METHODS[method]
+            _label, array, store, _ = METHODS[method]
             accumulator.update(stores[store][array][rows].astype(np.int64), truth)
     return {method: accumulator.compute() for method, accumulator in accumulators.items()}
 
@@ -198,6 +191,36 @@ def write_overlays(
     return written
 
 
+def _open_predictions(store_path: Path, cluster_path: Path, crf_path: Path) -> dict[str, Any]:
+    """The cluster and crf stages' prediction groups, refused unless they predict the store's val images."""
+    stores = {
+        "cluster": open_store(cluster_path, "cluster", ["cluster_pred", "linear_pred", "kmeans_pred"]),
+        "crf": open_store(crf_path, "crf", ["cluster_pred", "linear_pred"]),
+    }
+    same_images(stores["cluster"], read_split(store_path, "val", arrays=["image_ids"]), cluster_path, store_path)
+    if stores["crf"]["cluster_pred"].shape != stores["cluster"]["cluster_pred"].shape:
+        raise InvalidInputError(
+            f"{crf_path} refines other predictions than {cluster_path} holds; rerun `stego crf` (or `dvc repro`)."
+        )
+    return stores
+
+
+def _run_record(store_path: Path, cluster_store: Any, has_labels: bool, n_images: int, preset: str) -> dict[str, Any]:
+    """The scores file's record of the run: the features' backbone and preprocessing, the protocol, provenance."""
+    root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
+    return {
+        "has_labels": has_labels,
+        "backbone": root_attrs.get("backbone"),
+        "backbone_weights": "random" if root_attrs.get("weights_source") == "random" else "pretrained",
+        "n_images": n_images,
+        "preset": preset,
+        "weights_source": root_attrs.get("weights_source"),
+        "preprocess": root_attrs.get("preprocess"),
+        "protocol": dict(cluster_store.attrs.get("protocol") or {}),
+        "provenance": provenance(),  # what produced these numbers: versions, GPU, git commit
+    }
+
+
 def evaluate(
     store_path: Path,
     cluster_path: Path,
@@ -237,33 +260,14 @@ def evaluate(
         The scores dict written to `scores_path`.
     """
     val = read_split(store_path, "val", arrays=["labels", "images"])
-    stores = {
-        "cluster": open_store(cluster_path, "cluster", ["cluster_pred", "linear_pred", "kmeans_pred"]),
-        "crf": open_store(crf_path, "crf", ["cluster_pred", "linear_pred"]),
-    }
-    same_images(stores["cluster"], read_split(store_path, "val", arrays=["image_ids"]), cluster_path, store_path)
-    if stores["crf"]["cluster_pred"].shape != stores["cluster"]["cluster_pred"].shape:
-        raise ValueError(
-            f"{crf_path} refines other predictions than {cluster_path} holds; rerun `stego crf` (or `dvc repro`)."
-        )
-    root_attrs = dict(zarr.open_group(str(store_path), mode="r").attrs)
+    stores = _open_predictions(store_path, cluster_path, crf_path)
     n_clusters = int(stores["cluster"].attrs["n_clusters"])
     class_names = list(corpus.class_names) or [f"class_{j}" for j in range(corpus.n_classes)]
     labels = val["labels"]
     has_labels = bool(np.any(_labels_for_metrics(labels[:], corpus) >= 0) and np.any(labels[:] < corpus.n_classes))
     # A bad names file is refused before any work.
     names = load_names(names_path, n_clusters) if names_path is not None else ClusterNames(n_clusters)
-    scores: dict[str, Any] = {
-        "has_labels": has_labels,
-        "backbone": root_attrs.get("backbone"),
-        "backbone_weights": "random" if root_attrs.get("weights_source") == "random" else "pretrained",
-        "n_images": int(labels.shape[0]),
-        "preset": preset,
-        "weights_source": root_attrs.get("weights_source"),
-        "preprocess": root_attrs.get("preprocess"),
-        "protocol": dict(stores["cluster"].attrs.get("protocol") or {}),
-        "provenance": provenance(),  # what produced these numbers: versions, GPU, git commit
-    }
+    scores = _run_record(store_path, stores["cluster"], has_labels, int(labels.shape[0]), preset)
     per_class: dict[str, dict[str, float | None]] = {}
     best_confusion = None
     if not has_labels:

@@ -62,6 +62,7 @@ from stego_tasks.data.store_labels import (
     write_labels,
 )
 from stego_tasks.data.store_writer import SplitWriter
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.backbone import Backbone
 from stego_tasks.method.weights import weights_argument
 from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
@@ -184,6 +185,61 @@ def _jobs_for_split(
         )
 
 
+def _check_patch_multiples(params: ExtractParams, backbone: Backbone) -> None:
+    """Refuse an extract resolution the backbone's patches do not tile (one sentence with a fix)."""
+    for key in ("resolution", "val_resolution"):
+        value = getattr(params, key)
+        if value and value % backbone.patch_size:
+            raise InvalidInputError(
+                f"extract.{key} {value} is not a multiple of the backbone's patch size "
+                f"{backbone.patch_size}; use e.g. {max(1, value // backbone.patch_size) * backbone.patch_size}."
+            )
+
+
+def _store_attrs(backbone: Backbone, params: ExtractParams, precision: str) -> dict:
+    """The store's attributes: how its features were made (the backbone, sizes, preprocessing)."""
+    return {
+        "backbone": backbone.name,
+        "weights_source": backbone.weights_source,
+        # "resolution" is what inference uses (the evaluation side); training crops are recorded apart.
+        "resolution": split_resolution(params, "val"),
+        "train_resolution": params.resolution,
+        "precision": precision,
+        "preprocess": params.preprocess,
+        "pos_embed": pos_embed_mode(backbone, params.preprocess),
+        # Only for a checkpoint file (random weights have no file), so the features a
+        # model was trained on name the exact checkpoint (model.json, `stego predict`).
+        **({"weights_sha256": backbone.weights_sha256} if backbone.weights_sha256 else {}),
+    }
+
+
+def _plan_split(plan: ExtractionPlan, manifest, split: str, jobs: list[ChunkJob], corpus: CorpusParams,
+                params: ExtractParams, backbone: Backbone, precision: str) -> None:
+    """Open one split's group and add its pending chunks (and chunks whose labels changed) to `plan`."""
+    fingerprint = split_fingerprint(backbone, params, split, precision, pos_embed_mode(backbone, params.preprocess))
+    crops = 5 if fingerprint["five_crop"] else 1
+    rows = manifest[manifest["split"] == split].sort_values("id")
+    row_ids = np.repeat(rows["id"].to_numpy(), crops).astype(np.int64)
+    grid = split_resolution(params, split) // backbone.patch_size
+    group = open_split(plan.root, split, fingerprint, len(row_ids), grid)
+    rows_per_chunk = params.batch_size * crops
+    label_keys = row_label_keys(rows, crops, corpus.ignore_index)
+    ensure_label_keys(group, len(row_ids), rows_per_chunk)
+    pending = set(pending_chunks(group, row_ids, rows_per_chunk))
+    done = [job.index for job in jobs if job.index not in pending]
+    stale = set(stale_label_chunks(group, label_keys, rows_per_chunk, done))
+    todo = [job for job in jobs if job.index in pending]
+    plan.groups[split], plan.row_ids[split], plan.rows_per_chunk[split] = group, row_ids, rows_per_chunk
+    plan.label_keys[split] = label_keys
+    plan.split_writers[split] = SplitWriter(group, rows_per_chunk, row_ids, label_keys)
+    plan.jobs.extend(todo)
+    plan.relabel.extend(job for job in jobs if job.index in stale)
+    plan.summary.rows[split] = len(row_ids)
+    plan.summary.chunks_total[split] = len(jobs)
+    plan.summary.chunks_computed[split] = len(todo)
+    plan.summary.labels_reread[split] = len(stale)
+
+
 def plan_extraction(
     manifest_path: Path,
     store_path: Path,
@@ -210,13 +266,7 @@ def plan_extraction(
     """
     manifest = read_manifest(manifest_path)
     backbone = load_backbone(backbone_params, allow_random_fallback=corpus.demo)  # seeded: see create_seeded_backbone
-    for key in ("resolution", "val_resolution"):
-        value = getattr(params, key)
-        if value and value % backbone.patch_size:
-            raise ValueError(
-                f"extract.{key} {value} is not a multiple of the backbone's patch size "
-                f"{backbone.patch_size}; use e.g. {max(1, value // backbone.patch_size) * backbone.patch_size}."
-            )
+    _check_patch_multiples(params, backbone)
     device = str(resolve_device(params.device))
     precision = backbone_precision(device, params.amp)
     threads = torch_threads_per_worker(dask)
@@ -230,43 +280,10 @@ def plan_extraction(
     plan = ExtractionPlan(
         root=root, groups={}, row_ids={}, rows_per_chunk={}, jobs=[], store_path=str(store_path), writers=writers,
         summary=ExtractSummary(rows={}, chunks_computed={}, chunks_total={}, weights_source=backbone.weights_source),
-        attrs={
-            "backbone": backbone.name,
-            "weights_source": backbone.weights_source,
-            # "resolution" is what inference uses (the evaluation side); training crops are recorded apart.
-            "resolution": split_resolution(params, "val"),
-            "train_resolution": params.resolution,
-            "precision": precision,
-            "preprocess": params.preprocess,
-            "pos_embed": pos_embed_mode(backbone, params.preprocess),
-            # Only for a checkpoint file (random weights have no file), so the features a
-            # model was trained on name the exact checkpoint (model.json, `stego predict`).
-            **({"weights_sha256": backbone.weights_sha256} if backbone.weights_sha256 else {}),
-        },
+        attrs=_store_attrs(backbone, params, precision),
     )
     for split in SPLITS:
-        fingerprint = split_fingerprint(backbone, params, split, precision, pos_embed_mode(backbone, params.preprocess))
-        crops = 5 if fingerprint["five_crop"] else 1
-        rows = manifest[manifest["split"] == split].sort_values("id")
-        row_ids = np.repeat(rows["id"].to_numpy(), crops).astype(np.int64)
-        grid = split_resolution(params, split) // backbone.patch_size
-        group = open_split(root, split, fingerprint, len(row_ids), grid)
-        rows_per_chunk = params.batch_size * crops
-        label_keys = row_label_keys(rows, crops, corpus.ignore_index)
-        ensure_label_keys(group, len(row_ids), rows_per_chunk)
-        pending = set(pending_chunks(group, row_ids, rows_per_chunk))
-        done = [job.index for job in jobs_by_split[split] if job.index not in pending]
-        stale = set(stale_label_chunks(group, label_keys, rows_per_chunk, done))
-        todo = [job for job in jobs_by_split[split] if job.index in pending]
-        plan.groups[split], plan.row_ids[split], plan.rows_per_chunk[split] = group, row_ids, rows_per_chunk
-        plan.label_keys[split] = label_keys
-        plan.split_writers[split] = SplitWriter(group, rows_per_chunk, row_ids, label_keys)
-        plan.jobs.extend(todo)
-        plan.relabel.extend(job for job in jobs_by_split[split] if job.index in stale)
-        plan.summary.rows[split] = len(row_ids)
-        plan.summary.chunks_total[split] = len(jobs_by_split[split])
-        plan.summary.chunks_computed[split] = len(todo)
-        plan.summary.labels_reread[split] = len(stale)
+        _plan_split(plan, manifest, split, jobs_by_split[split], corpus, params, backbone, precision)
     return plan
 
 

@@ -60,6 +60,7 @@ from stego_tasks.data.manifest import (
     read_manifest,
     sha256_file,
 )
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.runtime import atomic
 
 log = logging.getLogger("stego")
@@ -227,7 +228,7 @@ def _read_previous(manifest_path: Path) -> tuple[dict, int, bool]:
     try:
         table = pq.read_table(manifest_path)
     except (OSError, pa.ArrowException) as exc:
-        raise ValueError(
+        raise InvalidInputError(
             f"the existing manifest {manifest_path} cannot be read ({exc}); delete it to "
             f"ingest from scratch (ids will then be renumbered)."
         ) from exc
@@ -257,6 +258,29 @@ def _write_outputs(
         writer = csv.writer(f)
         writer.writerow(QUARANTINE_COLUMNS)
         writer.writerows(rejected)
+
+
+def _check_candidate(
+    root: Path, real_root: Path, split: str, path: Path, ambiguity: str | None, trusted_old: dict,
+    min_size: int, labels: dict[str, list[str]],
+) -> tuple[dict | None, tuple[str, str, str] | None]:
+    """One candidate image: (its manifest row, None), or (None, its quarantine row: path, split, reason).
+
+    `ambiguity` is the reason when another image of the split shares its stem (else None);
+    `trusted_old` the previous manifest's rows whose probes may be reused (empty if untrusted).
+    """
+    rel = path.relative_to(root).as_posix()
+    if ambiguity is not None:
+        return None, (rel, split, ambiguity)
+    if not is_utf8(rel):
+        # Parquet and CSV need UTF-8; list the name with its raw bytes escaped.
+        return None, (shown_path(rel), split, "file name is not valid UTF-8; rename it")
+    try:
+        return _inspect(root, real_root, split, path, trusted_old, min_size, labels), None
+    except ImageDecodeError as exc:
+        return None, (rel, split, exc.reason)
+    except OSError as exc:  # anything the checks above did not foresee: listed, never fatal
+        return None, (rel, split, f"file cannot be read ({exc.strerror or type(exc).__name__})")
 
 
 def ingest(
@@ -311,20 +335,10 @@ def ingest(
         rel = path.relative_to(root).as_posix()
         # Whatever its fate, the image's label is accounted for by the image's row.
         used_labels.update(f"labels/{split}/{n}" for n in label_names[split].get(path.stem, []) if is_image_name(n))
-        if (split, path.stem) in ambiguous:
-            rejected.append((rel, split, ambiguous[split, path.stem]))
-            continue
-        if not is_utf8(rel):
-            # Parquet and CSV need UTF-8; list the name with its raw bytes escaped.
-            rejected.append((shown_path(rel), split, "file name is not valid UTF-8; rename it"))
-            continue
-        try:
-            row = _inspect(root, real_root, split, path, old if trusted else {}, min_size, label_names[split])
-        except ImageDecodeError as exc:
-            rejected.append((rel, split, exc.reason))
-            continue
-        except OSError as exc:  # anything the checks above did not foresee: listed, never fatal
-            rejected.append((rel, split, f"file cannot be read ({exc.strerror or type(exc).__name__})"))
+        row, rejection = _check_candidate(root, real_root, split, path, ambiguous.get((split, path.stem)),
+                                          old if trusted else {}, min_size, label_names[split])
+        if rejection is not None:
+            rejected.append(rejection)
             continue
         if row["hash"] in first_of_hash:
             rejected.append((rel, split, f"duplicate of {first_of_hash[row['hash']]}"))
@@ -347,10 +361,6 @@ def ingest(
         len(rows), len(quarantined), len(skipped), quarantine_path,
     )
     return IngestSummary(
-        n_images={s: sum(r["split"] == s for r in rows) for s in SPLITS},
-        n_quarantined=len(quarantined),
-        n_new=len(rows) - n_kept,
-        n_kept=n_kept,
-        n_removed=len(old) - n_kept,
-        n_skipped=len(skipped),
+        n_images={s: sum(r["split"] == s for r in rows) for s in SPLITS}, n_quarantined=len(quarantined),
+        n_new=len(rows) - n_kept, n_kept=n_kept, n_removed=len(old) - n_kept, n_skipped=len(skipped),
     )

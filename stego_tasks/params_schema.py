@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import yaml
 
+from stego_tasks.errors import InvalidInputError
+
 T = TypeVar("T")
 
 
@@ -222,7 +224,7 @@ def build_block(cls: type[T], values: dict[str, Any] | None, where: str, source:
             integer, got 0."
     """
     if values is not None and not isinstance(values, dict):
-        raise ValueError(
+        raise InvalidInputError(
             f"{source} block '{where}' must be a mapping of keys to values, got "
             f"{type(values).__name__} {values!r}; write it as `{where}:` followed by indented `key: value` lines."
         )
@@ -230,7 +232,7 @@ def build_block(cls: type[T], values: dict[str, Any] | None, where: str, source:
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(values) - set(known)))
     if unknown:
-        raise ValueError(
+        raise InvalidInputError(
             f"{source} block '{where}' has unknown key(s) {unknown}; "
             f"allowed keys are {sorted(known)}."
         )
@@ -246,12 +248,12 @@ def build_block(cls: type[T], values: dict[str, Any] | None, where: str, source:
         try:
             kwargs[name] = _checked(value, hint, allowed)
         except _Mismatch:
-            raise ValueError(f"{source}: {dotted} must be {_describe(hint, allowed)}, got {_shown(value)}.") from None
+            raise InvalidInputError(f"{source}: {dotted} must be {_describe(hint, allowed)}, got {_shown(value)}.") from None
     try:
         return cls(**kwargs)
     except ValueError as error:  # a check across fields in the dataclass itself
         message = str(error)
-        raise ValueError(message if message.startswith(source) else f"{source}: {message}") from None
+        raise InvalidInputError(message if message.startswith(source) else f"{source}: {message}") from None
 
 
 def params_block(cls: type[T], values: dict[str, Any] | None, where: str, source: str) -> T:
@@ -297,18 +299,18 @@ def read_yaml(path: Path) -> Any:
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}); save it as a UTF-8 YAML file.") from None
+        raise InvalidInputError(f"{path} is not UTF-8 text (byte {error.start}); save it as a UTF-8 YAML file.") from None
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except _DuplicateKey as error:
-        raise ValueError(f"{path}: {error}; keep one of them (YAML would silently drop the first).") from None
+        raise InvalidInputError(f"{path}: {error}; keep one of them (YAML would silently drop the first).") from None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
         problem = error.problem or error.context or "malformed YAML"
-        raise ValueError(f"{path}: {where}: {problem}; fix the YAML there (indentation, colons, quotes).") from None
+        raise InvalidInputError(f"{path}: {where}: {problem}; fix the YAML there (indentation, colons, quotes).") from None
     except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file.") from None
+        raise InvalidInputError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file.") from None
 
 
 # Read once: a wrong defaults file must fail at import, before any stage runs on it.

@@ -15,6 +15,8 @@ from types import MappingProxyType
 
 import yaml
 
+from stego_tasks.errors import InvalidInputError
+
 PATHS_FILE = Path(__file__).with_name("paths.yaml")
 # DVC's own default params file (dvc.yaml's `params:` entries read it); not a run output.
 PARAMS_FILE = "params.yaml"
@@ -29,13 +31,13 @@ def load_paths(path: Path = PATHS_FILE) -> Mapping[str, str]:
     data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     paths = data.get("paths") if isinstance(data, dict) else None
     if not isinstance(paths, dict) or not paths:
-        raise ValueError(f"{path} must hold a mapping `paths:` of artifact names to paths.")
+        raise InvalidInputError(f"{path} must hold a mapping `paths:` of artifact names to paths.")
     for name, value in paths.items():
         if not (isinstance(name, str) and isinstance(value, str) and value.strip()):
-            raise ValueError(f"{path}: paths.{name} must be a non-empty string, got {value!r}.")
+            raise InvalidInputError(f"{path}: paths.{name} must be a non-empty string, got {value!r}.")
         pure = PurePosixPath(value)
         if pure.is_absolute() or ".." in pure.parts:
-            raise ValueError(f"{path}: paths.{name} must be relative to the project folder, got {value!r}.")
+            raise InvalidInputError(f"{path}: paths.{name} must be relative to the project folder, got {value!r}.")
     return MappingProxyType(dict(paths))
 
 

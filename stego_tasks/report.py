@@ -35,6 +35,8 @@ from typing import Any
 import yaml
 
 from stego_tasks.config import ReportParams
+from stego_tasks.errors import InvalidInputError, MissingInputError
+from stego_tasks.method.metrics import METHODS
 from stego_tasks.method.model import MODEL_JSON
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
@@ -59,7 +61,6 @@ from stego_tasks.tools.report_trace import (
     timeline_section,
     trace_records,
 )
-from stego_tasks.tools.run_summary import METHODS
 from stego_tasks.tools.visualize import loss_plot_png, read_loss_log
 
 # What the page reads, relative to the run folder (where the stages wrote it: stego_tasks/paths.yaml).
@@ -73,7 +74,8 @@ INPUTS: dict[str, str] = {
     "pipeline": "dvc.yaml",
     "gallery": GALLERY,
 }
-METHOD_ROWS = METHODS  # one list of methods and labels for the page and the end-of-run table
+# (method, label) rows of the page, from the one list of methods (`method/metrics.py`).
+METHOD_ROWS = tuple((key, method.label) for key, method in METHODS.items())
 DASH = "\u2013"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Correspondence losses and probe losses differ in scale by 10x; one panel each stays readable.
@@ -118,15 +120,6 @@ def png_data_uri(data: bytes) -> str:
 
 def _note(text: str) -> str:
     return f'<p class="note">{escape(text)}</p>'
-
-
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); rerun `dvc repro` to rewrite it.") from None
 
 
 def _read_png(path: Path) -> bytes | None:
@@ -340,15 +333,15 @@ def render(run_dir: Path, params: ReportParams | None = None) -> str:
 def _render(run_dir: Path, params: ReportParams) -> tuple[str, bool]:
     """(page, whether the backbone weights were random); see `render`."""
     if not run_dir.is_dir():
-        raise FileNotFoundError(f"Run folder {run_dir} does not exist; pass --run with a project folder after `dvc repro`.")
+        raise MissingInputError(f"Run folder {run_dir} does not exist; pass --run with a project folder after `dvc repro`.")
     if not any((run_dir / relative).exists() for relative in INPUTS.values()):
-        raise ValueError(
+        raise InvalidInputError(
             f"{run_dir} holds none of a run's outputs ({', '.join(INPUTS.values())}); "
             "run `dvc repro` there first or pass --run with a finished run folder."
         )
-    scores = _read_json(run_dir / INPUTS["scores"])
-    model = _read_json(run_dir / INPUTS["model"])
-    per_class = _read_json(run_dir / INPUTS["per_class"])
+    scores = atomic.read_json(run_dir / INPUTS["scores"])
+    model = atomic.read_json(run_dir / INPUTS["model"])
+    per_class = atomic.read_json(run_dir / INPUTS["per_class"])
     scores = scores if isinstance(scores, dict) else None
     model = model if isinstance(model, dict) else None
     traces = trace_records(run_dir)

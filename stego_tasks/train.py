@@ -40,9 +40,10 @@ from stego_tasks.data.training_data import (
     data_identity,
     load_training_data,
 )
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.batching import step_plan
 from stego_tasks.method.loss import correspondence_loss
-from stego_tasks.method.model import CHECKPOINT, StegoModel, build_model, load_model, save_model
+from stego_tasks.method.model import CHECKPOINT, StegoModel, build_model, save_model
 from stego_tasks.method.selection import BestCheckpoint, ValScorer, refit_cluster_probe
 from stego_tasks.method.shift_stats import (
     SHIFT_STATS_FILE,
@@ -58,8 +59,8 @@ from stego_tasks.runtime.progress import Progress
 
 log = logging.getLogger("stego")
 
-# The model type and its files live in `stego_tasks/method/model.py`; re-exported for older callers.
-__all__ = ["LOSS_COLUMNS", "StegoModel", "build_model", "fit", "load_model", "save_model", "train", "write_loss_log"]
+# The model type and its files live in `stego_tasks/method/model.py`; import them from there.
+__all__ = ["LOSS_COLUMNS", "fit", "train", "training_batches", "write_loss_log"]
 
 LOSS_COLUMNS = ("step", "total", "intra", "inter", "neg", "cluster", "linear")
 
@@ -223,25 +224,25 @@ def _load_checkpoint(path: Path, model: StegoModel, optimizers, generator, ident
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or not a checkpoint
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} cannot be read ({type(exc).__name__}); rerun without --resume to start over."
         ) from None
     if not isinstance(state, dict) or state.get("checksum") != _state_checksum(state):
         # A flipped bit in a tensor unpickles fine; only the recorded checksum tells.
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} does not match the checksum recorded when it was written (damaged on disk, or not written "
             "by this version of stego train); rerun without --resume to start over."
         )
     if identity is not None:
         recorded = state.get("identity")
         if recorded is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} does not record the settings it was trained with (an older checkpoint), so resuming "
                 "could not be exact; rerun without --resume to start over."
             )
         changes = _identity_changes(recorded, identity)
         if changes:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} was written with other settings than now ({'; '.join(changes)}); rerun without --resume "
                 "to start over, or restore the old values to resume."
             )
@@ -300,7 +301,7 @@ def fit(
         (trained model on the CPU in eval mode, logged loss rows).
     """
     if data.size < 2:
-        raise ValueError(f"training needs at least 2 crops, found {data.size}; add images to the corpus.")
+        raise InvalidInputError(f"training needs at least 2 crops, found {data.size}; add images to the corpus.")
     device = resolve_device(params.device)
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -312,13 +313,13 @@ def fit(
     identity = checkpoint_identity(data, n_classes, params, seed, ignore_index) if checkpoint is not None else None
     if resume and checkpoint is not None and checkpoint.exists():
         if params.select == "best":
-            raise ValueError(
+            raise InvalidInputError(
                 "train.select: best keeps the best step's weights in memory only, so a resumed run could not be "
                 "exact; rerun without --resume, or set train.select: last to resume."
             )
         start, rows = _load_checkpoint(checkpoint, model, optimizers, generator, identity)
         if start >= params.steps:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{checkpoint} is at step {start}, not before train.steps {params.steps}; rerun without --resume "
                 f"to start over, or set train.steps above {start} to resume."
             )
@@ -339,6 +340,49 @@ def fit(
     if selector is not None:
         selector.restore(model)
     return model.to(torch.device("cpu")).eval(), rows
+
+
+def _shifts_and_stats(data: TrainingData, params: TrainParams, seed: int) -> tuple[tuple[float, ...], dict]:
+    """The loss shifts to train with (`train.shifts`, or drawn when "auto") and the correlation stats.
+
+    The three feature-correlation distributions are drawn on a sample of the training features
+    before the loop; they set "auto" shifts and are kept for the report either way.
+    """
+    samples = correlation_samples(
+        data, batch_size=params.batch_size, feature_samples=params.feature_samples, neg_samples=params.neg_samples,
+        pointwise=params.pointwise, seed=seed,
+    )
+    shifts = auto_shifts(samples, params.shift_quantile) if params.shifts == "auto" else tuple(params.shifts)
+    if params.shifts == "auto":
+        log.info("train: shifts auto at quantile %g: intra %.4f, kNN %.4f, random %.4f", params.shift_quantile, *shifts)
+    return shifts, correlation_stats(samples, shifts)
+
+
+def _model_info(store_path: Path, data: TrainingData, corpus: CorpusParams, params: TrainParams, seed: int,
+                shifts: tuple[float, ...]) -> dict[str, Any]:
+    """What `model.json` records about the run: the corpus, the features it was fit on, the settings."""
+    store = json.loads(json.dumps(dict(zarr.open_group(str(store_path), mode="r").attrs)))
+    return {
+        "in_dim": data.in_dim,
+        "n_classes": corpus.n_classes,
+        "class_names": list(corpus.class_names),
+        "ignore_index": corpus.ignore_index,
+        "backbone": store.get("backbone"),
+        "backbone_weights": store.get("weights_source"),
+        # The checkpoint's content the features came from: `stego predict` refuses another file.
+        **({"backbone_weights_sha256": store["weights_sha256"]} if store.get("weights_sha256") else {}),
+        "resolution": store.get("resolution"),
+        # How the stored inputs were made, so `stego predict` feeds new images the same way.
+        "preprocess": store.get("preprocess", "antialias"),
+        "pos_embed": store.get("pos_embed", "timm"),
+        "seed": seed,
+        "train": params_to_dict(params),
+        "linear_probe_trained": data.labels is not None,
+        "shifts_used": list(shifts),
+        "shifts_setting": "auto" if params.shifts == "auto" else "fixed",
+        "selection": {"select": "last", "uses_labels": False},
+        "probe_init": params.probe_init,
+    }
 
 
 def train(
@@ -377,42 +421,14 @@ def train(
         The trained `StegoModel` (also written to `model_dir`).
     """
     data = load_training_data(store_path, knn_path, corpus.ignore_index, corpus.n_classes)
-    samples = correlation_samples(
-        data, batch_size=params.batch_size, feature_samples=params.feature_samples, neg_samples=params.neg_samples,
-        pointwise=params.pointwise, seed=seed,
-    )
-    shifts = auto_shifts(samples, params.shift_quantile) if params.shifts == "auto" else tuple(params.shifts)
-    if params.shifts == "auto":
-        log.info("train: shifts auto at quantile %g: intra %.4f, kNN %.4f, random %.4f", params.shift_quantile, *shifts)
-    stats = correlation_stats(samples, shifts)
+    shifts, stats = _shifts_and_stats(data, params, seed)
     effective = dataclasses.replace(params, shifts=shifts)
     scorer = None
     if params.select == "best":
         scorer = ValScorer(
             read_split(store_path, "val"), corpus.n_classes, resolve_device(params.device), in_memory_bytes=IN_MEMORY_BYTES
         )
-    store = json.loads(json.dumps(dict(zarr.open_group(str(store_path), mode="r").attrs)))
-    info = {
-        "in_dim": data.in_dim,
-        "n_classes": corpus.n_classes,
-        "class_names": list(corpus.class_names),
-        "ignore_index": corpus.ignore_index,
-        "backbone": store.get("backbone"),
-        "backbone_weights": store.get("weights_source"),
-        # The checkpoint's content the features came from: `stego predict` refuses another file.
-        **({"backbone_weights_sha256": store["weights_sha256"]} if store.get("weights_sha256") else {}),
-        "resolution": store.get("resolution"),
-        # How the stored inputs were made, so `stego predict` feeds new images the same way.
-        "preprocess": store.get("preprocess", "antialias"),
-        "pos_embed": store.get("pos_embed", "timm"),
-        "seed": seed,
-        "train": params_to_dict(params),
-        "linear_probe_trained": data.labels is not None,
-        "shifts_used": list(shifts),
-        "shifts_setting": "auto" if params.shifts == "auto" else "fixed",
-        "selection": {"select": "last", "uses_labels": False},
-        "probe_init": params.probe_init,
-    }
+    info = _model_info(store_path, data, corpus, params, seed, shifts)
     checkpoint = Path(model_dir) / CHECKPOINT
     with artifact_lock(model_dir):
         model, rows = fit(data, corpus.n_classes, effective, seed, corpus.ignore_index, info, checkpoint, resume, scorer,

@@ -24,6 +24,7 @@ import pandas as pd
 
 from stego_tasks.data.images import DEFAULT_MIN_SIZE, ImageDecodeError, label_fits_uint8, load_label
 from stego_tasks.data.manifest import SPLITS, read_manifest, resolve_in_corpus
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.runtime import atomic
 
 MIN_IMAGES: dict[str, int] = {"train": 2, "val": 1}
@@ -31,7 +32,7 @@ N_LISTED = 20  # offending names kept per expectation in the result file
 N_IN_MESSAGE = 3  # ... and in the exception message
 
 
-class ValidationFailed(ValueError):
+class ValidationFailed(InvalidInputError):
     """At least one expectation failed; `result` holds the full result dict."""
 
     def __init__(self, message: str, result: dict) -> None:
@@ -77,7 +78,7 @@ def label_stats(
             too_wide = exc.reason
         if too_wide:
             # Ingest quarantines such labels; a manifest listing one is stale or not ingest's.
-            raise ValueError(
+            raise InvalidInputError(
                 f"label {rec.label_path} cannot be used ({too_wide}); rerun ingest, which quarantines it."
             )
         values, counts = np.unique(mask, return_counts=True)
@@ -268,9 +269,9 @@ def validate(
             offending files and the fix.
     """
     if n_classes < 1:
-        raise ValueError(f"n_classes must be at least 1, got {n_classes}.")
+        raise InvalidInputError(f"n_classes must be at least 1, got {n_classes}.")
     if 0 <= ignore_index < n_classes:
-        raise ValueError(
+        raise InvalidInputError(
             f"ignore_index {ignore_index} is a class index when n_classes is {n_classes}; "
             f"use a value >= n_classes (e.g. 255) for unlabelled pixels."
         )

@@ -26,6 +26,11 @@ from flows.prefect_server import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# The tiny project is shared with the benchmarks (`benchmarks/tiny_project.py`), which run
+# without pytest; put its folder on the path however pytest was started.
+sys.path.insert(0, str(REPO / "benchmarks"))
+from tiny_project import make_tiny_project  # noqa: E402  (the `tiny_project` fixture)
+
 # The interpreter running pytest sits beside the `stego`, `dvc` and `prefect` commands.
 VENV_BIN = Path(sys.executable).parent
 
@@ -54,25 +59,6 @@ for _name in ("PREFECT_API_URL", "PREFECT_API_KEY", "PREFECT_PROFILE"):
     os.environ.pop(_name, None)
 os.environ["PATH"] = f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
 
-# Tiny but complete: a random-weight ViT-Ti/16 at 32 px (2 x 2 patches) over 6 + 3 images.
-TINY_PARAMS = {
-    ("demo_data", "n_train"): 6,
-    ("demo_data", "n_val"): 3,
-    ("demo_data", "size"): 64,
-    ("backbone", "name"): "vit_tiny_patch16_224",
-    ("backbone", "weights"): "random",
-    # The tiny project's corpus is the demo, so its sizes go where the demo's live.
-    ("demo", "extract", "resolution"): 32,
-    ("demo", "extract", "val_resolution"): 32,
-    ("demo", "train", "steps"): 30,
-    ("train", "log_every"): 10,
-    ("runtime", "crf_workers"): 1,
-    ("evaluate", "n_overlays"): 2,
-}
-# Produced by the pipeline, or environment: never copied into a test project.
-NOT_COPIED = ("artifacts/", "data/", "metrics/", "plots/", "dvc.lock", ".dvc/", ".venv/", "benchmarks/")
-
-
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Remove the session's Prefect home."""
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
@@ -100,28 +86,6 @@ def run(
             f"--- stdout ---\n{result.stdout[-4000:]}\n--- stderr ---\n{result.stderr[-4000:]}"
         )
     return result
-
-
-def set_params(project: Path, updates: dict[tuple[str, ...], object]) -> None:
-    """Set keys of `project/params.yaml` in place, keeping its comments and order.
-
-    Args:
-        project: folder holding params.yaml.
-        updates: {(block, key, ...): value}.
-    """
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    path = project / "params.yaml"
-    params = yaml.load(path.read_text())
-    for keys, value in updates.items():
-        block = params
-        for key in keys[:-1]:
-            block = block[key]
-        assert keys[-1] in block, f"params.yaml has no key {'.'.join(keys)}"
-        block[keys[-1]] = value
-    with path.open("w") as handle:
-        yaml.dump(params, handle)
 
 
 PrefectServer = LocalPrefectServer
@@ -163,46 +127,6 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Prefect
 def project_env(prefect_server: PrefectServer) -> dict[str, str]:
     """Environment for the `dvc`, `git`, `stego` and `prefect` subprocesses of the tests."""
     return {**os.environ, **ISOLATION, **SUBPROCESS_ENV, "PREFECT_API_URL": prefect_server.api_url}
-
-
-def _copy_sources(destination: Path) -> None:
-    """Copy the repo's tracked files and new, not-ignored ones (e.g. an uncommitted prefect.yaml)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.splitlines()
-    for name in listed:
-        if name.startswith(NOT_COPIED) or not (REPO / name).is_file():
-            continue
-        target = destination / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, target)
-
-
-def make_tiny_project(root: Path, env: dict[str, str]) -> Path:
-    """Build a committed git + DVC copy of the repo whose pipeline runs in seconds.
-
-    Args:
-        root: empty folder to create the project in.
-        env: environment for git and dvc.
-
-    Returns:
-        The project folder (`root`), with one commit and nothing reproduced yet.
-    """
-    _copy_sources(root)
-    run(["git", "init", "--quiet", "--initial-branch", "main"], root, env)
-    run(["git", "config", "user.name", "STEGO tests"], root, env)
-    run(["git", "config", "user.email", "stego-tests@example.invalid"], root, env)
-    run(["git", "config", "commit.gpgsign", "false"], root, env)
-    run([str(VENV_BIN / "dvc"), "init", "--quiet"], root, env)
-    # The repo's own DVC config (analytics off, autostage off) replaces the fresh one.
-    shutil.copy2(REPO / ".dvc" / "config", root / ".dvc" / "config")
-    site_cache = root.parent / f"{root.name}-dvc-site-cache"
-    run([str(VENV_BIN / "dvc"), "config", "--local", "core.site_cache_dir", str(site_cache)], root, env)
-    set_params(root, TINY_PARAMS)
-    run(["git", "add", "--all"], root, env)
-    run(["git", "commit", "--quiet", "-m", "tiny STEGO project"], root, env)
-    return root
 
 
 @pytest.fixture(scope="session")

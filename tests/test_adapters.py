@@ -346,13 +346,13 @@ def _make_city(tmp_path: Path) -> Path:
 def test_remap_labels_matches_a_naive_loop():
     rng = np.random.default_rng(3)
     raw = rng.integers(-3, 400, (9, 11))
-    lut = adapters.build_lut({5: 0, 6: -1, 300 % 256: 2, 7: 1})
-    got = adapters.remap_labels(raw, lut)
+    lut = core.build_lut({5: 0, 6: -1, 300 % 256: 2, 7: 1})
+    got = core.remap_labels(raw, lut)
     want = np.array([[lut[v] if 0 <= v < 256 else 255 for v in row] for row in raw.tolist()], dtype=np.uint8)
     assert np.array_equal(got, want), "remap differs from the naive loop"
     assert lut[6] == 255 and lut[44] == 2 and lut[8] == 255, f"lut {lut[:10]}"
     with pytest.raises(ValueError, match="non-integral"):
-        adapters.remap_labels(np.full((2, 2), 0.5), lut)
+        core.remap_labels(np.full((2, 2), 0.5), lut)
 
 
 def test_cli_prints_params_and_returns_zero(tmp_path, capsys):

@@ -60,3 +60,74 @@ def test_unknown_params_key_is_reported_in_one_line(tmp_path: Path) -> None:
     result = _stego("knn", "--no-prefect", cwd=tmp_path)
     assert result.returncode == 2, f"exit status {result.returncode}: {result.stderr}"
     assert "stego knn: error: params.yaml block 'train' has unknown key(s) ['stepz']" in result.stderr, result.stderr
+
+
+# --- only the project's own error types are one sentence; anything else is a bug to report ----
+
+
+def _fail_in_stage(monkeypatch: pytest.MonkeyPatch, name: str, error: Exception) -> None:
+    """Make stage `name` raise `error`, keeping its signature (the CLI builds its options from it)."""
+    import dataclasses
+    import functools
+
+    from flows.registry import STAGES
+
+    stage = STAGES[name]
+
+    @functools.wraps(stage.function)
+    def failing(*args, **kwargs):
+        raise error
+
+    monkeypatch.setitem(STAGES, name, dataclasses.replace(stage, function=failing))
+
+
+def test_unexpected_error_in_a_stage_keeps_its_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture) -> None:
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("corpus:\n  root: corpus\n")
+    # What torch raises on a bad kernel launch: a RuntimeError the user cannot fix.
+    _fail_in_stage(monkeypatch, "ingest", RuntimeError("CUDA error: an illegal memory access"))
+    monkeypatch.delenv("STEGO_DEBUG", raising=False)
+    code = main(["ingest", "--no-prefect", "--manifest", "m.parquet", "--quarantine", "q.csv", "--trace", "t.json"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" in err and "RuntimeError: CUDA error: an illegal memory access" in err, err
+    assert err.rstrip().splitlines()[-1].startswith("stego ingest: this is a bug in stego"), err
+    assert "stego ingest: error:" not in err, "a bug must not read as a user error"
+
+
+def test_stego_error_in_a_stage_is_one_line_with_exit_2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from stego_tasks.errors import InvalidInputError, ToolFailedError
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("corpus:\n  root: corpus\n")
+    monkeypatch.delenv("STEGO_DEBUG", raising=False)
+    args = ["ingest", "--no-prefect", "--manifest", "m.parquet", "--quarantine", "q.csv", "--trace", "t.json"]
+    for error in (InvalidInputError("corpus.root must be a folder; pass one."),
+                  ToolFailedError("a worker process died; retry with fewer workers.")):
+        _fail_in_stage(monkeypatch, "ingest", error)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.strip() == f"stego ingest: error: {error}", err
+    # STEGO_DEBUG shows the traceback of a one-sentence error too (it propagates).
+    monkeypatch.setenv("STEGO_DEBUG", "1")
+    with pytest.raises(ToolFailedError):
+        main(args)
+
+
+def test_console_filter_drops_only_user_errors() -> None:
+    import logging
+
+    from flows.cli import _UserErrorConsoleFilter
+    from stego_tasks.errors import MissingInputError
+
+    def record(error: Exception) -> logging.LogRecord:
+        return logging.LogRecord("prefect.flow_runs", logging.ERROR, __file__, 1, "failed", None,
+                                 (type(error), error, None))
+
+    console_filter = _UserErrorConsoleFilter()
+    assert not console_filter.filter(record(MissingInputError("run `stego extract` first.")))
+    assert console_filter.filter(record(RuntimeError("CUDA error"))), "a bug's traceback must reach the console"
+    assert console_filter.filter(record(ValueError("not ours"))), "a third-party ValueError is not a user error"

@@ -376,11 +376,11 @@ def test_no_import_cycle(package: str) -> None:
 
 
 # Layers inside the library, lowest first; a module may import its own layer and those below.
-# Top-level modules are stages (one per DVC stage), except the configuration modules (layer 0)
-# and the three public-API re-exports, which nothing in the package imports.
+# Top-level modules are stages (one per DVC stage), except the configuration modules (layer 0).
+# The package's own `__init__` is the public API's facade: it loads `method/` names lazily, so
+# nothing inside the package may import names from it (that would hide an upward import).
 LAYERS = {"runtime": 1, "method": 2, "data": 3, "tools": 4}
-CONFIGURATION = {"config", "params_schema", "paths", "presets"}
-PUBLIC_REEXPORTS = {"loss", "metrics", "backbone"}
+CONFIGURATION = {"config", "params_schema", "paths", "presets", "errors"}
 STAGE_LAYER = 5
 
 
@@ -395,18 +395,16 @@ def layer_of(module: str) -> int:
 
 
 def layering_breaches(graph: dict[str, set[str]]) -> list[str]:
-    """Imports that call a layer up, from one stage into another, or into a public re-export."""
+    """Imports that call a layer up, from one stage into another, or into the package-top facade."""
     found = []
     for module, imported in sorted(graph.items()):
         for target in sorted(imported):
-            top = target.split(".")[1] if "." in target else ""
-            if layer_of(target) > layer_of(module):
+            if target == PACKAGE and module != PACKAGE:
+                found.append(f"{module} imports the public facade {PACKAGE}; import from the defining module")
+            elif layer_of(target) > layer_of(module):
                 found.append(f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})")
-            elif layer_of(module) == STAGE_LAYER and layer_of(target) == STAGE_LAYER and target != module \
-                    and top not in PUBLIC_REEXPORTS and module.split(".")[1] not in PUBLIC_REEXPORTS:
+            elif layer_of(module) == STAGE_LAYER and layer_of(target) == STAGE_LAYER and target != module:
                 found.append(f"stage {module} imports stage {target}")
-            elif top in PUBLIC_REEXPORTS and len(target.split(".")) == 2 and module.split(".")[1] not in PUBLIC_REEXPORTS:
-                found.append(f"{module} imports the public re-export {target}; import from stego_tasks.method")
     return found
 
 
@@ -415,19 +413,26 @@ def test_library_layers_call_one_way() -> None:
     graph = {name: {m for m in imported_modules(path, name) if m in modules and m != name}
              for name, path in modules.items()}
     assert not layering_breaches(graph), "layering breaches:\n" + "\n".join(layering_breaches(graph))
-    # Negative checks: an upward import, a stage-to-stage import and a re-export import are caught.
+    # Negative checks: an upward import, a stage-to-stage import and an import of the facade are caught.
     assert layering_breaches({"stego_tasks.method.head": {"stego_tasks.data.images"}})
     assert layering_breaches({"stego_tasks.validate": {"stego_tasks.ingest"}})
-    assert layering_breaches({"stego_tasks.tools.sweep": {"stego_tasks.metrics"}})
+    assert layering_breaches({"stego_tasks.tools.sweep": {"stego_tasks", "stego_tasks.unsupervised_scores"}})
     assert not layering_breaches({"stego_tasks.train": {"stego_tasks.method.loss", "stego_tasks.config"}})
-    # Every subpackage module has a layer, and the public API still imports from its old paths.
-    from stego_tasks.backbone import create_backbone, normalize
-    from stego_tasks.loss import correspondence_loss
+
+
+def test_public_api_at_the_package_top_is_the_method_code() -> None:
+    import stego_tasks
+    from stego_tasks import correspondence_loss, create_backbone, normalize, unsupervised_scores
     from stego_tasks.method import backbone, loss, metrics
-    from stego_tasks.metrics import unsupervised_scores
     assert correspondence_loss is loss.correspondence_loss
     assert unsupervised_scores is metrics.unsupervised_scores
     assert (create_backbone, normalize) == (backbone.create_backbone, backbone.normalize)
+    # Every published name resolves, and an unknown one is an AttributeError (hasattr stays honest).
+    assert all(getattr(stego_tasks, name) is not None for name in stego_tasks.__all__)
+    assert not hasattr(stego_tasks, "no_such_name")
+    # No module only re-exports: the old paths are gone.
+    for gone in ("loss", "metrics", "backbone"):
+        assert not (REPO / PACKAGE / f"{gone}.py").exists()
 
 
 def _forbidden(module: str, path: Path) -> list[str]:

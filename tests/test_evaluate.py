@@ -17,7 +17,8 @@ import zarr
 from PIL import Image
 
 from stego_tasks.config import CorpusParams, EvaluateParams
-from stego_tasks.evaluate import METHODS, evaluate
+from stego_tasks.evaluate import evaluate
+from stego_tasks.method.metrics import METHODS
 from stego_tasks.tools.visualize import palette
 
 N_IMAGES, SIZE = 5, 8
@@ -125,7 +126,7 @@ def test_scores_equal_a_brute_force_matching(tmp_path, case):
         for method in METHODS:
             want = per_class[method][row["class"]]
             assert (row[method] == "" if want is None else float(row[method]) == want), f"plot {method}/{row['class']}"
-    for method, (array, store, matched) in METHODS.items():
+    for method, (_label, array, store, matched) in METHODS.items():
         n_ids = n_classes + extra if method.startswith("cluster") else n_classes
         accuracy, miou, ious, _ = _brute_force(preds[store][array], labels, corpus, n_ids, matched)
         assert scores[method]["accuracy"] == pytest.approx(accuracy, abs=1e-4), f"{method} accuracy"

@@ -18,10 +18,10 @@ from conftest import (
     VENV_BIN,
     downstream,
     run,
-    set_params,
     stage_graph,
     stop_process_group,
 )
+from tiny_project import set_params
 
 from stego_tasks.paths import PATHS
 

@@ -13,15 +13,16 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, always_changed, downstream, dvc_repro, run, set_params, stage_graph
+from conftest import VENV_BIN, always_changed, downstream, dvc_repro, run, stage_graph
+from tiny_project import set_params
 
+from stego_tasks.method.metrics import METHODS
 from stego_tasks.paths import PATHS
 
 pytestmark = pytest.mark.slow
 
 CORE_STAGES = ["demo_data", "ingest", "validate", "extract", "knn", "train", "cluster", "crf", "evaluate"]
 # What each method's predictions are scored as in metrics/scores.json.
-METHODS = ("cluster", "cluster_crf", "kmeans", "linear", "linear_crf")
 CRF_METHODS = ("cluster_crf", "linear_crf")
 # Label-free signals of the final map (after the CRF); confidence and the k-means agreement are the probe's, before it.
 CRF_LABEL_FREE = ("label_free.size_balance", "label_free.largest_share", "label_free.used_clusters")

@@ -10,7 +10,8 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import always_changed, dvc_repro, set_params
+from conftest import always_changed, dvc_repro
+from tiny_project import set_params
 
 pytestmark = pytest.mark.slow
 

@@ -30,8 +30,9 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import SUBPROCESS_ENV, VENV_BIN, free_port, make_tiny_project, run
+from conftest import SUBPROCESS_ENV, VENV_BIN, free_port, run
 from PIL import Image
+from tiny_project import make_tiny_project
 
 from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
@@ -359,6 +360,7 @@ def refusals(reference: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield results
 
 
+@pytest.mark.slow  # its module fixture starts every refused run at once: about 40 s
 @pytest.mark.parametrize("name", list(REFUSALS))
 def test_refused_run_prints_one_line_exits_2_and_writes_nothing(name: str, refusals) -> None:
     if name == "cuda_on_cpu_machine" and HAS_CUDA:
@@ -436,6 +438,7 @@ s.evaluate(params, features, f"{out}/predictions.zarr", f"{out}/crf.zarr", f"{ou
 SAME_BYTES = ("model/model.safetensors", "model/model.json", "train_loss.csv", "scores.json", "per_class_iou.json", "assignment.json")
 
 
+@pytest.mark.slow  # a second full run: about 20 s
 def test_same_params_and_seed_give_byte_identical_model_and_metrics(reference: Path, tmp_path: Path) -> None:
     from flows import stage_functions
 

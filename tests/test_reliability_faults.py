@@ -66,6 +66,7 @@ def _one_sentence(result: subprocess.CompletedProcess, command: str) -> str:
 
 # --- out of room ------------------------------------------------------------------------------
 
+@pytest.mark.slow  # two extractions: about 20 s
 def test_extract_out_of_room_is_one_sentence_and_the_rerun_completes_the_store_exactly(tmp_path):
     project = _project(tmp_path / "limited")
     args = ["extract", "--no-prefect", "--manifest", "manifest.parquet", "--features", "features.zarr"]

@@ -114,6 +114,7 @@ def stage_env(project_env: dict[str, str]) -> dict[str, str]:
     return env
 
 
+@pytest.mark.slow  # a Prefect server and a flow run per case: about 30 s
 def test_user_errors_under_prefect_are_the_same_one_sentence(tmp_path: Path, stage_env: dict[str, str]) -> None:
     """A bad params value and an error inside the stage print one line, no traceback, exit 2."""
     bad_params = tmp_path / "bad-params"

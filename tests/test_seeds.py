@@ -35,6 +35,7 @@ def test_one_seed_has_no_sd_and_the_table_says_so() -> None:
     assert "cluster" in format_table(aggregate(RUNS)) and "54.0 ± 4.0" in format_table(aggregate(RUNS))
 
 
+@pytest.mark.slow  # a reproduced project and a DVC experiment per seed: about 5 min
 def test_stego_seeds_runs_each_seed_as_a_dvc_experiment(project_copy, project_env) -> None:
     """Two seeds on the tiny project: two named experiments, and a table of exactly their scores."""
     import json

@@ -16,6 +16,8 @@ import stat
 from pathlib import Path
 from typing import BinaryIO
 
+from stego_tasks.errors import InvalidInputError
+
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 )
@@ -27,7 +29,7 @@ QUARANTINED = "quarantined"
 HIDDEN_REASON = "hidden file"
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(InvalidInputError):
     """A file that cannot be used as an image or label.
 
     Attributes:

@@ -20,6 +20,7 @@ from stego_tasks.data.corpus_files import (
     is_image_name,
 )
 from stego_tasks.data.manifest import SPLITS
+from stego_tasks.errors import InvalidInputError
 
 # Reasons of rows for entries that were never meant as images (not quarantined) start so.
 SKIPPED_PREFIX = "skipped: "
@@ -29,7 +30,7 @@ LAYOUT = (
 )
 
 
-class EmptyCorpusError(ValueError):
+class EmptyCorpusError(InvalidInputError):
     """The corpus root holds no image files where the layout expects them."""
 
 
@@ -65,7 +66,7 @@ def list_dir(folder: Path) -> list[str]:
     try:
         return sorted(entry.name for entry in os.scandir(folder))
     except OSError as exc:
-        raise ValueError(
+        raise InvalidInputError(
             f"{folder} cannot be listed ({exc.strerror or type(exc).__name__}); make it readable and rerun ingest."
         ) from None
 

@@ -24,6 +24,7 @@ import torch
 from stego_tasks.config import BackboneParams
 from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.preprocess import preprocess
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.backbone import Backbone, create_seeded_backbone, normalize
 from stego_tasks.method.pos_embed import supports_dino_pos_embed
 from stego_tasks.method.weights import WeightsNotFoundError
@@ -73,7 +74,7 @@ def _cached_backbone(
     model = create_seeded_backbone(name, weights=weights, pos_embed=pos_embed)
     if weights_sha256 is not None and model.weights_sha256 != weights_sha256:
         # A worker (or a later chunk) found another file at the path the stage planned with.
-        raise ValueError(
+        raise InvalidInputError(
             f"the weights file {weights!r} changed while features were being extracted (its content no longer "
             f"matches sha256 {weights_sha256[:12]}...); leave it unchanged and rerun `stego extract`."
         )

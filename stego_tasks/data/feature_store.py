@@ -58,6 +58,7 @@ from stego_tasks.data.store_integrity import (
     record_chunk,
     verify_split,
 )
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.runtime.atomic import ZARR_METADATA
 
 # Integrity is its own module (`store_integrity`); its public names are also reached from here,
@@ -138,7 +139,7 @@ def feature_compressors(compression: str) -> Any:
         "blosc-zstd": (BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle"),),
     }
     if compression not in choices:
-        raise ValueError(f"extract.compression must be one of {sorted(choices)}, got {compression!r}.")
+        raise InvalidInputError(f"extract.compression must be one of {sorted(choices)}, got {compression!r}.")
     return choices[compression]
 
 
@@ -330,14 +331,14 @@ def read_split(store_path: Path, split: str, arrays: Iterable[str] | None = None
     """
     root = open_features(store_path)
     if split not in root:
-        raise ValueError(f"{store_path} has no '{split}' features; run `stego extract` first.")
+        raise InvalidInputError(f"{store_path} has no '{split}' features; run `stego extract` first.")
     group = root[split]
     try:
         done = group["done"][:]
     except Exception as exc:  # noqa: BLE001 - a missing or damaged flags array
         raise StoreDamagedError(store_path, f"{split}/done", 0, f"cannot be read ({type(exc).__name__})", EXTRACT_FIX) from None
     if not bool(np.all(done)):
-        raise ValueError(f"{store_path}/{split} is incomplete (an extraction was interrupted); rerun `stego extract`.")
+        raise InvalidInputError(f"{store_path}/{split} is incomplete (an extraction was interrupted); rerun `stego extract`.")
     verify_split(group, store_path, arrays)
     return group
 
@@ -347,9 +348,9 @@ def open_features(store_path: Path) -> zarr.Group:
     try:
         return zarr.open_group(str(store_path), mode="r")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{store_path} does not exist; run `stego extract` first.") from None
+        raise MissingInputError(f"{store_path} does not exist; run `stego extract` first.") from None
     except Exception as exc:  # noqa: BLE001 - unreadable or invalid zarr.json
-        raise ValueError(
+        raise InvalidInputError(
             f"{store_path} cannot be opened as a Zarr store (its zarr.json: {type(exc).__name__}); "
             "run `stego extract`, which writes it again and keeps the stored chunks."
         ) from None

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stego_tasks.data.corpus_files import open_regular
+from stego_tasks.errors import InvalidInputError
 
 SPLITS: tuple[str, ...] = ("train", "val")
 LABEL_SUFFIX = ".png"
@@ -66,14 +67,14 @@ def resolve_in_corpus(root: Path, rel_path: str) -> Path:
     """
     pure = PurePosixPath(rel_path)
     if not rel_path or pure.is_absolute() or ".." in pure.parts:
-        raise ValueError(
+        raise InvalidInputError(
             f"corpus path {rel_path!r} must be a non-empty relative posix path without "
             f"'..'; manifests written by ingest never contain such paths, so regenerate it."
         )
     real_root = Path(root).resolve()
     target = (real_root / pure).resolve()
     if not target.is_relative_to(real_root):
-        raise ValueError(
+        raise InvalidInputError(
             f"corpus path {rel_path!r} resolves to {target}, outside the corpus root "
             f"{real_root}; replace that symlink with the file itself."
         )
@@ -95,7 +96,7 @@ def read_manifest(path: Path) -> pd.DataFrame:
     table = pq.read_table(path)
     missing = [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
     if missing:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is not an ingest manifest: columns {missing} are missing; "
             f"rerun the ingest stage to regenerate it."
         )

@@ -20,13 +20,15 @@ import io
 import numpy as np
 from PIL import Image
 
+from stego_tasks.errors import InvalidInputError
+
 PREPROCESS_MODES: tuple[str, ...] = ("reference", "antialias")
 
 
 def check_mode(mode: str) -> None:
     """Refuse an unknown preprocessing mode with the allowed ones."""
     if mode not in PREPROCESS_MODES:
-        raise ValueError(f"extract.preprocess must be one of {list(PREPROCESS_MODES)}, got {mode!r}.")
+        raise InvalidInputError(f"extract.preprocess must be one of {list(PREPROCESS_MODES)}, got {mode!r}.")
 
 
 def short_side_size(height: int, width: int, size: int) -> tuple[int, int]:

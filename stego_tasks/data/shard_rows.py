@@ -15,6 +15,8 @@ from typing import Any
 import numpy as np
 import zarr
 
+from stego_tasks.errors import InvalidInputError
+
 # Chunks a streamed gather decodes at once. zarr's default (10) holds up to 10 compressed
 # plus 10 decoded chunks (about 440 MiB at 224 px), so the step's memory would still grow
 # with the split until it has 10 chunks; 2 in flight measured 352 MiB peak and 410 ms for
@@ -113,10 +115,10 @@ class ShardRows:
         import google_crc32c
 
         if len(raw) != self._index_bytes:
-            raise ValueError(f"{path} is too short to hold a shard index; run `stego extract` to repair the store.")
+            raise InvalidInputError(f"{path} is too short to hold a shard index; run `stego extract` to repair the store.")
         body, crc = raw[:-4], raw[-4:]
         if np.uint32(google_crc32c.value(body)).tobytes() != crc:
-            raise ValueError(f"{path}: the shard index does not match its checksum; run `stego extract` to repair the store.")
+            raise InvalidInputError(f"{path}: the shard index does not match its checksum; run `stego extract` to repair the store.")
         return np.frombuffer(body, dtype="<u8").reshape(self.rows_per_shard, 2)
 
     def read_into(self, row: int, out: np.ndarray) -> None:
@@ -132,11 +134,11 @@ class ShardRows:
         try:
             if self._decode is None:
                 if length != out.nbytes or os.preadv(fd, [memoryview(out).cast("B")], offset) != length:
-                    raise ValueError(f"{path}: row {row} is truncated; run `stego extract` to repair the store.")
+                    raise InvalidInputError(f"{path}: row {row} is truncated; run `stego extract` to repair the store.")
             else:
                 data = os.pread(fd, length, offset)
                 if len(data) != length:
-                    raise ValueError(f"{path}: row {row} is truncated; run `stego extract` to repair the store.")
+                    raise InvalidInputError(f"{path}: row {row} is truncated; run `stego extract` to repair the store.")
                 self._decode(data, out=out)
         finally:
             os.close(fd)

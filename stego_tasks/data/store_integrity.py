@@ -20,6 +20,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.runtime.atomic import ZARR_METADATA
 
 
@@ -43,7 +44,7 @@ EXTRACT_FIX = "run `stego extract` to re-compute damaged chunks"
 _CONCURRENT_READS = 4
 
 
-class StoreDamagedError(ValueError):
+class StoreDamagedError(InvalidInputError):
     """A chunk of a Zarr store is missing, truncated or not what was written.
 
     Attributes:
@@ -274,9 +275,9 @@ def open_store(store_path: Path, stage: str, arrays: Iterable[str] | None = None
     try:
         group = zarr.open_group(str(store_path), mode="r")
     except FileNotFoundError:
-        raise FileNotFoundError(f"{store_path} does not exist; run `stego {stage}` first.") from None
+        raise MissingInputError(f"{store_path} does not exist; run `stego {stage}` first.") from None
     except Exception as exc:  # noqa: BLE001 - unreadable or invalid zarr.json
-        raise ValueError(f"{store_path} cannot be opened as a Zarr store ({type(exc).__name__}); {fix}.") from None
+        raise InvalidInputError(f"{store_path} cannot be opened as a Zarr store ({type(exc).__name__}); {fix}.") from None
     if INTEGRITY_GROUP not in group:
         return group  # written before records existed (or by hand): nothing to check against
     integrity = dict(group[INTEGRITY_GROUP].attrs)
@@ -320,7 +321,7 @@ def same_images(predictions: zarr.Group, val: zarr.Group, predictions_path: Path
     if "image_ids" not in predictions:
         return  # written before predictions recorded their images
     if not np.array_equal(np.asarray(predictions["image_ids"][:]), np.asarray(val["image_ids"][:])):
-        raise ValueError(
+        raise InvalidInputError(
             f"{predictions_path} holds predictions for other images than {store_path} now holds; "
             "rerun `stego cluster` and `stego crf` (or `dvc repro`)."
         )

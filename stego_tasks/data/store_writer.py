@@ -36,6 +36,7 @@ from zarr.core.sync import sync
 
 from stego_tasks.data.store_integrity import DIGESTS, chunk_key, object_digest
 from stego_tasks.data.store_labels import write_label_keys
+from stego_tasks.errors import InvalidInputError
 
 
 def _encode_with(codecs: Sequence[Codec], value: NDBuffer, spec: ArraySpec) -> Buffer | None:
@@ -139,7 +140,7 @@ class ArrayEncoder:
             return None
         values = np.asarray(values, dtype=self.dtype)
         if values.shape[1:] != tuple(self.spec.shape[1:]) or values.shape[0] > self.rows:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{self.array.path}: a chunk holds at most {self.rows} rows of shape {tuple(self.spec.shape[1:])}, "
                 f"got {values.shape}."
             )
@@ -186,7 +187,7 @@ class SplitWriter:
         self.encoders = {name: ArrayEncoder(group[name]) for name in self.names}
         for name, encoder in self.encoders.items():
             if encoder.rows != rows_per_chunk:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{group.path}/{name} stores {encoder.rows} rows per object, the split's chunks hold {rows_per_chunk}."
                 )
         self._bookkeeping = threading.Lock()

@@ -23,6 +23,7 @@ import zarr
 from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.shard_rows import ShardRows, gather_rows
 from stego_tasks.data.store_integrity import content_identity, open_store
+from stego_tasks.errors import InvalidInputError
 
 log = logging.getLogger("stego")
 
@@ -289,7 +290,7 @@ def load_training_data(
     feats, labels = group["feats"], group["labels"]
     knn = open_store(knn_path, "knn", ["train"])["train"][:]
     if knn.shape[0] != feats.shape[0]:
-        raise ValueError(
+        raise InvalidInputError(
             f"the kNN graph has {knn.shape[0]} rows but the store has {feats.shape[0]} training crops; rerun `stego knn`."
         )
     if feats.nbytes + labels.nbytes <= in_memory_bytes:

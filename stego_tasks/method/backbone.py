@@ -17,6 +17,7 @@ import torch
 from timm.models import vision_transformer as timm_vit
 from torch import Tensor, nn
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.pos_embed import use_dino_pos_embed
 from stego_tasks.method.registry import (
     BACKBONES,
@@ -65,7 +66,7 @@ def normalize(
         float32 (or the input's float dtype) tensor of the same shape, (x - mean) / std.
     """
     if images.ndim < 3 or images.shape[-3] != 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"normalize expects images shaped [..., 3, H, W], got {tuple(images.shape)}."
         )
     if images.dtype == torch.uint8:
@@ -74,12 +75,12 @@ def normalize(
         # Catch the two usual slips: 0-255 floats and already-normalised input.
         lo, hi = (float(images.min()), float(images.max())) if images.numel() else (0.0, 0.0)
         if lo < -1e-3 or hi > 1.0 + 1e-3:
-            raise ValueError(
+            raise InvalidInputError(
                 f"normalize expects float images in [0, 1], got values in [{lo:.3g}, {hi:.3g}]; "
                 "divide 0-255 images by 255 or pass uint8, and do not normalise twice."
             )
     else:
-        raise ValueError(f"normalize expects uint8 or float images, got dtype {images.dtype}.")
+        raise InvalidInputError(f"normalize expects uint8 or float images, got dtype {images.dtype}.")
     shape = (3, 1, 1)
     mean_t = torch.tensor(mean, dtype=images.dtype, device=images.device).view(shape)
     std_t = torch.tensor(std, dtype=images.dtype, device=images.device).view(shape)
@@ -144,17 +145,17 @@ class Backbone(nn.Module):
             Patch tokens after the final norm, [B, C, H/p, W/p], prefix tokens dropped.
         """
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Backbone expects images shaped [B, 3, H, W], got {tuple(images.shape)}."
             )
         if not images.is_floating_point():
-            raise ValueError(
+            raise InvalidInputError(
                 f"Backbone expects normalised float images, got {images.dtype}; call normalize() first."
             )
         b, _, h, w = images.shape
         p = self.patch_size
         if h % p or w % p:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Image size {h}x{w} is not divisible by the patch size {p} of {self.name}; "
                 f"resize or crop to a multiple of {p}."
             )
@@ -219,7 +220,7 @@ def _with_pos_embed(backbone: Backbone, pos_embed: str) -> Backbone:
     if pos_embed == "dino":
         use_dino_pos_embed(backbone.model)
     elif pos_embed != "timm":
-        raise ValueError(f"pos_embed must be 'timm' or 'dino', got {pos_embed!r}.")
+        raise InvalidInputError(f"pos_embed must be 'timm' or 'dino', got {pos_embed!r}.")
     backbone.pos_embed = pos_embed
     return backbone
 
@@ -237,12 +238,12 @@ def _resolve_spec(name: str) -> BackboneSpec:
     if name in BACKBONES:
         return BACKBONES[name]
     if not timm.is_model(name):
-        raise ValueError(
+        raise InvalidInputError(
             f"Unknown backbone {name!r}; use one of {list_backbones()} or a timm ViT name "
             "such as 'vit_small_patch16_224'."
         )
     if timm.models.model_entrypoint(name).__module__ != timm_vit.__name__:
-        raise ValueError(
+        raise InvalidInputError(
             f"timm model {name!r} is not a plain VisionTransformer; use one of "
             f"{list_backbones()} or a timm model from timm.models.vision_transformer."
         )
@@ -250,7 +251,7 @@ def _resolve_spec(name: str) -> BackboneSpec:
         model = _build_model(name)
     patch = model.patch_embed.patch_size
     if patch[0] != patch[1]:
-        raise ValueError(
+        raise InvalidInputError(
             f"timm model {name!r} has non-square patches {patch}; use a square-patch ViT."
         )
     cfg = timm.models.get_pretrained_cfg(name)

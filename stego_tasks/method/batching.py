@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from stego_tasks.errors import InvalidInputError
+
 
 def epoch_batches(size: int, batch_size: int, seed: int, start_step: int = 0) -> Iterator[torch.Tensor]:
     """Endless batches of row indices [min(batch_size, size)], from step `start_step` on.
@@ -47,7 +49,7 @@ def step_positives(knn: np.ndarray, index: np.ndarray | torch.Tensor, seed: int,
     knn = np.asarray(knn)
     index = np.asarray(index, dtype=np.int64).reshape(-1)
     if knn.ndim != 2 or knn.shape[1] < 1:
-        raise ValueError(f"step_positives expects a kNN graph of shape [N, k>=1], got {knn.shape}.")
+        raise InvalidInputError(f"step_positives expects a kNN graph of shape [N, k>=1], got {knn.shape}.")
     columns = np.random.default_rng([seed % 2**64, step, _POSITIVES_STREAM]).integers(0, knn.shape[1], size=index.shape[0])
     return knn[index, columns].astype(np.int64)
 

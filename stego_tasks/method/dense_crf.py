@@ -23,6 +23,7 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 
 from stego_tasks.config import CRFParams
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.runtime.executors import default_chunksize, run_chunks, spawn_pool
 
 PUBLISHED_CRF = CRFParams()
@@ -42,7 +43,7 @@ def _check_inputs(image: np.ndarray, logits: np.ndarray) -> None:
     ):
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
-        raise ValueError(
+        raise InvalidInputError(
             f"dense_crf needs an RGB image as a uint8 array [H, W, 3], got {dtype} with shape {shape}; "
             "un-normalise the image back to 0..255 first."
         )
@@ -52,16 +53,16 @@ def _check_inputs(image: np.ndarray, logits: np.ndarray) -> None:
         or not np.issubdtype(logits.dtype, np.floating)
     ):
         shape = getattr(logits, "shape", None)
-        raise ValueError(f"dense_crf needs float logits [n_labels, H, W], got shape {shape}.")
+        raise InvalidInputError(f"dense_crf needs float logits [n_labels, H, W], got shape {shape}.")
     if logits.shape[0] < 1:
-        raise ValueError("dense_crf needs at least one label in logits, got n_labels=0.")
+        raise InvalidInputError("dense_crf needs at least one label in logits, got n_labels=0.")
     if logits.shape[1:] != image.shape[:2]:
-        raise ValueError(
+        raise InvalidInputError(
             f"logits have spatial size {logits.shape[1:]} but the image is {image.shape[:2]}; "
             "upsample the logits to the image size (bilinear) before the CRF."
         )
     if not np.all(np.isfinite(logits)):
-        raise ValueError("dense_crf got NaN or infinite logits; check the model outputs.")
+        raise InvalidInputError("dense_crf got NaN or infinite logits; check the model outputs.")
 
 
 def _unary(logits: np.ndarray) -> np.ndarray:
@@ -163,11 +164,11 @@ def dense_crf_batch(
         RuntimeError: If a worker process dies (for example killed for memory).
     """
     if len(images) != len(logits):
-        raise ValueError(
+        raise InvalidInputError(
             f"dense_crf_batch got {len(images)} images but {len(logits)} logits; pass one per image."
         )
     if chunksize is not None and chunksize < 1:
-        raise ValueError(f"dense_crf_batch needs chunksize >= 1, got {chunksize}.")
+        raise InvalidInputError(f"dense_crf_batch needs chunksize >= 1, got {chunksize}.")
     for image, lg in zip(images, logits, strict=True):
         _check_inputs(image, lg)
 

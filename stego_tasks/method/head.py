@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stego_tasks.errors import InvalidInputError
+
 
 class SegmentationHead(nn.Module):
     """STEGO head: code = linear(drop(x)) + nonlinear(drop(x)).
@@ -28,9 +30,9 @@ class SegmentationHead(nn.Module):
     def __init__(self, in_dim: int, n_codes: int = 70, dropout: float = 0.1) -> None:
         super().__init__()
         if in_dim < 1 or n_codes < 1:
-            raise ValueError(f"in_dim and n_codes must be >= 1, got {in_dim} and {n_codes}.")
+            raise InvalidInputError(f"in_dim and n_codes must be >= 1, got {in_dim} and {n_codes}.")
         if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must lie in [0, 1), got {dropout}.")
+            raise InvalidInputError(f"dropout must lie in [0, 1), got {dropout}.")
         self.in_dim = in_dim
         self.n_codes = n_codes
         self.dropout = nn.Dropout2d(p=dropout)
@@ -68,7 +70,7 @@ class SegmentationHead(nn.Module):
 
     def _check(self, feats: Tensor) -> None:
         if feats.dim() != 4 or feats.shape[1] != self.in_dim:
-            raise ValueError(
+            raise InvalidInputError(
                 f"SegmentationHead expects features [B, {self.in_dim}, H, W], "
                 f"got shape {tuple(feats.shape)}."
             )
@@ -99,7 +101,7 @@ class ClusterProbe(nn.Module):
     def __init__(self, dim: int, n_classes: int, extra_clusters: int = 0) -> None:
         super().__init__()
         if dim < 1 or n_classes < 1 or extra_clusters < 0:
-            raise ValueError(
+            raise InvalidInputError(
                 f"ClusterProbe needs dim >= 1, n_classes >= 1 and extra_clusters >= 0, "
                 f"got {dim}, {n_classes} and {extra_clusters}."
             )
@@ -123,7 +125,7 @@ class ClusterProbe(nn.Module):
             Similarities [B, N, H, W], N = n_clusters.
         """
         if code.dim() != 4 or code.shape[1] != self.dim:
-            raise ValueError(
+            raise InvalidInputError(
                 f"ClusterProbe expects code [B, {self.dim}, H, W], got shape {tuple(code.shape)}."
             )
         normed_clusters = F.normalize(self.clusters, dim=1)
@@ -186,7 +188,7 @@ class LinearProbe(nn.Module):
     def __init__(self, dim: int, n_classes: int) -> None:
         super().__init__()
         if dim < 1 or n_classes < 1:
-            raise ValueError(
+            raise InvalidInputError(
                 f"LinearProbe needs dim >= 1 and n_classes >= 1, got {dim} and {n_classes}."
             )
         self.dim = dim
@@ -203,7 +205,7 @@ class LinearProbe(nn.Module):
             Logits [B, n_classes, H, W].
         """
         if code.dim() != 4 or code.shape[1] != self.dim:
-            raise ValueError(
+            raise InvalidInputError(
                 f"LinearProbe expects code [B, {self.dim}, H, W], got shape {tuple(code.shape)}."
             )
         return self.conv(code.detach())
@@ -222,7 +224,7 @@ class LinearProbe(nn.Module):
             gradient (of zeros) when no pixel counts.
         """
         if labels.dim() != 3 or labels.shape[0] != code.shape[0]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"labels must be [B, H, W] with B = {code.shape[0]}, got shape {tuple(labels.shape)}."
             )
         logits = F.interpolate(

@@ -19,6 +19,8 @@ import math
 import numpy as np
 from scipy.special import gammaln
 
+from stego_tasks.errors import InvalidInputError
+
 # The hypergeometric terms of the expected MI are summed over mean +- (SPAN_SD sd + SPAN_ADD):
 # beyond that their probabilities are below 1e-40 (checked against the full sum in the tests).
 SPAN_SD = 16.0
@@ -33,7 +35,7 @@ def size_balance(counts: np.ndarray) -> float:
     """
     counts = np.asarray(counts, dtype=np.float64).reshape(-1)
     if counts.size == 0 or counts.min() < 0 or counts.sum() <= 0:
-        raise ValueError(f"size_balance needs non-negative counts with a positive sum, got {counts[:8]}.")
+        raise InvalidInputError(f"size_balance needs non-negative counts with a positive sum, got {counts[:8]}.")
     if counts.size == 1:
         return 1.0
     shares = counts[counts > 0] / counts.sum()
@@ -49,10 +51,10 @@ def contingency(a: np.ndarray, b: np.ndarray, n_a: int, n_b: int) -> np.ndarray:
     a = np.asarray(a).reshape(-1).astype(np.int64)
     b = np.asarray(b).reshape(-1).astype(np.int64)
     if a.shape != b.shape:
-        raise ValueError(f"contingency needs two maps of the same pixels, got {a.size} and {b.size} values.")
+        raise InvalidInputError(f"contingency needs two maps of the same pixels, got {a.size} and {b.size} values.")
     for values, n, name in ((a, n_a, "first"), (b, n_b, "second")):
         if values.size and (values.min() < 0 or values.max() >= n):
-            raise ValueError(f"the {name} map holds ids in [{values.min()}, {values.max()}], outside [0, {n}).")
+            raise InvalidInputError(f"the {name} map holds ids in [{values.min()}, {values.max()}], outside [0, {n}).")
     return np.bincount(a * n_b + b, minlength=n_a * n_b).reshape(n_a, n_b)
 
 
@@ -112,7 +114,7 @@ def adjusted_mutual_info(table: np.ndarray) -> float:
     table = np.asarray(table, dtype=np.float64)
     total = table.sum()
     if total <= 0:
-        raise ValueError("adjusted_mutual_info needs a histogram with at least one pixel.")
+        raise InvalidInputError("adjusted_mutual_info needs a histogram with at least one pixel.")
     rows, cols = table.sum(1), table.sum(0)
     if (rows > 0).sum() == (cols > 0).sum() == 1:
         return 1.0

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stego_tasks.errors import InvalidInputError
+
 Triple = tuple[float, float, float]
 
 _TERMS = ("intra", "inter", "neg")
@@ -70,7 +72,7 @@ def random_derangements(
         LongTensor [n_draws, size]; row r maps index b to `out[r, b] != b`.
     """
     if size < 2:
-        raise ValueError(f"A derangement needs at least 2 elements, got size={size}.")
+        raise InvalidInputError(f"A derangement needs at least 2 elements, got size={size}.")
     if device is None:
         device = generator.device if generator is not None else "cpu"
     identity = torch.arange(size, device=device)
@@ -257,19 +259,19 @@ def _check_inputs(feats: Tensor, feats_pos: Tensor, code: Tensor, code_pos: Tens
     named = {"feats": feats, "feats_pos": feats_pos, "code": code, "code_pos": code_pos}
     for name, t in named.items():
         if t.dim() != 4:
-            raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}.")
+            raise InvalidInputError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(t.shape)}.")
     sizes = {name: t.shape[0] for name, t in named.items()}
     if len(set(sizes.values())) != 1:
-        raise ValueError(f"feats, feats_pos, code and code_pos need one batch size, got {sizes}.")
+        raise InvalidInputError(f"feats, feats_pos, code and code_pos need one batch size, got {sizes}.")
     for a, b in (("feats", "feats_pos"), ("code", "code_pos")):
         if named[a].shape[1] != named[b].shape[1]:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{a} and {b} need the same channel count, got {named[a].shape[1]} "
                 f"and {named[b].shape[1]}."
             )
     batch = feats.shape[0]
     if batch < 2:
-        raise ValueError(
+        raise InvalidInputError(
             f"The correspondence loss needs a batch of at least 2 images to form negative "
             f"pairs, got batch size {batch}; use a larger batch."
         )
@@ -280,26 +282,26 @@ def _check_triple(name: str, values: Sequence[float]) -> Triple:
     """Returns values as an (intra, inter, neg) tuple of floats."""
     values = tuple(float(v) for v in values)
     if len(values) != 3:
-        raise ValueError(f"{name} must be an (intra, inter, neg) triple, got {values}.")
+        raise InvalidInputError(f"{name} must be an (intra, inter, neg) triple, got {values}.")
     return values  # type: ignore[return-value]
 
 
 def _check_counts(feature_samples: int, neg_samples: int) -> None:
     """Validates the grid side and the number of negative draws."""
     if feature_samples < 1:
-        raise ValueError(f"feature_samples must be >= 1, got {feature_samples}.")
+        raise InvalidInputError(f"feature_samples must be >= 1, got {feature_samples}.")
     if neg_samples < 1:
-        raise ValueError(f"neg_samples must be >= 1, got {neg_samples}.")
+        raise InvalidInputError(f"neg_samples must be >= 1, got {neg_samples}.")
 
 
 def _check_coords(coords: Sequence[Tensor], batch: int, samples: int) -> tuple[Tensor, Tensor]:
     """Validates a given (coords1, coords2) pair against [B, S, S, 2]."""
     expected = (batch, samples, samples, 2)
     if len(coords) != 2:
-        raise ValueError(f"coords must be a pair (coords1, coords2), got {len(coords)} items.")
+        raise InvalidInputError(f"coords must be a pair (coords1, coords2), got {len(coords)} items.")
     for i, c in enumerate(coords, start=1):
         if tuple(c.shape) != expected:
-            raise ValueError(
+            raise InvalidInputError(
                 f"coords{i} must have shape [B, S, S, 2] = {expected}, got {tuple(c.shape)}."
             )
     return coords[0], coords[1]
@@ -308,18 +310,18 @@ def _check_coords(coords: Sequence[Tensor], batch: int, samples: int) -> tuple[T
 def _check_neg_perms(neg_perms: Tensor, neg_samples: int, batch: int) -> Tensor:
     """Validates given negative partners: [neg_samples, B] indices with no self-pair."""
     if tuple(neg_perms.shape) != (neg_samples, batch):
-        raise ValueError(
+        raise InvalidInputError(
             f"neg_perms must have shape [neg_samples, B] = {(neg_samples, batch)}, "
             f"got {tuple(neg_perms.shape)}."
         )
     if neg_perms.dtype.is_floating_point or neg_perms.dtype == torch.bool:
-        raise ValueError(f"neg_perms must hold integer indices, got dtype {neg_perms.dtype}.")
+        raise InvalidInputError(f"neg_perms must hold integer indices, got dtype {neg_perms.dtype}.")
     neg_perms = neg_perms.long()
     if bool(((neg_perms < 0) | (neg_perms >= batch)).any()):
-        raise ValueError(f"neg_perms values must lie in [0, {batch}), got {neg_perms.tolist()}.")
+        raise InvalidInputError(f"neg_perms values must lie in [0, {batch}), got {neg_perms.tolist()}.")
     identity = torch.arange(batch, device=neg_perms.device)
     if bool((neg_perms == identity).any()):
-        raise ValueError(
+        raise InvalidInputError(
             f"neg_perms must pair every image with another image (no neg_perms[r, b] == b), "
             f"got {neg_perms.tolist()}."
         )

@@ -18,17 +18,39 @@ error, so it lowers its true class's IoU and stays in the accuracy denominator.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
+
+from stego_tasks.errors import InvalidInputError
+
+
+class ScoredMethod(NamedTuple):
+    """One way a run predicts classes, as evaluate scores it and the tables show it."""
+
+    label: str  # its words in tables (the report, the end-of-run summary, `stego seeds`)
+    array: str  # the prediction array in the store below
+    store: str  # "cluster" (artifacts/predictions.zarr) or "crf" (artifacts/crf.zarr)
+    matched: bool  # Hungarian-matched to the labels (unsupervised) or scored directly (linear probe)
+
+
+# The methods a run scores, in table order: the one list the evaluate stage, the report, the
+# end-of-run table, `stego seeds` and the Prefect artifacts read.
+METHODS: dict[str, ScoredMethod] = {
+    "cluster": ScoredMethod("cluster", "cluster_pred", "cluster", True),
+    "cluster_crf": ScoredMethod("cluster + CRF", "cluster_pred", "crf", True),
+    "linear": ScoredMethod("linear", "linear_pred", "cluster", False),
+    "linear_crf": ScoredMethod("linear + CRF", "linear_pred", "crf", False),
+    "kmeans": ScoredMethod("k-means baseline", "kmeans_pred", "cluster", True),
+}
 
 
 def _as_int_array(values: Any, name: str) -> np.ndarray:
     """Flatten an int array-like (np.ndarray or CPU tensor) to 1-D, rejecting floats."""
     arr = np.asarray(values)
     if not (np.issubdtype(arr.dtype, np.integer) or arr.dtype == np.bool_):
-        raise ValueError(
+        raise InvalidInputError(
             f"{name} must hold integer ids, got dtype {arr.dtype}; take the argmax first."
         )
     return arr.reshape(-1)
@@ -56,17 +78,17 @@ def confusion_matrix(
     """
     n_clusters = n_classes if n_clusters is None else n_clusters
     if n_classes < 1 or n_clusters < 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"need n_classes >= 1 and n_clusters >= 1, got {n_classes} and {n_clusters}."
         )
     if np.shape(preds) != np.shape(labels):
-        raise ValueError(
+        raise InvalidInputError(
             f"preds shape {np.shape(preds)} differs from labels shape {np.shape(labels)}."
         )
     p = _as_int_array(preds, "preds").astype(np.int64)
     t = _as_int_array(labels, "labels").astype(np.int64)
     if p.size and (p.min() < 0 or p.max() >= n_clusters):
-        raise ValueError(
+        raise InvalidInputError(
             f"preds hold ids in [{p.min()}, {p.max()}] but n_clusters={n_clusters}; "
             "set n_clusters to the number of clusters the model predicts."
         )

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from stego_tasks.config import TrainParams
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.method.head import ClusterProbe, LinearProbe, SegmentationHead
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.content_hash import sha256_of_file
@@ -128,7 +129,7 @@ def load_model(model_dir: Path) -> StegoModel:
     model_dir = Path(model_dir)
     json_path, weights_path = model_dir / MODEL_JSON, model_dir / MODEL_WEIGHTS
     if not holds_model(model_dir):
-        raise FileNotFoundError(f"{model_dir} holds no trained model ({MODEL_JSON} + {MODEL_WEIGHTS}); run `stego train` first.")
+        raise MissingInputError(f"{model_dir} holds no trained model ({MODEL_JSON} + {MODEL_WEIGHTS}); run `stego train` first.")
     redo = "rerun `stego train` to write the model again"
     info = atomic.read_json_object(json_path, "train", redo)
     expected = {"in_dim": "a positive integer", "n_classes": "a positive integer", "train": "a mapping"}
@@ -139,26 +140,26 @@ def load_model(model_dir: Path) -> StegoModel:
         )
         if not fits:
             got = "missing" if key not in info else f"got {json.dumps(value)[:60]}"
-            raise ValueError(f"{json_path}: {key} must be {what} ({got}); {redo}.")
+            raise InvalidInputError(f"{json_path}: {key} must be {what} ({got}); {redo}.")
     for key in ("resolution", "backbone"):
         kind = int if key == "resolution" else str
         if info.get(key) is not None and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
-            raise ValueError(f"{json_path}: {key} must be {'an integer' if kind is int else 'a string'} or null, "
+            raise InvalidInputError(f"{json_path}: {key} must be {'an integer' if kind is int else 'a string'} or null, "
                              f"got {json.dumps(info[key])[:60]}; {redo}.")
     try:
         recorded = {key: value for key, value in info["train"].items() if key not in MOVED_TO_RUNTIME}
         params = params_block(TrainParams, recorded, "train", str(json_path))
     except ValueError as error:
-        raise ValueError(f"{str(error).rstrip('.')}; {redo}.") from None
+        raise InvalidInputError(f"{str(error).rstrip('.')}; {redo}.") from None
     model = build_model(info["in_dim"], info["n_classes"], params, info)
     try:
         tensors = load_file(str(weights_path))
     except SafetensorError as error:
-        raise ValueError(f"{weights_path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
+        raise InvalidInputError(f"{weights_path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
     recorded = info.get(SAFETENSORS_SHA256)
     if recorded is not None and recorded != sha256_of_file(weights_path):
         # It parses, but a bit of a tensor (or the whole file) is not what train wrote.
-        raise ValueError(
+        raise InvalidInputError(
             f"{weights_path} does not match the checksum model.json recorded when it was written (damaged on disk, "
             f"or replaced by another model's file); {redo}."
         )
@@ -168,7 +169,7 @@ def load_model(model_dir: Path) -> StegoModel:
             module.load_state_dict(state)
         except RuntimeError as error:
             detail = " ".join(str(error).split())[:200]
-            raise ValueError(
+            raise InvalidInputError(
                 f"{weights_path}: its {prefix} tensors do not fit the model model.json describes ({detail}); {redo}."
             ) from None
     return model.eval()
@@ -192,7 +193,7 @@ def check_trained_on(info: dict[str, Any], store_attrs: dict[str, Any], model_di
     for model_key, store_key in pairs:
         trained, now = info.get(model_key), store_attrs.get(store_key)
         if trained is not None and trained != now:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{model_dir} was trained on features of another backbone than {store_path} now holds "
                 f"({model_key} {str(trained)[:16]} vs {str(now)[:16]}); rerun `stego train` (or `dvc repro`) on the new features."
             )

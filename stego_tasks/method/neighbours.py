@@ -22,6 +22,8 @@ import faiss
 import numpy as np
 import torch
 
+from stego_tasks.errors import InvalidInputError
+
 _NORM_EPS = 1e-12
 
 
@@ -61,7 +63,7 @@ def _unit_rows_float32(x: np.ndarray) -> np.ndarray:
     odd = np.flatnonzero(~(np.isfinite(squared) & (squared >= _NORM_EPS**2)))
     redo = np.asarray(x[odd], dtype=np.float64)
     if not np.all(np.isfinite(redo)):
-        raise ValueError("knn_graph got NaN or infinite feature values; check the extracted features.")
+        raise InvalidInputError("knn_graph got NaN or infinite feature values; check the extracted features.")
     faiss.normalize_L2(vectors)
     vectors[odd] = _l2_normalise(redo)
     return vectors
@@ -85,7 +87,7 @@ def pool_features(feats: np.ndarray | torch.Tensor) -> np.ndarray:
         feats = feats.detach().to("cpu", torch.float32).numpy()
     feats = np.asarray(feats)
     if feats.ndim != 4:
-        raise ValueError(
+        raise InvalidInputError(
             f"pool_features expects features of shape [N, C, H, W], got shape {feats.shape}; "
             "pass backbone feature maps, not pooled vectors."
         )
@@ -124,14 +126,14 @@ def knn_graph(
     """
     pooled = np.asarray(pooled)
     if pooled.ndim != 2:
-        raise ValueError(f"knn_graph expects vectors of shape [N, C], got shape {pooled.shape}.")
+        raise InvalidInputError(f"knn_graph expects vectors of shape [N, C], got shape {pooled.shape}.")
     n = pooled.shape[0]
     if n < 2:
-        raise ValueError(f"knn_graph needs at least 2 images to find neighbours, got N={n}.")
+        raise InvalidInputError(f"knn_graph needs at least 2 images to find neighbours, got N={n}.")
     if k < 1:
-        raise ValueError(f"knn_graph needs k >= 1 neighbours, got k={k}.")
+        raise InvalidInputError(f"knn_graph needs k >= 1 neighbours, got k={k}.")
     if batch_size < 1:
-        raise ValueError(f"knn_graph needs batch_size >= 1, got batch_size={batch_size}.")
+        raise InvalidInputError(f"knn_graph needs batch_size >= 1, got batch_size={batch_size}.")
 
     k_eff = min(k, n - 1)
     vectors = _unit_rows_float32(pooled)
@@ -206,11 +208,11 @@ def sample_positives(
         )
     knn = np.asarray(knn)
     if knn.ndim != 2 or knn.shape[1] < 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"sample_positives expects a kNN graph of shape [N, k>=1], got {knn.shape}."
         )
     if n_neighbors is not None and n_neighbors < 1:
-        raise ValueError(f"sample_positives needs n_neighbors >= 1 or None, got {n_neighbors}.")
+        raise InvalidInputError(f"sample_positives needs n_neighbors >= 1 or None, got {n_neighbors}.")
     n_cols = knn.shape[1] if n_neighbors is None else min(n_neighbors, knn.shape[1])
 
     is_tensor = isinstance(index, torch.Tensor)
@@ -218,7 +220,7 @@ def sample_positives(
     shape = idx.shape
     idx = idx.astype(np.int64).reshape(-1)
     if idx.size and (idx.min() < 0 or idx.max() >= knn.shape[0]):
-        raise ValueError(
+        raise InvalidInputError(
             f"sample_positives got indices in [{idx.min()}, {idx.max()}] but the kNN graph "
             f"has {knn.shape[0]} rows; was the graph built for this dataset?"
         )

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from stego_tasks.errors import InvalidInputError
+
 
 def dino_interpolate_pos_embed(pos_embed: Tensor, grid_h: int, grid_w: int) -> Tensor:
     """Resample a DINO position table to a `grid_h` x `grid_w` patch grid, as the reference does.
@@ -41,7 +43,7 @@ def dino_interpolate_pos_embed(pos_embed: Tensor, grid_h: int, grid_w: int) -> T
         patch_pos, scale_factor=((grid_h + 0.1) / side, (grid_w + 0.1) / side), mode="bicubic"
     )
     if patch_pos.shape[-2:] != (grid_h, grid_w):
-        raise ValueError(f"position table of {n_patches} patches cannot be resampled to {grid_h}x{grid_w}.")
+        raise InvalidInputError(f"position table of {n_patches} patches cannot be resampled to {grid_h}x{grid_w}.")
     patch_pos = patch_pos.permute(0, 2, 3, 1).reshape(1, -1, dim)
     return torch.cat((pos_embed[:, :1], patch_pos), dim=1)
 
@@ -76,7 +78,7 @@ def use_dino_pos_embed(model: nn.Module) -> None:
         ValueError: the model has registers, no class token, or a fixed input size.
     """
     if not supports_dino_pos_embed(model):
-        raise ValueError(
+        raise InvalidInputError(
             "the DINO reference position-embedding resampling needs a ViT with one class token, no "
             "register tokens and dynamic image size (DINO v1); use extract.preprocess: antialias for this backbone."
         )

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.batching import epoch_batches as _batches
 from stego_tasks.method.head import ClusterProbe
 
@@ -52,7 +53,7 @@ def fit_cluster_probe(
         The fitted probe (eval mode, CPU), centroids [K, D] in `probe.clusters`.
     """
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+        raise InvalidInputError(f"init must be one of {INITS}, got {init!r}.")
     dim = int(codes.shape[1])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -60,7 +61,7 @@ def fit_cluster_probe(
     if init == "codes":
         flat = codes.permute(0, 2, 3, 1).reshape(-1, dim)
         if flat.shape[0] < n_clusters:
-            raise ValueError(f"K = {n_clusters} exceeds the {flat.shape[0]} training code vectors; choose a smaller K.")
+            raise InvalidInputError(f"K = {n_clusters} exceeds the {flat.shape[0]} training code vectors; choose a smaller K.")
         chosen = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(seed))[:n_clusters]
         with torch.no_grad():
             probe.clusters.copy_(F.normalize(flat[chosen], dim=1) * math.sqrt(dim))

@@ -18,6 +18,7 @@ import torch
 import zarr
 from torch.nn import functional as F
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.head import ClusterProbe, SegmentationHead
 from stego_tasks.method.metrics import ScoreAccumulator
 from stego_tasks.method.probe_fit import best_cluster_probe
@@ -55,7 +56,7 @@ class ValScorer:
         self.device = device
         self.batch = batch
         if not ((self.labels >= 0) & (self.labels < n_classes)).any():
-            raise ValueError(
+            raise InvalidInputError(
                 "train.select: best scores checkpoints on labelled val images, but the val split has no valid "
                 "labels; set train.select: last or add labels/val."
             )

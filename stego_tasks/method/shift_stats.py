@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.loss import feature_correlations
 from stego_tasks.method.neighbours import sample_positives
 from stego_tasks.runtime import atomic
@@ -61,7 +62,7 @@ def correlation_samples(
     generator = torch.Generator().manual_seed(seed)
     size = min(batch_size, data.size)
     if size < 2:
-        raise ValueError(f"shift statistics need at least 2 training crops, found {data.size}.")
+        raise InvalidInputError(f"shift statistics need at least 2 training crops, found {data.size}.")
     drawn: dict[str, list[np.ndarray]] = {term: [] for term in TERMS}
     for _ in range(batches):
         index = torch.randperm(data.size, generator=generator)[:size].numpy()

@@ -14,6 +14,7 @@ import pickle
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stego_tasks.errors import InvalidInputError, StegoError
 from stego_tasks.method.registry import BackboneSpec
 
 if TYPE_CHECKING:  # torch and timm load only where a checkpoint is read: finding a file needs neither
@@ -29,7 +30,7 @@ _WRAPPER_KEYS = ("teacher", "state_dict", "model", "student")
 _KEY_PREFIXES = ("module.", "backbone.")
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(StegoError, RuntimeError):
     """No pretrained weights could be found for a backbone, and random ones were not asked for."""
 
 
@@ -52,7 +53,7 @@ def weights_argument(source: str) -> str:
         return "auto"
     if source == "random":
         return "random"
-    raise ValueError(f"unknown weights source {source!r}; expected 'file:<path>', 'hub-cache', 'hub-download' or 'random'.")
+    raise InvalidInputError(f"unknown weights source {source!r}; expected 'file:<path>', 'hub-cache', 'hub-download' or 'random'.")
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
@@ -83,7 +84,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
         try:
             return load_file(str(path), device="cpu")
         except SafetensorError as error:
-            raise ValueError(f"{path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
+            raise InvalidInputError(f"{path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
     try:
         # DINO's training checkpoints store their argparse Namespace beside the weights; it is
         # plain data, so allow that one class and nothing else.
@@ -94,14 +95,14 @@ def read_checkpoint(path: str | Path) -> dict[str, Tensor]:
     except pickle.UnpicklingError as error:
         if "unsupported global" in str(error).lower():
             # torch's own message invites weights_only=False, which would run arbitrary code.
-            raise ValueError(
+            raise InvalidInputError(
                 f"Refused to load {str(path)!r}: it holds pickled objects other than tensors and "
                 "containers; re-save only the state dict (or use .safetensors) from a source you trust."
             ) from None
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint); {redo}.") from None
+        raise InvalidInputError(f"{path}: not a readable PyTorch checkpoint (corrupt or not a checkpoint); {redo}.") from None
     except Exception as error:  # noqa: BLE001 - EOFError, KeyError, RuntimeError...: all mean a broken file
         reason = "the file is empty" if path.stat().st_size == 0 else "truncated or not a checkpoint"
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: not a readable PyTorch checkpoint ({reason}; {type(error).__name__}); {redo}."
         ) from None
     return _unwrap(obj, path)
@@ -113,18 +114,18 @@ def _unwrap(obj: object, path: Path) -> dict[str, Tensor]:
     while isinstance(obj, dict) and not any(isinstance(v, Tensor) for v in obj.values()):
         inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
         if inner is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"Checkpoint {str(path)!r} holds no tensors under its keys {sorted(map(str, obj))[:8]}; "
                 f"pass a state dict, possibly wrapped under one of {list(_WRAPPER_KEYS)}."
             )
         obj = inner
     if not isinstance(obj, dict):
-        raise ValueError(
+        raise InvalidInputError(
             f"Checkpoint {str(path)!r} holds a {type(obj).__name__}, not a state dict of tensors."
         )
     state_dict = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, Tensor)}
     if not state_dict:
-        raise ValueError(
+        raise InvalidInputError(
             f"Checkpoint {str(path)!r} holds no tensors under parameter names; pass a state dict of the backbone."
         )
     for prefix in _KEY_PREFIXES:
@@ -155,7 +156,7 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, Tensor], what: str
     model_patch = tuple(model.patch_embed.proj.weight.shape[-2:])
     if patch_w is not None and patch_w.ndim == 4 and tuple(patch_w.shape[-2:]) != model_patch:
         # timm would silently resample the patch kernel; a /16 checkpoint is not a /8 model.
-        raise ValueError(
+        raise InvalidInputError(
             f"Checkpoint for backbone {what} has {tuple(patch_w.shape[-2:])} patches but the model "
             f"uses {model_patch}; pass weights made for this backbone."
         )
@@ -170,7 +171,7 @@ def load_weights_into(model: nn.Module, state_dict: dict[str, Tensor], what: str
         k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape
     )
     if missing or unexpected or wrong:
-        raise ValueError(
+        raise InvalidInputError(
             f"Checkpoint for backbone {what} does not fit the model: missing {missing[:5]}, "
             f"unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; pass weights made for this backbone."
         )

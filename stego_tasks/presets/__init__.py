@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from stego_tasks.config import DEFAULTS_FILE, preset_names
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.params_schema import read_yaml
 
 DEFAULT_PRESET = "custom"
@@ -52,7 +53,7 @@ def preset_text(name: str, folder: str | Path | None = None) -> str:
     """
     path = _folder(folder) / f"{name}.yaml"
     if name not in list_presets() and not (folder is not None and path.is_file() and name != DEFAULTS_FILE.stem):
-        raise ValueError(f"unknown preset {name!r}; use one of {list_presets()}.")
+        raise InvalidInputError(f"unknown preset {name!r}; use one of {list_presets()}.")
     return path.read_text(encoding="utf-8")
 
 
@@ -104,7 +105,7 @@ def load_preset(name: str, folder: str | Path | None = None) -> dict[str, Any]:
     for dotted, value in _flat(preset_overrides(name, folder)).items():
         block, _, key = dotted.partition(".")
         if block not in merged or (key and (not isinstance(merged[block], dict) or key not in merged[block])):
-            raise ValueError(f"preset {name} sets {dotted}, which is no key of the defaults file; use a key of {DEFAULTS_FILE.name}.")
+            raise InvalidInputError(f"preset {name} sets {dotted}, which is no key of the defaults file; use a key of {DEFAULTS_FILE.name}.")
         if key:
             merged[block][key] = value
         else:
@@ -158,7 +159,7 @@ def params_text(name: str, corpus: dict[str, Any], header: str = "", folder: str
     values = load_preset(name, folder)
     unknown = sorted(set(corpus) - set(values["corpus"]))
     if unknown:
-        raise ValueError(f"corpus key(s) {unknown} are not keys of the corpus block; use {sorted(values['corpus'])}.")
+        raise InvalidInputError(f"corpus key(s) {unknown} are not keys of the corpus block; use {sorted(values['corpus'])}.")
     values["corpus"].update(corpus)
     cited = _comments(preset_text(name, folder))
     notes = {dotted: f"preset {name}: {cited[dotted]}" if dotted in cited else f"preset {name}"

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.runtime.room import room_guard
 
 # evaluate's overlay panels: 0000.png, 0001.png, ... and nothing else.
@@ -95,9 +96,9 @@ def check_folder_output(path: str | Path, kinds: tuple[str, ...], what: str) -> 
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"{path} is a file, but {what} is a folder; pass another path (or move the file away).")
+        raise InvalidInputError(f"{path} is a file, but {what} is a folder; pass another path (or move the file away).")
     if path.is_dir() and folder_kind(path) not in (*kinds, "empty"):
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is an existing folder that does not hold {what}; refusing to write into it: pass a new "
             f"path, or that of {what} stego wrote."
         )
@@ -110,12 +111,12 @@ def _words(kind: str) -> str:
 def _refuse_existing(target: Path) -> None:
     """Raise ValueError when `target` is a folder (or a link to one) no stego output may replace."""
     if target.is_symlink() and target.is_dir():
-        raise ValueError(
+        raise InvalidInputError(
             f"{target} is a link to the folder {os.path.realpath(target)}; refusing to replace it: "
             "pass a path that does not exist yet, or a file."
         )
     if target.is_dir() and folder_kind(target) is None:
-        raise ValueError(
+        raise InvalidInputError(
             f"{target} is an existing folder that stego did not write; refusing to replace it with this output: "
             "pass a new path (e.g. a file name inside that folder), or move the folder away first."
         )
@@ -124,23 +125,23 @@ def _refuse_existing(target: Path) -> None:
 def _refuse_mismatch(target: Path, tmp: Path) -> None:
     """Raise ValueError when the new output `tmp` is not the kind of thing `target` holds."""
     if target.is_symlink() and tmp.is_dir():
-        raise ValueError(f"{target} is a link, not a folder; refusing to replace it with a folder: pass another path.")
+        raise InvalidInputError(f"{target} is a link, not a folder; refusing to replace it with a folder: pass another path.")
     if target.is_symlink() or not target.exists():
         return  # nothing there, or a link (to a file) that the rename replaces, not follows
     if target.is_dir() and not tmp.is_dir():
-        raise ValueError(
+        raise InvalidInputError(
             f"{target} is a folder ({_words(folder_kind(target) or '')}) but this output is a file; refusing to "
             "replace the folder: pass a file path (e.g. a file name inside that folder), or remove the folder yourself."
         )
     if tmp.is_dir() and not target.is_dir():
-        raise ValueError(
+        raise InvalidInputError(
             f"{target} is an existing file but this output is a folder; refusing to replace the file: "
             "pass another path, or remove the file yourself."
         )
     if tmp.is_dir():
         old, new = folder_kind(target), folder_kind(tmp)
         if not (old == "empty" or old == new or (old == "overlays" and new == "empty")):
-            raise ValueError(
+            raise InvalidInputError(
                 f"{target} holds {_words(old or '')}, which this output ({_words(new or 'empty')}) would replace; "
                 "refusing: pass another path, or remove it yourself."
             )
@@ -152,7 +153,7 @@ def make_parent(target: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocker = next((p for p in [target.parent, *target.parent.parents] if p.exists() and not p.is_dir()), target.parent)
-        raise ValueError(
+        raise InvalidInputError(
             f"cannot create the folder {target.parent} for {target}: {blocker} is a file; pass another path."
         ) from None
 
@@ -225,6 +226,28 @@ def write_json(target: str | Path, payload: Any) -> None:
     write_text(target, json.dumps(payload, indent=2, sort_keys=True, allow_nan=True) + "\n")
 
 
+def read_json(path: Path, redo: str = "rerun `dvc repro` to rewrite it") -> Any:
+    """The JSON a stage wrote to `path`, or None when there is no such file.
+
+    The one reader of the report's inputs (the report and its sections): a missing file is
+    the section's to explain, a damaged one is refused in one sentence, never skipped.
+
+    Args:
+        path: a JSON file that may not exist yet.
+        redo: what to do about a damaged file, for the message.
+
+    Raises:
+        ValueError: not UTF-8 JSON (one sentence naming the file and `redo`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidInputError(f"{path} is not valid JSON ({error}); {redo}.") from None
+
+
 def read_json_object(path: Path, writer: str, redo: str) -> dict:
     """The JSON object a stage wrote to `path`; damage gets one sentence naming the fix.
 
@@ -242,7 +265,7 @@ def read_json_object(path: Path, writer: str, redo: str) -> dict:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not valid JSON ({error}); {redo}.") from None
+        raise InvalidInputError(f"{path}: not valid JSON ({error}); {redo}.") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: holds a JSON {type(data).__name__}, not the mapping {writer} writes; {redo}.")
+        raise InvalidInputError(f"{path}: holds a JSON {type(data).__name__}, not the mapping {writer} writes; {redo}.")
     return data

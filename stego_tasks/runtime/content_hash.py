@@ -20,6 +20,8 @@ import stat
 import tempfile
 from pathlib import Path
 
+from stego_tasks.errors import InvalidInputError
+
 _CACHE_NAME = "sha256-by-stat.json"
 # Entries kept; the oldest are dropped first (a cache of checkpoints, not of a corpus).
 _MAX_ENTRIES = 256
@@ -37,7 +39,7 @@ def _stat_key(path: Path) -> tuple[str, str]:
     real = os.path.realpath(path)
     info = os.stat(real)
     if not stat.S_ISREG(info.st_mode):
-        raise ValueError(f"{path} is not a regular file; pass the path of a checkpoint file.")
+        raise InvalidInputError(f"{path} is not a regular file; pass the path of a checkpoint file.")
     return real, f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
 
 

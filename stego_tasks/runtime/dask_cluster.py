@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from stego_tasks.config import DaskParams
+from stego_tasks.errors import UnreachableError
 
 
 def torch_threads_per_worker(params: DaskParams) -> int | None:
@@ -20,9 +21,9 @@ def torch_threads_per_worker(params: DaskParams) -> int | None:
     return max(1, (os.cpu_count() or 1) // max(1, params.n_workers * params.threads_per_worker))
 
 
-def unreachable_scheduler(address: str, error: BaseException) -> ConnectionError:
+def unreachable_scheduler(address: str, error: BaseException) -> UnreachableError:
     """The one-sentence error for a `dask.address` where no scheduler answers."""
-    return ConnectionError(
+    return UnreachableError(
         f"no Dask scheduler answers at {address} ({error}); start one with "
         f"`dask scheduler` or set dask.address to null to run locally."
     )

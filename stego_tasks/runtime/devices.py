@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from stego_tasks.errors import InvalidInputError
+
 __all__ = ["backbone_precision", "resolve_device"]
 
 
@@ -12,7 +14,7 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{device}' was asked for but this machine has no CUDA GPU; set it to 'auto' or 'cpu'.")
+        raise InvalidInputError(f"device '{device}' was asked for but this machine has no CUDA GPU; set it to 'auto' or 'cpu'.")
     return torch.device(device)
 
 

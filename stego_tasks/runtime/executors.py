@@ -14,6 +14,8 @@ from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from stego_tasks.errors import ToolFailedError
+
 if TYPE_CHECKING:
     from stego_tasks.config import DaskParams
 
@@ -159,7 +161,7 @@ def run_chunks(
             for future in done:
                 on_done(in_flight.pop(future), future.result())
     except BrokenProcessPool as err:
-        raise RuntimeError(
+        raise ToolFailedError(
             "a worker process died (killed for memory or crashed); "
             "retry with fewer workers or smaller images."
         ) from err

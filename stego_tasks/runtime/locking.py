@@ -10,8 +10,10 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from stego_tasks.errors import StegoError
 
-class ArtifactLocked(RuntimeError):
+
+class ArtifactLocked(StegoError, RuntimeError):
     """Another process holds the lock of an artifact."""
 
 

@@ -13,12 +13,14 @@ import errno
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from stego_tasks.errors import StegoError
+
 ROOM_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 # Some libraries re-raise an OSError as their own type with only the text left.
 _ROOM_TEXTS = ("no space left on device", "file too large", "disk quota exceeded")
 
 
-class OutOfRoomError(ValueError):
+class OutOfRoomError(StegoError, ValueError):
     """A write ran out of room (disk full, file-size limit or quota); the message says what to do."""
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.params_schema import read_yaml
 
 IGNORED = 255  # class value of ignored clusters in named maps (the corpus layout's usual ignore index)
@@ -82,9 +83,9 @@ class ClusterNames:
 
 def _cluster_id(value: object, n_clusters: int, path: Path, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{path}: {where} {value!r} is not a cluster id (an integer); {FIX}.")
+        raise InvalidInputError(f"{path}: {where} {value!r} is not a cluster id (an integer); {FIX}.")
     if not 0 <= value < n_clusters:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: {where} {value} is not a cluster of this run (ids 0..{n_clusters - 1}); "
             f"remove it, or {FIX.split(' or ', 1)[1]}."
         )
@@ -102,21 +103,21 @@ def parse_names(data: object, n_clusters: int, path: Path) -> ClusterNames:
     if data is None:
         return ClusterNames(n_clusters, source=str(path))
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping with `names:` and `ignore:`, not {type(data).__name__}; {FIX}.")
+        raise InvalidInputError(f"{path} must hold a mapping with `names:` and `ignore:`, not {type(data).__name__}; {FIX}.")
     unknown = sorted(str(key) for key in data if key not in KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(KEYS)}); {FIX}.")
+        raise InvalidInputError(f"{path}: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(KEYS)}); {FIX}.")
     raw_names = data.get("names") or {}
     raw_ignore = data.get("ignore") or []
     if not isinstance(raw_names, dict):
-        raise ValueError(f"{path}: `names` must map cluster ids to names (e.g. `3: road`); {FIX}.")
+        raise InvalidInputError(f"{path}: `names` must map cluster ids to names (e.g. `3: road`); {FIX}.")
     if not isinstance(raw_ignore, list):
-        raise ValueError(f"{path}: `ignore` must be a list of cluster ids (e.g. `[7, 9]`); {FIX}.")
+        raise InvalidInputError(f"{path}: `ignore` must be a list of cluster ids (e.g. `[7, 9]`); {FIX}.")
     names: dict[int, str] = {}
     for key, value in raw_names.items():
         cluster = _cluster_id(key, n_clusters, path, "names: id")
         if not isinstance(value, str) or not value.strip():
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path}: the name of cluster {cluster} is {value!r}, not text; write it in quotes (e.g. `{cluster}: \"road\"`)."
             )
         names[cluster] = value.strip()
@@ -124,9 +125,9 @@ def parse_names(data: object, n_clusters: int, path: Path) -> ClusterNames:
     for value in raw_ignore:
         cluster = _cluster_id(value, n_clusters, path, "ignore: id")
         if cluster in ignore:
-            raise ValueError(f"{path}: cluster {cluster} is listed twice under `ignore`; keep one.")
+            raise InvalidInputError(f"{path}: cluster {cluster} is listed twice under `ignore`; keep one.")
         if cluster in names:
-            raise ValueError(f"{path}: cluster {cluster} is both named ({names[cluster]!r}) and ignored; keep one of them.")
+            raise InvalidInputError(f"{path}: cluster {cluster} is both named ({names[cluster]!r}) and ignored; keep one of them.")
         ignore.add(cluster)
     return ClusterNames(n_clusters, names, frozenset(ignore), str(path))
 
@@ -139,7 +140,7 @@ def load_names(path: Path, n_clusters: int) -> ClusterNames:
     """
     path = Path(path)
     if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a names file; pass a YAML file such as cluster_names.yaml.")
+        raise InvalidInputError(f"{path} is a folder, not a names file; pass a YAML file such as cluster_names.yaml.")
     if not path.exists():
         return ClusterNames(n_clusters, source=str(path))
     return parse_names(read_yaml(path), n_clusters, path)
@@ -202,7 +203,7 @@ def write_init(run_dir: Path, out: Path, force: bool = False) -> dict:
 
     gallery = run_path(run_dir, "gallery") / GALLERY_JSON
     if not gallery.is_file():
-        raise FileNotFoundError(f"{run_dir} has no {PATHS['gallery']}/{GALLERY_JSON}; run `dvc repro` "
+        raise MissingInputError(f"{run_dir} has no {PATHS['gallery']}/{GALLERY_JSON}; run `dvc repro` "
                                 "(its evaluate stage writes it) before `stego names init`.")
     clusters = atomic.read_json_object(gallery, "evaluate", "rerun `stego evaluate`").get("clusters") or []
     out = Path(out)
@@ -212,7 +213,7 @@ def write_init(run_dir: Path, out: Path, force: bool = False) -> dict:
         except ValueError:
             existing = None
         if existing is None or not existing.is_empty:
-            raise ValueError(f"{out} already names clusters; edit it, or pass --force to replace it with a fresh one.")
+            raise InvalidInputError(f"{out} already names clusters; edit it, or pass --force to replace it with a fresh one.")
     suggested: list[str | None] = [None] * len(clusters)
     assignment = run_path(run_dir, "assignment")
     if assignment.is_file():

@@ -39,6 +39,7 @@ from stego_tasks.data.feature_store import read_split
 from stego_tasks.data.images import load_rgb
 from stego_tasks.data.manifest import read_manifest
 from stego_tasks.data.store_integrity import open_store
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.method.model import MODEL_JSON
 from stego_tasks.paths import PATHS, run_path
 from stego_tasks.runtime import atomic
@@ -139,17 +140,17 @@ def predict_items(folder: Path, names: ClusterNames) -> Iterator[Item]:
     except (OSError, ValueError):
         legend = None
     if not isinstance(legend, dict) or legend.get("written_by") != WRITER or legend.get("complete") is False:
-        raise ValueError(f"{folder} is not a finished `stego predict` output (no complete legend.json); "
+        raise InvalidInputError(f"{folder} is not a finished `stego predict` output (no complete legend.json); "
                          "pass --predictions a folder that stego predict wrote.")
     sources = legend.get("sources")
     if not isinstance(sources, dict) or not sources:
-        raise ValueError(f"{legend_path} does not record which images were segmented (an older predict); "
+        raise InvalidInputError(f"{legend_path} does not record which images were segmented (an older predict); "
                          "run `stego predict` into that folder again.")
     for key, source in sorted(sources.items()):
         with Image.open(folder / f"{key}{CLUSTERS_PNG}") as picture:
             clusters = np.asarray(picture)
         if clusters.max(initial=0) >= names.n_clusters:
-            raise ValueError(f"{folder / key}{CLUSTERS_PNG} holds cluster {clusters.max()}, but the run has "
+            raise InvalidInputError(f"{folder / key}{CLUSTERS_PNG} holds cluster {clusters.max()}, but the run has "
                              f"{names.n_clusters} clusters; pass --run the run that predicted it.")
         yield Item(key.replace("/", "__"), _classes_of(clusters, names), source=Path(source))
 
@@ -161,7 +162,7 @@ def _save_image(item: Item, folder: Path) -> tuple[str, int, int]:
         Image.fromarray(item.pixels).save(folder / name)
         return name, item.pixels.shape[1], item.pixels.shape[0]
     if not item.source.is_file():
-        raise FileNotFoundError(f"the image {item.source} that stego predict segmented is gone; "
+        raise MissingInputError(f"the image {item.source} that stego predict segmented is gone; "
                                 "export needs it beside its mask (restore it, or predict again).")
     with Image.open(item.source) as picture:
         if picture.getexif().get(EXIF_ORIENTATION, 1) == 1:
@@ -178,7 +179,7 @@ def _save_image(item: Item, folder: Path) -> tuple[str, int, int]:
 def write_export(items: Iterator[Item], class_names: tuple[str, ...], out_dir: Path, split: str) -> dict:
     """Write the COCO file and the pseudo-labelled corpus (one folder, atomically); return counts."""
     if split not in SPLITS:
-        raise ValueError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}.")
+        raise InvalidInputError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}.")
     images, annotations = [], []
     with atomic.atomic_path(out_dir) as tmp:
         (tmp / "images" / split).mkdir(parents=True)
@@ -186,7 +187,7 @@ def write_export(items: Iterator[Item], class_names: tuple[str, ...], out_dir: P
         for image_id, item in enumerate(items, start=1):
             name, width, height = _save_image(item, tmp / "images" / split)
             if item.classes.shape != (height, width):
-                raise ValueError(f"the mask of {item.stem} is {item.classes.shape[1]}x{item.classes.shape[0]} but its "
+                raise InvalidInputError(f"the mask of {item.stem} is {item.classes.shape[1]}x{item.classes.shape[0]} but its "
                                  f"image is {width}x{height}; predict again with this run.")
             Image.fromarray(item.classes, mode="L").save(tmp / "labels" / split / f"{item.stem}.png")
             images.append({"id": image_id, "file_name": f"images/{split}/{name}", "width": width, "height": height})
@@ -199,7 +200,7 @@ def write_export(items: Iterator[Item], class_names: tuple[str, ...], out_dir: P
                     "segmentation": rle_encode(mask), "area": int(mask.sum()), "bbox": bbox(mask), "iscrowd": 0,
                 })
         if not images:
-            raise ValueError("nothing to export: the source holds no segmented image.")
+            raise InvalidInputError("nothing to export: the source holds no segmented image.")
         categories = [{"id": j + 1, "name": name, "supercategory": "stego"} for j, name in enumerate(class_names)]
         coco = {"info": {"description": "stego export: unsupervised segmentation masks"}, "images": images,
                 "annotations": annotations, "categories": categories}
@@ -229,7 +230,7 @@ def export(run_dir: Path, out_dir: Path, predictions: Path | None = None, split:
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     model = run_path(run_dir, "model") / MODEL_JSON
     if not model.is_file():
-        raise FileNotFoundError(f"{run_dir} holds no trained run ({PATHS['model']}/{MODEL_JSON}); pass --run a run folder.")
+        raise MissingInputError(f"{run_dir} holds no trained run ({PATHS['model']}/{MODEL_JSON}); pass --run a run folder.")
     n_clusters = _n_clusters(model)
     names = load_names(run_path(run_dir, "cluster_names"), n_clusters)
     items = predict_items(Path(predictions), names) if predictions is not None else val_items(run_dir, names)

@@ -39,6 +39,7 @@ from stego_tasks.config import CRFParams
 from stego_tasks.data.corpus_files import is_hidden, is_image_name
 from stego_tasks.data.images import ImageDecodeError, load_rgb
 from stego_tasks.data.preprocess import resize_short_side
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.backbone import normalize
 from stego_tasks.method.dense_crf import dense_crf
 from stego_tasks.method.inference import predict_code
@@ -163,13 +164,13 @@ def segment_image(
         ValueError: not a uint8 RGB array, or an aspect ratio over `MAX_ASPECT`.
     """
     if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(
+        raise InvalidInputError(
             f"segment_image needs a uint8 RGB array [H, W, 3], got {getattr(image, 'dtype', type(image))} "
             f"with shape {getattr(image, 'shape', None)}; load images with stego_tasks.data.images.load_rgb."
         )
     height, width = image.shape[:2]
     if max(height, width) > MAX_ASPECT * min(height, width):
-        raise ValueError(
+        raise InvalidInputError(
             f"image of {width}x{height} px has an aspect ratio over {MAX_ASPECT:g}:1; crop it into parts first."
         )
     # As extract resized the run's val images, so the head sees inputs like those it was scored on.

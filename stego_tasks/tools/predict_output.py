@@ -15,6 +15,7 @@ import os
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.model import MODEL_WEIGHTS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.trained_run import UNMATCHED, Run
@@ -153,23 +154,23 @@ def check_out_dir(inputs: list[Path], out_dir: Path) -> list[str]:
     for item in map(Path, inputs):
         resolved = item.resolve()
         if item.is_dir() and _is_inside(out_resolved, resolved):
-            raise ValueError(
+            raise InvalidInputError(
                 f"--out {out_dir} is inside the input folder {item}, so predict would read its own outputs as "
                 "images next time; pass an --out folder outside every input."
             )
         if _is_inside(resolved, out_resolved):
-            raise ValueError(
+            raise InvalidInputError(
                 f"the input {item} lies inside --out {out_dir}, so predict would segment its own outputs; "
                 "pass an --out folder outside every input."
             )
     if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"--out {out_dir} is a file, not a folder; pass a folder (new, empty, or an earlier predict's).")
+        raise InvalidInputError(f"--out {out_dir} is a file, not a folder; pass a folder (new, empty, or an earlier predict's).")
     if not out_dir.is_dir():
         return []
     previous = previous_outputs(out_dir)
     if previous is None:
         if any(out_dir.iterdir()):
-            raise ValueError(
+            raise InvalidInputError(
                 f"--out {out_dir} already holds files that stego predict did not write (it has no predict "
                 "legend.json); pass a new or empty folder."
             )

@@ -8,12 +8,12 @@ the `label_free` block of `metrics/scores.json`, `plots/gallery/gallery.json` an
 from __future__ import annotations
 
 import base64
-import json
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from stego_tasks.paths import PATHS
+from stego_tasks.runtime.atomic import read_json
 from stego_tasks.tools.gallery import GALLERY_JSON
 from stego_tasks.tools.visualize import palette
 
@@ -49,17 +49,10 @@ def _pct(value: Any) -> str:
     return f"{100 * value:.1f} %" if isinstance(value, int | float) and not isinstance(value, bool) else "\u2013"
 
 
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
-
-
 def label_free_section(scores: dict | None, run_dir: Path) -> str:
     """The label-free signals of the run (and the agreement between seeds, after `stego seeds`)."""
     head = "<h2>Label-free signals</h2>"
-    seeds = _load(run_dir / PATHS["seeds"])
+    seeds = read_json(run_dir / PATHS["seeds"])
     block = (scores or {}).get("label_free")
     if not isinstance(block, dict):
         return head + _note(f"No label-free signals: {PATHS['scores']} has no label_free block (rerun `dvc repro`).")
@@ -118,7 +111,7 @@ def _card(entry: dict, entries: dict[int, dict], folder: Path) -> str:
 def gallery_section(run_dir: Path) -> str:
     """Every cluster: sizes, confidence, nearest other cluster, examples; a table first, then the pictures."""
     head = "<h2>Clusters</h2>"
-    data = _load(run_dir / GALLERY)
+    data = read_json(run_dir / GALLERY)
     if not isinstance(data, dict) or not isinstance(data.get("clusters"), list):
         return head + _note(f"No cluster gallery: {GALLERY} is missing (has the evaluate stage run?).")
     entries = {int(e["id"]): e for e in data["clusters"] if isinstance(e, dict) and isinstance(e.get("id"), int)}

@@ -9,13 +9,13 @@ reads only what the run wrote: `metrics/scores.json` (its `preset` and `protocol
 from __future__ import annotations
 
 import base64
-import json
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from stego_tasks.method.shift_stats import SHIFT_STATS_FILE
 from stego_tasks.paths import PATHS
+from stego_tasks.runtime.atomic import read_json
 
 SHIFT_STATS = f"{PATHS['model']}/{SHIFT_STATS_FILE}"  # written by the train stage into its model folder
 SEEDS = PATHS["seeds"]
@@ -27,13 +27,6 @@ def _note(text: str) -> str:
 
 def _num(value: Any) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "\u2013"
-
-
-def _load(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return None
 
 
 def protocol_section(scores: dict[str, Any] | None) -> str:
@@ -76,7 +69,7 @@ def shift_section(run_dir: Path) -> str:
     from stego_tasks.method.shift_stats import LABELS, TERMS, plot_png
 
     head = "<h2>Shift diagnostics</h2>"
-    stats = _load(run_dir / SHIFT_STATS)
+    stats = read_json(run_dir / SHIFT_STATS)
     if not isinstance(stats, dict) or not isinstance(stats.get("terms"), dict):
         return head + _note(f"No shift diagnostics: {SHIFT_STATS} is missing (has the train stage run?).")
     rows = []
@@ -96,7 +89,7 @@ def shift_section(run_dir: Path) -> str:
 
 def seeds_section(run_dir: Path) -> str:
     """Mean ± sd over seeds, when `stego seeds` has written them."""
-    data = _load(run_dir / SEEDS)
+    data = read_json(run_dir / SEEDS)
     if not isinstance(data, dict) or not isinstance(data.get("methods"), dict):
         return ""
     rows = "".join(

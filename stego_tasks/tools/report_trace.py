@@ -8,12 +8,12 @@ trace is left out: the page is written while that stage runs.
 from __future__ import annotations
 
 import datetime
-import json
 from html import escape
 from pathlib import Path
 from typing import Any
 
 from stego_tasks.paths import PATHS
+from stego_tasks.runtime.atomic import read_json
 
 TRACE_DIR = PATHS["trace"]
 PROVENANCE = "provenance"  # the key of what-produced-this in every metrics file
@@ -47,10 +47,7 @@ def trace_records(run_dir: Path) -> list[dict[str, Any]]:
     """
     records = []
     for path in sorted((Path(run_dir) / TRACE_DIR).glob("*.json")):
-        try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ValueError(f"{path} is not valid JSON ({error}); rerun its stage to rewrite it.") from None
+        record = read_json(path, "rerun its stage to rewrite it")
         if isinstance(record, dict) and record.get("stage") != OWN_STAGE and _time(record.get("started")):
             records.append(record)
     return sorted(records, key=lambda r: _time(r["started"]))

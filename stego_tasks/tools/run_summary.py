@@ -12,15 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from stego_tasks.method.metrics import METHODS
 from stego_tasks.paths import PATHS
-
-METHODS: tuple[tuple[str, str], ...] = (
-    ("cluster", "cluster"),
-    ("cluster_crf", "cluster + CRF"),
-    ("linear", "linear"),
-    ("linear_crf", "linear + CRF"),
-    ("kmeans", "k-means baseline"),
-)
 
 
 def _number(value: Any) -> str:
@@ -38,7 +31,7 @@ def format_summary(scores: dict[str, Any], report_path: str | None = None) -> st
         Lines joined by newlines (no trailing newline); at most about 50 characters wide.
     """
     lines = [f"{'method':<18}{'accuracy':>10}{'mIoU':>8}", "-" * 36]
-    for key, label in METHODS:
+    for key, (label, *_) in METHODS.items():
         entry = scores.get(key)
         if isinstance(entry, dict):
             lines.append(f"{label:<18}{_number(entry.get('accuracy')):>10}{_number(entry.get('miou')):>8}")

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from stego_tasks.method.label_free import adjusted_mutual_info, contingency
+from stego_tasks.method.metrics import METHODS
 from stego_tasks.paths import run_path
-from stego_tasks.tools.run_summary import METHODS
 
 METRICS = ("accuracy", "miou")
 
@@ -44,7 +44,7 @@ def aggregate(runs: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         {"seeds": [...], "n_runs": N, "methods": {method: {metric: {"mean", "sd", "n"}}}, "runs": [...]}.
     """
     methods: dict[str, dict[str, Any]] = {}
-    for key, _label in METHODS:
+    for key in METHODS:
         per_metric = {m: mean_sd([s[key][m] for _, s in runs if isinstance(s.get(key), dict) and s[key].get(m) is not None])
                       for m in METRICS}
         if any(v["n"] for v in per_metric.values()):
@@ -53,7 +53,7 @@ def aggregate(runs: Sequence[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
         "seeds": [seed for seed, _ in runs],
         "n_runs": len(runs),
         "methods": methods,
-        "runs": [{"seed": seed, **{k: s.get(k) for k, _ in METHODS if k in s}} for seed, s in runs],
+        "runs": [{"seed": seed, **{k: s.get(k) for k in METHODS if k in s}} for seed, s in runs],
     }
 
 
@@ -64,7 +64,7 @@ def format_table(summary: dict[str, Any]) -> str:
             return "-"
         return f"{entry['mean']:.1f}" + ("" if entry.get("sd") is None else f" ± {entry['sd']:.1f}")
 
-    labels = dict(METHODS)
+    labels = {key: method.label for key, method in METHODS.items()}
     lines = [f"{'method':<18}{'accuracy':>14}{'mIoU':>14}", "-" * 46]
     for key, entry in summary["methods"].items():
         lines.append(f"{labels.get(key, key):<18}{cell(entry['accuracy']):>14}{cell(entry['miou']):>14}")

@@ -33,6 +33,7 @@ import torch
 import zarr
 
 from stego_tasks.data.feature_store import read_split
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.head import ClusterProbe
 from stego_tasks.method.inference import BATCH, iter_val_codes
 from stego_tasks.method.metrics import ScoreAccumulator
@@ -57,11 +58,11 @@ def parse_ks(text: str) -> list[int]:
     """
     parts = [part.strip() for part in str(text).split(",") if part.strip()]
     if not parts:
-        raise ValueError(f"--ks {text!r} holds no number of clusters; pass e.g. --ks 3,5,8,12.")
+        raise InvalidInputError(f"--ks {text!r} holds no number of clusters; pass e.g. --ks 3,5,8,12.")
     try:
         ks = [int(part) for part in parts]
     except ValueError:
-        raise ValueError(f"--ks {text!r} must be comma-separated integers, e.g. --ks 3,5,8,12.") from None
+        raise InvalidInputError(f"--ks {text!r} must be comma-separated integers, e.g. --ks 3,5,8,12.") from None
     check_ks(ks)
     return ks
 
@@ -69,12 +70,12 @@ def parse_ks(text: str) -> list[int]:
 def check_ks(ks: list[int]) -> None:
     """Raise a ValueError unless `ks` is a non-empty list of distinct integers >= 1."""
     if not ks:
-        raise ValueError("the list of cluster counts is empty; give at least one K, e.g. 3,5,8,12.")
+        raise InvalidInputError("the list of cluster counts is empty; give at least one K, e.g. 3,5,8,12.")
     bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
     if bad:
-        raise ValueError(f"every K must be an integer >= 1, got {bad}; give e.g. 3,5,8,12.")
+        raise InvalidInputError(f"every K must be an integer >= 1, got {bad}; give e.g. 3,5,8,12.")
     if len(set(ks)) != len(ks):
-        raise ValueError(f"the K list {list(ks)} repeats a value; give each K once.")
+        raise InvalidInputError(f"the K list {list(ks)} repeats a value; give each K once.")
 
 
 def training_codes(model: StegoModel, feats: zarr.Array | np.ndarray, batch: int = 64) -> torch.Tensor:
@@ -199,27 +200,27 @@ def sweep_k(
     """
     check_ks(list(ks))
     if not alpha > 0:
-        raise ValueError(f"alpha must be > 0, got {alpha}.")
+        raise InvalidInputError(f"alpha must be > 0, got {alpha}.")
     model = load_model(model_dir)
     check_trained_on(model.info, dict(zarr.open_group(str(store_path), mode="r").attrs), model_dir, store_path)
     train_params = model.info.get("train", {})
     steps = int(train_params.get("steps", 5000)) if steps is None else steps
     if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}.")
+        raise InvalidInputError(f"steps must be >= 1, got {steps}.")
     if restarts < 1:
-        raise ValueError(f"restarts must be >= 1, got {restarts}.")
+        raise InvalidInputError(f"restarts must be >= 1, got {restarts}.")
     if init not in INITS:
-        raise ValueError(f"init must be one of {INITS}, got {init!r}.")
+        raise InvalidInputError(f"init must be one of {INITS}, got {init!r}.")
     train_feats = read_split(store_path, "train")["feats"]
     val = read_split(store_path, "val")
     in_dim = int(model.info["in_dim"])
     if train_feats.shape[1] != in_dim or val["feats"].shape[1] != in_dim:
-        raise ValueError(
+        raise InvalidInputError(
             f"{store_path} holds {train_feats.shape[1]}-d features but the model in {model_dir} expects "
             f"{in_dim}-d ones; pass the features store the run was trained on."
         )
     if train_feats.shape[0] < 1 or val["feats"].shape[0] < 1:
-        raise ValueError(
+        raise InvalidInputError(
             f"{store_path} holds {train_feats.shape[0]} training and {val['feats'].shape[0]} val crops; "
             "the sweep needs at least one of each."
         )

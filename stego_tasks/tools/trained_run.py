@@ -17,6 +17,7 @@ import torch
 import zarr
 
 from stego_tasks.config import ClusterParams, CRFParams
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.method.backbone import Backbone, create_seeded_backbone
 from stego_tasks.method.model import MODEL_JSON, MODEL_WEIGHTS, StegoModel, holds_model, load_model
 from stego_tasks.method.weights import WeightsNotFoundError, weights_argument
@@ -82,7 +83,7 @@ def _model_dir(run_dir: Path) -> Path:
     for candidate in (run_path(run_dir, "model"), run_dir):
         if holds_model(candidate):
             return candidate
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"{run_dir} holds no trained model ({PATHS['model']}/{MODEL_JSON} + {MODEL_WEIGHTS}); "
         "pass --run the project folder of a run whose `dvc repro` (or `stego train`) finished."
     )
@@ -94,7 +95,7 @@ def _weights_for(info: dict, run_dir: Path) -> str:
     try:
         weights = weights_argument(source)
     except ValueError:
-        raise ValueError(
+        raise InvalidInputError(
             f"{MODEL_JSON} records backbone_weights {source!r}, not 'file:<path>', 'hub-cache', "
             "'hub-download' or 'random'; pass --weights PATH to the checkpoint the run used."
         ) from None
@@ -105,7 +106,7 @@ def _weights_for(info: dict, run_dir: Path) -> str:
     for path in (recorded,) if recorded.is_absolute() else (run_dir / recorded, recorded):
         if path.is_file():
             return str(path)
-    raise FileNotFoundError(
+    raise MissingInputError(
         f"The run's backbone checkpoint {str(recorded)!r} ({MODEL_JSON} backbone_weights) does "
         "not exist here; pass --weights PATH to the checkpoint the run was trained with."
     )
@@ -138,11 +139,11 @@ def _read_assignment(path: Path, n_clusters: int, info: dict) -> tuple[np.ndarra
         return None, ()
     raw = data["cluster_to_class"]
     if not isinstance(raw, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in raw):
-        raise ValueError(f"{path}: cluster_to_class must be a list of integers, got {str(raw)[:60]}; {redo}.")
+        raise InvalidInputError(f"{path}: cluster_to_class must be a list of integers, got {str(raw)[:60]}; {redo}.")
     mapping = np.asarray(raw, dtype=np.int64).reshape(-1)
     n_classes = int(info["n_classes"])
     if mapping.shape != (n_clusters,) or mapping.min() < -1 or mapping.max() >= min(n_classes, UNMATCHED):
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} maps {mapping.size} clusters to classes {sorted(set(mapping.tolist()))[:8]}, "
             f"but the model has {n_clusters} clusters and {n_classes} classes; rerun `stego evaluate`."
         )
@@ -242,7 +243,7 @@ def load_run(
     info = model.info
     name = info.get("backbone")
     if not name:
-        raise ValueError(f"{model_dir / MODEL_JSON} does not name its backbone; rerun `stego train`.")
+        raise InvalidInputError(f"{model_dir / MODEL_JSON} does not name its backbone; rerun `stego train`.")
     source = str(info.get("backbone_weights"))
     # The position-embedding resampling the features were stored with (`extract.preprocess`).
     pos_embed = str(info.get("pos_embed") or "timm")
@@ -250,25 +251,25 @@ def load_run(
     recorded = info.get("backbone_weights_sha256")
     if recorded and backbone.weights_sha256 != recorded:
         given = "the checkpoint passed with --weights" if weights is not None else f"the run's checkpoint ({source})"
-        raise ValueError(
+        raise InvalidInputError(
             f"{given} is not the file the run's features were extracted with (its content changed: sha256 "
             f"{str(backbone.weights_sha256)[:12]}... instead of {recorded[:12]}...), so the head would be paired with "
             "another backbone; pass --weights PATH to the original checkpoint, or rerun `dvc repro` to extract and train "
             "with the new one."
         )
     if backbone.embed_dim != info["in_dim"]:
-        raise ValueError(
+        raise InvalidInputError(
             f"Backbone {name} gives {backbone.embed_dim}-d features but the head expects "
             f"{info['in_dim']}-d ones; pass --weights for the backbone the run was trained on."
         )
     size = int(resolution if resolution is not None else info.get("resolution") or 0)
     if size < backbone.patch_size:
-        raise ValueError(
+        raise InvalidInputError(
             f"Resolution {size} is smaller than the patch size {backbone.patch_size} of {name} "
             "(or the run records none); pass --resolution N with N >= the patch size."
         )
     if model.cluster_probe.n_clusters > 256:
-        raise ValueError(f"The run has {model.cluster_probe.n_clusters} clusters; predict writes at most 256.")
+        raise InvalidInputError(f"The run has {model.cluster_probe.n_clusters} clusters; predict writes at most 256.")
     project = project_of(run_dir, model_dir)
     mapping, names = _read_assignment(run_path(project, "assignment"), model.cluster_probe.n_clusters, info)
     settings = run_settings(project)

@@ -22,34 +22,22 @@ from pathlib import Path
 
 from stego_tasks.data.adapters.cityscapes import CITYSCAPES27
 from stego_tasks.data.adapters.cocostuff import COCOSTUFF27
-from stego_tasks.data.adapters.core import (
-    CORPUS_FILE,
-    AdaptSummary,
-    DatasetAdapter,
-    Entry,
-    LabelParams,
-    build_lut,
-    remap_labels,
-)
+from stego_tasks.data.adapters.core import AdaptSummary, DatasetAdapter
 from stego_tasks.data.adapters.potsdam import POTSDAM, POTSDAM3
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.presets import params_text
 from stego_tasks.runtime import atomic
 
 __all__ = [
     "ADAPTERS",
-    "CORPUS_FILE",
     "LAYOUT_HELP",
     "PARAMS_FILE",
     "PRESETS_FOR",
     "AdaptSummary",
-    "LabelParams",
     "DatasetAdapter",
-    "Entry",
     "adapt",
-    "build_lut",
     "get_adapter",
     "preset_for",
-    "remap_labels",
     "write_params",
 ]
 
@@ -89,7 +77,7 @@ def get_adapter(name: str) -> DatasetAdapter:
         ValueError: unknown name (the message lists the valid ones).
     """
     if name not in ADAPTERS:
-        raise ValueError(f"unknown dataset adapter {name!r}; choose one of {', '.join(sorted(ADAPTERS))}.")
+        raise InvalidInputError(f"unknown dataset adapter {name!r}; choose one of {', '.join(sorted(ADAPTERS))}.")
     return ADAPTERS[name]
 
 
@@ -121,7 +109,7 @@ def preset_for(name: str, backbone: str | None = None) -> str:
     if backbone is None:
         return next(iter(choices.values()))
     if backbone not in choices:
-        raise ValueError(
+        raise InvalidInputError(
             f"STEGO published no {name} setting for {backbone}; use --backbone {' or '.join(choices)}."
         )
     return choices[backbone]
@@ -149,7 +137,7 @@ def write_params(name: str, dst: str | Path, backbone: str | None = None, out: s
     text = params_text(preset, adapter.params.as_block(Path(dst)), header)
     target = Path(out) if out is not None else Path(dst) / PARAMS_FILE
     if target.is_dir():
-        raise ValueError(f"--params {target} is a folder; pass the params file to write, e.g. {target / PARAMS_FILE}.")
+        raise InvalidInputError(f"--params {target} is a folder; pass the params file to write, e.g. {target / PARAMS_FILE}.")
     if target.is_file() and target.read_text(encoding="utf-8") == text:
         return target  # a rerun leaves an up-to-date file alone, so DVC sees no change
     if target.is_file() and out is not None:

@@ -31,6 +31,7 @@ import yaml
 from PIL import Image
 
 from stego_tasks.data.images import ImageDecodeError, load_label
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.progress import Progress
 
@@ -114,7 +115,7 @@ class AdaptSummary:
     failed: tuple[tuple[str, str], ...] = ()
 
 
-class SourceError(ValueError):
+class SourceError(InvalidInputError):
     """A source file of one entry is missing or cannot be decoded (that entry is skipped)."""
 
     def __init__(self, path: Path, reason: str) -> None:
@@ -164,12 +165,12 @@ def remap_labels(raw: np.ndarray, lut: np.ndarray, ignore_index: int = IGNORE_IN
     """
     raw = np.asarray(raw)
     if raw.ndim != 2:
-        raise ValueError(f"a label map must be 2-D, got shape {raw.shape}; pass one single-channel mask.")
+        raise InvalidInputError(f"a label map must be 2-D, got shape {raw.shape}; pass one single-channel mask.")
     if raw.dtype.kind == "f":
         if not np.all(np.isfinite(raw) & (raw == np.round(raw))):
-            raise ValueError("a label map holds non-integral values; labels must be class indices.")
+            raise InvalidInputError("a label map holds non-integral values; labels must be class indices.")
     elif raw.dtype.kind not in "iub":
-        raise ValueError(f"a label map has dtype {raw.dtype}; labels must be integer class indices.")
+        raise InvalidInputError(f"a label map has dtype {raw.dtype}; labels must be integer class indices.")
     values = raw.astype(np.int64)
     out = np.full(values.shape, ignore_index, dtype=np.uint8)
     inside = (values >= 0) & (values < lut.size)
@@ -190,7 +191,7 @@ def read_id_list(path: Path) -> list[str]:
         FileNotFoundError: the list is missing.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"image list {path} is missing; the dataset root must hold it (see `stego adapt --help`).")
+        raise MissingInputError(f"image list {path} is missing; the dataset root must hold it (see `stego adapt --help`).")
     ids = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
     return list(dict.fromkeys(i for i in ids if i))
 
@@ -240,7 +241,7 @@ def _prepare_dst(dst: Path, name: str) -> None:
     if not dst.exists():
         return
     if not dst.is_dir():
-        raise ValueError(f"destination {dst} exists and is not a folder; pass a new or empty folder.")
+        raise InvalidInputError(f"destination {dst} exists and is not a folder; pass a new or empty folder.")
     marker = dst / CORPUS_FILE
     if marker.is_file():
         try:
@@ -249,12 +250,12 @@ def _prepare_dst(dst: Path, name: str) -> None:
             data = None
         owner = data.get("adapter") if isinstance(data, dict) else None
         if owner != name:
-            raise ValueError(
+            raise InvalidInputError(
                 f"destination {dst} was written by adapter {owner!r}, not {name!r}; "
                 f"pass another destination or delete that folder first."
             )
     elif any(dst.iterdir()):
-        raise ValueError(
+        raise InvalidInputError(
             f"destination {dst} is not empty and has no {CORPUS_FILE} from `stego adapt`; "
             f"pass a new or empty folder so no file of yours is overwritten or deleted."
         )
@@ -284,11 +285,11 @@ def _check_plan(entries: Sequence[Entry], name: str) -> None:
         assert entry.split in SPLITS, entry.split
         key = (entry.split, entry.stem)
         if key in seen:
-            raise ValueError(f"adapter {name} would write two images with stem {entry.stem!r} into {entry.split}; the source lists that image twice.")
+            raise InvalidInputError(f"adapter {name} would write two images with stem {entry.stem!r} into {entry.split}; the source lists that image twice.")
         seen.add(key)
     for split in SPLITS:
         if not any(e.split == split for e in entries):
-            raise ValueError(f"adapter {name} found no {split} images in the source; check that it has the layout the adapter expects (see `stego adapt --help`).")
+            raise InvalidInputError(f"adapter {name} found no {split} images in the source; check that it has the layout the adapter expects (see `stego adapt --help`).")
 
 
 def _prune(folder: Path, keep: set[str]) -> int:
@@ -353,9 +354,9 @@ class DatasetAdapter:
         """
         src, dst = Path(src), Path(dst)
         if unlabelled_train and not self.has_unlabelled_train:
-            raise ValueError(f"adapter {self.name} has no unlabelled training images; drop --unlabelled-train.")
+            raise InvalidInputError(f"adapter {self.name} has no unlabelled training images; drop --unlabelled-train.")
         if not src.is_dir():
-            raise FileNotFoundError(f"source folder {src} does not exist; pass the {self.name} dataset root.")
+            raise MissingInputError(f"source folder {src} does not exist; pass the {self.name} dataset root.")
         entries = self.plan(src, unlabelled_train)
         _check_plan(entries, self.name)
         _prepare_dst(dst, self.name)

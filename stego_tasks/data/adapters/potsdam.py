@@ -29,6 +29,7 @@ from stego_tasks.data.adapters.core import (
     LabelParams,
     read_id_list,
 )
+from stego_tasks.errors import InvalidInputError
 
 # Split -> list files, as STEGO's Potsdam.split_files ("train", "val"); the second train
 # list only with --unlabelled-train.
@@ -49,10 +50,10 @@ def _loadmat(path: Path, key: str) -> np.ndarray:
     try:
         data = loadmat(path)
     except Exception as exc:  # scipy raises MatReadError (an Exception), ValueError, ...
-        raise ValueError(f"not a readable .mat file ({exc})") from exc
+        raise InvalidInputError(f"not a readable .mat file ({exc})") from exc
     if key not in data:
         keys = sorted(k for k in data if not k.startswith("__"))
-        raise ValueError(f"has no variable {key!r} (it holds {keys})")
+        raise InvalidInputError(f"has no variable {key!r} (it holds {keys})")
     return np.asarray(data[key])
 
 
@@ -71,13 +72,13 @@ def read_mat_image(path: Path) -> np.ndarray:
     """
     img = _loadmat(path, "img")
     if img.ndim != 3 or img.shape[2] < 3:
-        raise ValueError(f"'img' has shape {img.shape}; expected [H, W, C] with C >= 3")
+        raise InvalidInputError(f"'img' has shape {img.shape}; expected [H, W, C] with C >= 3")
     rgb = img[:, :, :3]
     if rgb.dtype == np.uint8:
         return np.ascontiguousarray(rgb)
     if rgb.dtype.kind == "f" and np.isfinite(rgb).all() and rgb.min() >= 0 and rgb.max() <= 1:
         return (rgb * 255).astype(np.uint8)
-    raise ValueError(f"'img' has dtype {rgb.dtype} (range {rgb.min()}..{rgb.max()}); expected uint8 or float in [0, 1]")
+    raise InvalidInputError(f"'img' has dtype {rgb.dtype} (range {rgb.min()}..{rgb.max()}); expected uint8 or float in [0, 1]")
 
 
 def read_mat_label(path: Path) -> np.ndarray:
