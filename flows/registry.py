@@ -164,7 +164,9 @@ STAGES: dict[str, Stage] = _declare(
           params=("crf",), outs={"crf_out": {}}),
     Stage(fn.evaluate, "Read labels (when there are any), predictions and the cluster names file; write metrics JSON "
           "(with the label-free signals), confusion matrix, overlays, the plot data DVC draws and the cluster gallery.",
-          params=("corpus.n_classes", "corpus.ignore_index", "corpus.class_names", "evaluate", "preset"),
+          # The whole corpus block: evaluate is downstream of every stage the other corpus keys
+          # shape (root: ingest; demo: extract, train), so this re-runs nothing more.
+          params=("corpus", "evaluate", "preset"),
           outs={"assignment": NO_CACHE, "gallery": NO_CACHE},
           metrics={"scores": NO_CACHE, "per_class": NO_CACHE},
           plots={"confusion": NO_CACHE, "overlays": NO_CACHE, "confusion_data": NO_CACHE, "per_class_plot": NO_CACHE},

@@ -155,7 +155,7 @@ def evaluate(
     params = load_params(params_path)
     return run(
         Path(features), Path(predictions), Path(crf_out), Path(scores), Path(per_class), Path(confusion),
-        Path(overlays), declared_view(params.corpus, ("n_classes", "ignore_index", "class_names")), params.evaluate,
+        Path(overlays), params.corpus, params.evaluate,
         Path(assignment), preset=params.preset, confusion_csv=Path(confusion_data), per_class_csv=Path(per_class_plot),
         gallery_dir=Path(gallery), names_path=Path(cluster_names),
     )

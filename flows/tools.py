@@ -216,7 +216,7 @@ def add_names_arguments(parser: argparse.ArgumentParser) -> None:
 
 def names_from_args(args: argparse.Namespace) -> int:
     """Run `stego names init` and say what was written."""
-    from stego_tasks.tools.cluster_names import write_init
+    from stego_tasks.tools.names_init import write_init
 
     result = write_init(args.run, args.out or run_path(args.run, "cluster_names"), force=args.force)
     suggested = f", {result['suggested']} named after the classes the labels matched" if result["suggested"] else ""

@@ -10,7 +10,8 @@ import pytest
 
 from flows.cli import main
 from stego_tasks.paths import PATHS
-from stego_tasks.tools.cluster_names import IGNORED, load_names, write_init
+from stego_tasks.tools.cluster_names import IGNORED, load_names
+from stego_tasks.tools.names_init import write_init
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,6 @@ width, height, mode, split, label_path, label_hash. Paths from a manifest go thr
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path, PurePosixPath
 
 import pandas as pd
@@ -16,6 +15,7 @@ import pyarrow.parquet as pq
 
 from stego_tasks.data.corpus_files import open_regular
 from stego_tasks.errors import InvalidInputError
+from stego_tasks.runtime.content_hash import sha256_of_file
 
 SPLITS: tuple[str, ...] = ("train", "val")
 LABEL_SUFFIX = ".png"
@@ -35,7 +35,7 @@ MANIFEST_SCHEMA = pa.schema(
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks so large files never sit in memory.
+    """Hex SHA-256 of a corpus file (`runtime.content_hash.sha256_of_file`), opened without blocking.
 
     Args:
         path: file to hash.
@@ -44,12 +44,8 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
     Returns:
         64-character lowercase hex digest.
     """
-    digest = hashlib.sha256()
     # Never a plain open(): on a named pipe it would wait for a writer forever.
-    with open_regular(path) as f:
-        while block := f.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_of_file(path, chunk_size, opener=open_regular)
 
 
 def resolve_in_corpus(root: Path, rel_path: str) -> Path:

@@ -187,7 +187,7 @@ def create_backbone(name: str, weights: str | Path = "auto", pos_embed: str = "t
         ValueError: Unknown name, or a checkpoint that is unsafe or does not fit the model.
         WeightsNotFoundError: No weights found and ``weights`` is not ``"random"``.
     """
-    spec = _resolve_spec(name)
+    spec = backbone_spec(name)
     if isinstance(weights, str) and weights == "random":
         msg = f"Backbone {spec.name} uses RANDOM weights (weights='random'); its features mean nothing."
         warnings.warn(msg, UserWarning, stacklevel=2)
@@ -231,10 +231,6 @@ def _build_model(timm_name: str) -> nn.Module:
 
 def backbone_spec(name: str) -> BackboneSpec:
     """The `BackboneSpec` of a table name or a timm ViT name (ValueError for anything else)."""
-    return _resolve_spec(name)
-
-
-def _resolve_spec(name: str) -> BackboneSpec:
     if name in BACKBONES:
         return BACKBONES[name]
     if not timm.is_model(name):

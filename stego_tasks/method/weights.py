@@ -20,10 +20,6 @@ from stego_tasks.method.registry import BackboneSpec
 if TYPE_CHECKING:  # torch and timm load only where a checkpoint is read: finding a file needs neither
     from torch import Tensor, nn
 
-# timm hosts its weights as safetensors; older repos only have the pickle file. These are
-# the Hugging Face hub's file names for a backbone, not this project's model folder
-# (method/model.py), whose weights file happens to share the first name.
-_HUB_FILENAMES = ("model.safetensors", "pytorch_model.bin")
 # Wrappers used by the DINO / DINOv2 training checkpoints, most preferred first: the
 # teacher is the model DINO evaluates and publishes.
 _WRAPPER_KEYS = ("teacher", "state_dict", "model", "student")
@@ -235,13 +231,15 @@ def locate_weights(spec: BackboneSpec) -> tuple[Path, str]:
     Raises:
         WeightsNotFoundError: none of them has the weights; the message says where to put a file.
     """
-    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
+    # The hub's own names: timm hosts its weights as safetensors; older repos only have the pickle file.
+    hub_filenames = (constants.SAFETENSORS_SINGLE_FILE, constants.PYTORCH_WEIGHTS_NAME)
     if spec.weights_url is not None:
         return _file_from_url(spec)
     cache_dir = _hub_cache_dir()
     if spec.hf_repo is not None:
-        for filename in _HUB_FILENAMES:
+        for filename in hub_filenames:
             cached = try_to_load_from_cache(spec.hf_repo, filename, cache_dir=cache_dir)
             if isinstance(cached, str):  # None: not cached; a sentinel: known to be absent
                 return Path(cached), "hub-cache"
@@ -249,7 +247,7 @@ def locate_weights(spec: BackboneSpec) -> tuple[Path, str]:
     if spec.hf_repo is not None and not _hub_offline() and not _hub_reachable():
         reason = "the hub cannot be reached from this machine"
     elif spec.hf_repo is not None and not _hub_offline():
-        for filename in _HUB_FILENAMES:
+        for filename in hub_filenames:
             try:
                 path = hf_hub_download(spec.hf_repo, filename, cache_dir=cache_dir)
             except Exception as err:  # noqa: BLE001 - any hub failure means "not available"
@@ -260,7 +258,7 @@ def locate_weights(spec: BackboneSpec) -> tuple[Path, str]:
     raise WeightsNotFoundError(
         f"No weights for backbone {spec.name} ({reason}): pass a local checkpoint path as weights "
         f"(backbone.weights in params.yaml, --weights for stego predict), put the Hugging Face repo {repo} "
-        f"({'/'.join(_HUB_FILENAMES)}) in the hub cache {cache_dir}, or go online so it can be downloaded "
+        f"({'/'.join(hub_filenames)}) in the hub cache {cache_dir}, or go online so it can be downloaded "
         "(weights 'random' runs on random weights, for smoke tests only)."
     )
 

@@ -18,7 +18,9 @@ import json
 import os
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from stego_tasks.errors import InvalidInputError
 
@@ -43,10 +45,22 @@ def _stat_key(path: Path) -> tuple[str, str]:
     return real, f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}:{info.st_ino}"
 
 
-def sha256_of_file(path: str | Path, chunk_size: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks (no cache)."""
+def sha256_of_file(
+    path: str | Path, chunk_size: int = 1 << 22, opener: Callable[[Path], BinaryIO] | None = None
+) -> str:
+    """Hex SHA-256 of a file's bytes, read in chunks so a large file never sits in memory (no cache).
+
+    Args:
+        path: the file.
+        chunk_size: bytes per read.
+        opener: opens the file for binary reading (default `open(path, "rb")`); the corpus
+            passes one that never blocks on a named pipe.
+
+    Returns:
+        64 lowercase hex characters.
+    """
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with (opener(Path(path)) if opener is not None else open(path, "rb")) as handle:
         while block := handle.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stego_tasks.errors import InvalidInputError, MissingInputError
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.params_schema import read_yaml
 
 IGNORED = 255  # class value of ignored clusters in named maps (the corpus layout's usual ignore index)
@@ -180,46 +180,3 @@ def init_text(clusters: list[dict], suggested: list[str | None]) -> str:
 def _quoted(name: str) -> str:
     escaped = name.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{escaped}"'
-
-
-def write_init(run_dir: Path, out: Path, force: bool = False) -> dict:
-    """Write a starting names file for the run in `run_dir` (`stego names init`).
-
-    Reads the gallery (every cluster and its size) and, when the run had labels, the
-    assignment (each cluster's matched class becomes its suggested name).
-
-    Returns:
-        {"out", "clusters", "suggested": how many names came from the labels}.
-
-    Raises:
-        FileNotFoundError: the run has no gallery yet.
-        ValueError: `out` already names or ignores clusters (or cannot be read) and `force` is off.
-    """
-    from stego_tasks.paths import PATHS, run_path
-    from stego_tasks.runtime import atomic
-
-    # Imported here: the gallery module imports this one (the names it shows).
-    from stego_tasks.tools.gallery import GALLERY_JSON
-
-    gallery = run_path(run_dir, "gallery") / GALLERY_JSON
-    if not gallery.is_file():
-        raise MissingInputError(f"{run_dir} has no {PATHS['gallery']}/{GALLERY_JSON}; run `dvc repro` "
-                                "(its evaluate stage writes it) before `stego names init`.")
-    clusters = atomic.read_json_object(gallery, "evaluate", "rerun `stego evaluate`").get("clusters") or []
-    out = Path(out)
-    if out.exists() and not force:
-        try:
-            existing = load_names(out, len(clusters))
-        except ValueError:
-            existing = None
-        if existing is None or not existing.is_empty:
-            raise InvalidInputError(f"{out} already names clusters; edit it, or pass --force to replace it with a fresh one.")
-    suggested: list[str | None] = [None] * len(clusters)
-    assignment = run_path(run_dir, "assignment")
-    if assignment.is_file():
-        data = atomic.read_json_object(assignment, "evaluate", "rerun `stego evaluate`")
-        mapping, class_names = data.get("cluster_to_class"), data.get("class_names") or []
-        if isinstance(mapping, list) and len(mapping) == len(clusters):
-            suggested = [class_names[c] if isinstance(c, int) and 0 <= c < len(class_names) else None for c in mapping]
-    atomic.write_text(out, init_text(clusters, suggested))
-    return {"out": str(out), "clusters": len(clusters), "suggested": sum(s is not None for s in suggested)}
