@@ -4,7 +4,7 @@ Each is declared once in `flows/registry.py`, from which its `stego` command, it
 flow (the same typed signature) and its stage in `dvc.yaml` are derived. A parameter named
 like a `stego_tasks/paths.yaml` key is that artifact's path; a line `name: text` under
 `Args:` is the help of its command-line option. Each function reads only the params keys
-its registry entry declares (tests/test_contracts.py checks it). Where a
+its registry entry declares (tests/flows/test_contracts.py checks it). Where a
 stage declares only some keys of a block (`corpus.root`, not `corpus`), the library gets a
 `declared_view` of the block that refuses any other key. Path defaults are the layout of
 `stego_tasks/paths.yaml`.

@@ -1,6 +1,6 @@
 """STEGO as a library: the pipeline's stages over four layers that call one way (down).
 
-Layers, lowest first (`tests/test_contracts.py` checks the direction):
+Layers, lowest first (`tests/flows/test_contracts.py` checks the direction):
   config, params_schema, params_doc, paths, presets/   configuration: params blocks and
              their JSON schema, the published defaults (presets/defaults.yaml) and the
              presets as overrides of them, artifact paths

@@ -221,7 +221,7 @@ class RuntimeParams:
     """How many threads and processes the stages use: where work runs, never what it computes.
 
     Never a DVC param (no stage declares this block), so changing it re-runs nothing; the
-    results are byte for byte the same for any value (tests/test_pipeline_no_effect_params.py).
+    results are byte for byte the same for any value (tests/pipeline/test_pipeline_no_effect_params.py).
 
     Attributes:
         decode_workers: extract's threads decoding and preprocessing images ahead of the backbone.
@@ -448,7 +448,7 @@ def declared_view(block: T, keys: tuple[str, ...]) -> T:
     Returns:
         The view.
     """
-    cls = block.__class__  # not type(): a recording proxy in tests/test_contracts.py names its block's class here
+    cls = block.__class__  # not type(): a recording proxy in tests/flows/test_contracts.py names its block's class here
     view = cls(**{key: getattr(block, key) for key in keys})
     object.__setattr__(view, "__class__", _view_class(cls, frozenset(keys)))
     return view

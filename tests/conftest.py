@@ -26,6 +26,8 @@ from flows.prefect_server import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+# Arrays recorded once from the reference code (tests/golden/README.md says how).
+GOLDEN_DIR = REPO / "tests" / "golden"
 # The tiny project is shared with the benchmarks (`benchmarks/tiny_project.py`), which run
 # without pytest; put its folder on the path however pytest was started.
 sys.path.insert(0, str(REPO / "benchmarks"))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,8 +15,9 @@ from stego_tasks.config import (
     params_from_dict,
     params_to_dict,
 )
+from tests.conftest import REPO
 
-REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+REPO_PARAMS = REPO / "params.yaml"
 
 
 def _as_tuples(value):

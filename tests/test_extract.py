@@ -513,7 +513,8 @@ def test_prefect_flow_submits_chunks_through_dask_task_runner(base, dask_cli_clu
     import subprocess
 
     import yaml
-    from conftest import VENV_BIN, run
+
+    from tests.conftest import VENV_BIN, run
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump({

@@ -16,8 +16,8 @@ from flows.cli import main
 from flows.params_tool import explain, generated_schema_text
 from stego_tasks.config import params_from_dict
 from stego_tasks.params_doc import SCHEMA_FILE, json_schema, yaml_comments
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 PARAMS = REPO / "params.yaml"
 
 

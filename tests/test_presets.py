@@ -29,8 +29,8 @@ from stego_tasks.presets import (
     preset_overrides,
     preset_text,
 )
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DEFAULTS = read_yaml(DEFAULTS_FILE)
 DATASET_PRESETS = ["cityscapes27_vitb8", "cocostuff27_vitb8", "cocostuff27_vits8", "potsdam3_vits8"]
 LOCATION = {"root": "/data/corpus", "demo": False}

@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from browser import SKIP_REASON, chromium_available, run_chromium
 from PIL import Image
 
 from flows import stage_functions
 from flows.cli import _parser, main
 from stego_tasks.config import ReportParams
 from stego_tasks.report import format_number, render, report
+from tests.browser import SKIP_REASON, chromium_available, run_chromium
 
 DASH = "\u2013"
 CLASSES = ["sky", "grass", 'road <b>&"wet"</b>']

@@ -5,7 +5,7 @@ zarr encodes every write on its one event-loop thread, so several threads callin
 or a shard of one-row chunks) are encoded in the calling thread with each array's own
 zarr codecs (`_encode_sync` of the same codec objects zarr uses; zstd, blosc and crc32
 release the GIL), then handed to the store whole. The bytes are the ones
-`array[rows] = values` would store (tests/test_store_writer.py compares them file by
+`array[rows] = values` would store (tests/data/test_store_writer.py compares them file by
 file): fill-valued chunks (and inner chunks of a shard) are left out, a shard's inner
 chunks are laid out in zarr's Morton order with its index encoded by the index codecs.
 Those codec methods and the shard index are zarr 3.1 internals: an upgrade that changes

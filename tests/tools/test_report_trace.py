@@ -13,6 +13,7 @@ from stego_tasks.paths import PATHS
 from stego_tasks.report import render
 from stego_tasks.tools.report_dag import dag_svg, pipeline_graph
 from stego_tasks.tools.report_trace import provenance_section, timeline_section, trace_records
+from tests.conftest import REPO
 
 ORIGIN = {"project": "0.1.0", "python": "3.11.7", "platform": "Linux", "packages": {"torch": "2.14.1", "zarr": "3.1.0"},
           "cuda": None, "gpu": None, "git_commit": "a" * 40, "git_dirty": True}
@@ -99,7 +100,7 @@ def test_the_dag_comes_from_dvc_yaml_with_implied_edges_left_out() -> None:
 
 
 def test_the_repos_own_pipeline_is_one_chain_from_demo_data_to_report_with_the_weights_check() -> None:
-    root = Path(__file__).resolve().parents[1]
+    root = REPO
     names, edges = pipeline_graph((root / "dvc.yaml").read_text(), yaml.safe_load((root / "params.yaml").read_text()))
     chain = ["demo_data", "ingest", "validate", "extract", "knn", "train", "cluster", "crf", "evaluate", "report"]
     # The checkpoint's content hash (the always-changed `weights` stage) feeds extract alone.

@@ -27,8 +27,8 @@ from zarr.codecs import BytesCodec, ShardingCodec, ZstdCodec
 from stego_tasks.data.feature_store import SPLITS, open_split, pending_chunks
 from stego_tasks.data.store_integrity import record_chunk, verify_split
 from stego_tasks.data.store_writer import ArrayEncoder, SplitWriter
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CODECS = ("zstd", "none", "blosc-lz4", "blosc-zstd")
 N_IMAGES, BATCH, DIM, GRID, RES = 7, 2, 16, 4, 24  # 4 chunks, the last one of 1 image
 
@@ -149,8 +149,8 @@ _CHILD = """
 import sys, time
 from concurrent.futures import ThreadPoolExecutor
 import zarr
-sys.path.insert(0, {tests!r})
-import test_store_writer as t
+sys.path.insert(0, {repo!r})
+from tests.data import test_store_writer as t
 from stego_tasks.data.store_writer import SplitWriter
 t.N_IMAGES = {n}
 group = t._new_split({store!r}, "train", "zstd")
@@ -182,7 +182,7 @@ def test_sigkill_during_parallel_writes_then_completing_the_pending_chunks_gives
         _zarr_write(group, "train", index)
 
     store = tmp_path / "killed.zarr"
-    script = _CHILD.format(tests=str(REPO / "tests"), n=N_KILL_IMAGES, store=str(store))
+    script = _CHILD.format(repo=str(REPO), n=N_KILL_IMAGES, store=str(store))
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen([sys.executable, "-c", script], env=env, stderr=subprocess.PIPE)
     try:

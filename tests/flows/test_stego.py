@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import (
+from tiny_project import set_params
+
+from stego_tasks.paths import PATHS
+from tests.conftest import (
     REPO,
     SUBPROCESS_ENV,
     VENV_BIN,
@@ -21,9 +24,6 @@ from conftest import (
     stage_graph,
     stop_process_group,
 )
-from tiny_project import set_params
-
-from stego_tasks.paths import PATHS
 
 PREFECT = str(VENV_BIN / "prefect")
 RECORDED = {"dvc.lock", "metrics/scores.json", "metrics/per_class_iou.json"}

@@ -41,7 +41,7 @@ def test_stego_seeds_runs_each_seed_as_a_dvc_experiment(project_copy, project_en
     import json
     import subprocess
 
-    from conftest import VENV_BIN
+    from tests.conftest import VENV_BIN
 
     result = subprocess.run(
         [str(VENV_BIN / "stego"), "seeds", "2", "--first", "3"], cwd=project_copy, env=project_env,

@@ -1,7 +1,6 @@
 """Tests for stego_tasks.method.metrics: hand-computed scores and the reference's recorded numbers."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ from stego_tasks.method.metrics import (
     confusion_matrix,
     unsupervised_scores,
 )
+from tests.conftest import GOLDEN_DIR
 
 # Made once, outside the repo, with the reference's own `UnsupervisedMetrics` (mhamilton723/STEGO
 # at commit eb4d6b521740bd4265681b353547f2ffca65d673, src/utils.py; extra_clusters 0) on
@@ -19,8 +19,8 @@ from stego_tasks.method.metrics import (
 # random permutation with 40 % replaced by uniform ids. Kept: the arrays and the reference's
 # mIoU, accuracy, per-class IoU and matching, with and without Hungarian matching. The reference
 # divides in float32, hence the 1e-6 relative tolerance.
-# tests/data/README.md says how to make them again.
-GOLDEN = Path(__file__).parent / "data" / "stego_metrics_golden.npz"
+# tests/golden/README.md says how to make them again.
+GOLDEN = GOLDEN_DIR / "stego_metrics_golden.npz"
 N_GOLDEN = 6
 
 

@@ -28,8 +28,8 @@ from stego_tasks.ingest import ingest
 from stego_tasks.method.model import build_model, load_model, save_model
 from stego_tasks.runtime import content_hash
 from stego_tasks.runtime.room import OutOfRoomError, room_guard
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = "vit_tiny_patch16_224"
 TINY_PARAMS = {
     "backbone": {"name": TINY, "weights": "random"},

@@ -1,6 +1,6 @@
 """Tests for stego_tasks.method.loss against a naive loop version and the reference's recorded numbers.
 
-`tests/data/stego_loss_golden.npz` was made once, outside the repo, by running the
+`tests/golden/stego_loss_golden.npz` was made once, outside the repo, by running the
 reference's own `ContrastiveCorrelationLoss.forward` (mhamilton723/STEGO at commit
 eb4d6b521740bd4265681b353547f2ffca65d673, src/modules.py) and the total of
 src/train_segmentation.py (weights 0.67 / 0.25 / 0.63, shifts 0.18 / 0.12 / 0.46) on
@@ -10,14 +10,13 @@ and all eight (pointwise, zero_clamp, stabilize) flags, with torch.manual_seed(1
 each call and the reference's `super_perm` fed derangements drawn by `torch.randperm`
 (generator seed 9, redrawn until fixed-point free). Only the arrays are kept: the inputs,
 the coords the reference sampled at, the derangements, the four loss terms and (B = 2)
-the code correlations. tests/data/README.md says how to make them again.
+the code correlations. tests/golden/README.md says how to make them again.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,11 +27,12 @@ from stego_tasks.method.loss import (
     correspondence_loss,
     random_derangements,
 )
+from tests.conftest import GOLDEN_DIR
 
 COMBOS = list(itertools.product([True, False], repeat=3))  # pointwise, zero_clamp, stabilize
 SHIFTS = (0.18, 0.12, 0.46)
 WEIGHTS = (0.67, 0.25, 0.63)
-GOLDEN = Path(__file__).parent / "data" / "stego_loss_golden.npz"
+GOLDEN = GOLDEN_DIR / "stego_loss_golden.npz"
 
 
 # ---------------------------------------------------------------- naive version (no torch ops)

@@ -30,13 +30,13 @@ import pandas as pd
 import pytest
 import yaml
 import zarr
-from conftest import SUBPROCESS_ENV, VENV_BIN, free_port, run
 from PIL import Image
 from tiny_project import make_tiny_project
 
 from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.runtime.locking import artifact_lock
+from tests.conftest import SUBPROCESS_ENV, VENV_BIN, free_port, run
 
 STEGO = str(VENV_BIN / "stego")
 DVC = str(VENV_BIN / "dvc")

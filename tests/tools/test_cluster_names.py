@@ -12,8 +12,7 @@ from flows.cli import main
 from stego_tasks.paths import PATHS
 from stego_tasks.tools.cluster_names import IGNORED, load_names
 from stego_tasks.tools.names_init import write_init
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def _names(tmp_path: Path, text: str, n_clusters: int = 6):

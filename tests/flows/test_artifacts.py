@@ -10,10 +10,9 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from conftest import ISOLATION, REPO, SUBPROCESS_ENV, PrefectServer
-
 from flows.artifacts import artifact_key, scores_table
 from stego_tasks.paths import PATHS
+from tests.conftest import ISOLATION, REPO, SUBPROCESS_ENV, PrefectServer
 
 SCORES = {"cluster": {"accuracy": 61.5, "miou": 33.25}, "kmeans": {"accuracy": 90.0, "miou": 80.5}, "preset": "custom",
           "backbone": "vit_tiny_patch16_224", "backbone_weights": "random"}

@@ -14,10 +14,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import SUBPROCESS_ENV, VENV_BIN
 
 from flows.cli import main
 from stego_tasks.config import load_params, params_from_dict
+from tests.conftest import SUBPROCESS_ENV, VENV_BIN
 
 STEGO = str(VENV_BIN / "stego")
 

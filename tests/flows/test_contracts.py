@@ -31,8 +31,8 @@ from flows.registry import STAGES, flow_of
 from stego_tasks.config import DemoParams, Params, UndeclaredParamError, declared_view, load_params
 from stego_tasks.paths import PARAMS_FILE, PATHS, load_paths
 from stego_tasks.report import INPUTS
+from tests.conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 # The library module a `stego <stage>` command runs, per DVC stage.
 ENTRY = {name: stage.module for name, stage in STAGES.items()}
 
@@ -84,7 +84,7 @@ def test_every_stage_command_is_a_stego_command_of_its_own_name() -> None:
 # stage computes: never DVC params, so changing them re-runs nothing. A stage may read them
 # without declaring them, and no stage declares them.
 RUNTIME_BLOCKS: dict[str, str] = {
-    "runtime": "thread and process counts; tests/test_pipeline_no_effect_params.py proves the outputs equal",
+    "runtime": "thread and process counts; tests/pipeline/test_pipeline_no_effect_params.py proves the outputs equal",
     "dask": "the cluster the chunks run on; a test proves the stores equal",
 }
 # The library function each stage function calls (module, attribute): the function of the

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import urllib.request
 
-from conftest import ISOLATION, REPO
+from tests.conftest import ISOLATION, REPO
 
 SCRIPT = """
 import json, os, sys, urllib.request

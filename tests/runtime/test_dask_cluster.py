@@ -6,10 +6,10 @@ import os
 
 import psutil
 import pytest
-from conftest import free_port
 
 from stego_tasks.config import DaskParams
 from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
+from tests.conftest import free_port
 
 
 def test_unanswered_address_fails_with_one_sentence() -> None:

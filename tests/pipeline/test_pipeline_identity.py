@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from conftest import VENV_BIN, always_changed, dvc_repro, run
 from PIL import Image
 from tiny_project import set_params
 
 from stego_tasks.paths import PATHS
 from stego_tasks.runtime.content_hash import sha256_of_file
+from tests.conftest import VENV_BIN, always_changed, dvc_repro, run
 
 pytestmark = pytest.mark.slow
 

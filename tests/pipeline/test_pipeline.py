@@ -13,11 +13,11 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import VENV_BIN, always_changed, downstream, dvc_repro, run, stage_graph
 from tiny_project import set_params
 
 from stego_tasks.method.metrics import METHODS
 from stego_tasks.paths import PATHS
+from tests.conftest import VENV_BIN, always_changed, downstream, dvc_repro, run, stage_graph
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import always_changed, dvc_repro
 from tiny_project import set_params
+
+from tests.conftest import always_changed, dvc_repro
 
 pytestmark = pytest.mark.slow
 

@@ -1,12 +1,11 @@
 """Tests for stego_tasks.method.pos_embed: DINO's position-embedding resampling, as the reference computes it.
 
-`tests/data/dino_pos_embed_golden.npz` was made once, outside the repo, by running the
+`tests/golden/dino_pos_embed_golden.npz` was made once, outside the repo, by running the
 reference's own `VisionTransformer.interpolate_pos_encoding` (mhamilton723/STEGO,
 src/dino/vision_transformer.py; torch.manual_seed(0), img_size 32, patch 8, embed_dim 12,
 depth 1) on zero tokens for each grid; only its arrays are kept here.
 """
 
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,8 +18,9 @@ from stego_tasks.method.pos_embed import (
     supports_dino_pos_embed,
     use_dino_pos_embed,
 )
+from tests.conftest import GOLDEN_DIR
 
-GOLDEN = Path(__file__).parent / "data" / "dino_pos_embed_golden.npz"
+GOLDEN = GOLDEN_DIR / "dino_pos_embed_golden.npz"
 
 
 @pytest.mark.parametrize("grid", ["4x4", "5x5", "6x6", "5x7", "4x6"])
