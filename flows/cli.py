@@ -166,8 +166,8 @@ def _run_stage(stage: Stage, args: argparse.Namespace) -> Any:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `stego` console command."""
+def _process_defaults() -> None:
+    """Environment defaults of every `stego` process, set before Prefect, DVC or torch load."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # Before torch loads: idle OpenMP threads sleep instead of spinning, so a shared or busy
     # machine does not lose most of its CPU to spin-waits (train ran 1.5x faster under load).
@@ -176,53 +176,68 @@ def main(argv: list[str] | None = None) -> int:
     # Library logs outside a flow run (e.g. `--no-prefect`) stay local instead of warning.
     os.environ.setdefault("PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW", "ignore")
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+
+def _run_pipeline(no_record: bool) -> None:
+    """`stego run`: `dvc repro` inside the `stego` flow, then the compact scores table."""
+    from flows.prefect_server import shared_prefect_server
+
+    # One server for the flow and every stage DVC starts, instead of one per stage.
+    with shared_prefect_server():
+        from flows.stego import stego_flow
+
+        stego_flow(record=not no_record)
+    from stego_tasks.tools.run_summary import summary_from_files
+
+    print(summary_from_files(DEFAULTS["scores"], DEFAULTS["report"]))
+
+
+def _exit_status(command: str, error: BaseException) -> int:
+    """Print what the user needs for `error` on stderr and return the exit status.
+
+    A user error or a full disk is one sentence (status 2); anything else keeps its traceback
+    and says how to report it (status 1).
+    """
+    if isinstance(error, KeyboardInterrupt):
+        print(f"stego {command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        return 130
+    if isinstance(error, USER_ERRORS):
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"stego {command}: error: {message}", file=sys.stderr)
+        return 2
+    if is_out_of_room(error):
+        # A full disk or a size limit hit by a write no stage wraps (a log, Prefect's database).
+        where = getattr(error, "filename", None) or "an output"
+        print(f"stego {command}: error: {out_of_room(error, str(where), 0, 'what was completed before it is kept', 'rerun the same command to resume')}",
+              file=sys.stderr)
+        return 2
+    # Not an error the user can act on: show where it happened, then how to report it.
+    traceback.print_exception(error)
+    print(f"stego {command}: {REPORT_BUG}.", file=sys.stderr)
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `stego` console command; returns the exit status."""
+    _process_defaults()
     argv = sys.argv[1:] if argv is None else argv
     args = _parser(next((a for a in argv if not a.startswith("-")), None)).parse_args(argv)
     logging.getLogger("stego").setLevel(logging.INFO)
     if args.command in TOOLS or getattr(args, "no_prefect", False):
         # Inside a flow run Prefect's handlers print the "stego" logger (PREFECT_LOGGING_EXTRA_LOGGERS).
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-
     try:
         if args.command in TOOLS:
             return TOOLS[args.command][2](args)
-        elif args.command == "run":
-            from flows.prefect_server import shared_prefect_server
-
-            # One server for the flow and every stage DVC starts, instead of one per stage.
-            with shared_prefect_server():
-                from flows.stego import stego_flow
-
-                stego_flow(record=not args.no_record)
-            from stego_tasks.tools.run_summary import summary_from_files
-
-            print(summary_from_files(DEFAULTS["scores"], DEFAULTS["report"]))
+        if args.command == "run":
+            _run_pipeline(args.no_record)
         else:
             _run_stage(STAGES[stage_of(args.command)], args)
-    except KeyboardInterrupt:
-        print(f"stego {args.command}: interrupted; rerun the same command to resume.", file=sys.stderr)
-        return 130
-    except USER_ERRORS as error:
-        if os.environ.get("STEGO_DEBUG"):
+    except (KeyboardInterrupt, Exception) as error:
+        if os.environ.get("STEGO_DEBUG") and not isinstance(error, KeyboardInterrupt):
             raise
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"stego {args.command}: error: {message}", file=sys.stderr)
-        return 2
-    except Exception as error:
-        if os.environ.get("STEGO_DEBUG"):
-            raise
-        if is_out_of_room(error):
-            # A full disk or a size limit hit by a write no stage wraps (a log, Prefect's database).
-            where = getattr(error, "filename", None) or "an output"
-            print(f"stego {args.command}: error: {out_of_room(error, str(where), 0, 'what was completed before it is kept', 'rerun the same command to resume')}",
-                  file=sys.stderr)
-            return 2
-        # Not an error the user can act on: show where it happened, then how to report it.
-        traceback.print_exc()
-        print(f"stego {args.command}: {REPORT_BUG}.", file=sys.stderr)
-        return 1
+        return _exit_status(args.command, error)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -30,7 +30,7 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     action.add_argument("--explain", metavar="KEY", help="explain one key, e.g. train.steps")
     action.add_argument("--schema", action="store_true", help=f"write the JSON schema to {SCHEMA_FILE.name} (or --out)")
     action.add_argument("--check-schema", action="store_true", help="exit 1 when the committed schema is not the generated one")
-    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help="params file (default: params.yaml)")
+    parser.add_argument("--params", type=Path, default=Path(PARAMS_FILE), help=f"params file (default: {PARAMS_FILE})")
     parser.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"), help="pipeline file (default: dvc.yaml)")
     parser.add_argument("--out", type=Path, default=SCHEMA_FILE, help=f"schema file (default: {SCHEMA_FILE})")
 

@@ -16,7 +16,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from stego_tasks.config import declared_view, load_params
+from flows.declared_params import declared_view
+from stego_tasks.config import load_params
 from stego_tasks.paths import PARAMS_FILE as PARAMS
 from stego_tasks.paths import PATHS as P
 from stego_tasks.runtime.atomic import check_folder_output

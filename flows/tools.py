@@ -19,7 +19,7 @@ from pathlib import Path
 
 from flows.params_tool import add_params_arguments, params_from_args
 from stego_tasks.errors import InvalidInputError, MissingInputError
-from stego_tasks.paths import PATHS, run_path
+from stego_tasks.paths import PARAMS_FILE, PATHS, run_path
 
 # --- stego predict -----------------------------------------------------------------------
 
@@ -35,7 +35,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="skip test-time flip averaging (about 2x faster; on when the run's cluster stage used it)")
     parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF refinement")
     parser.add_argument("--weights", default=None, metavar="PATH",
-                        help="backbone checkpoint (or auto / random) instead of the one model.json records")
+                        help="backbone checkpoint (or auto / random) instead of the one the run's model records")
     parser.add_argument("--resolution", type=int, default=None, metavar="N",
                         help="shorter image side fed to the backbone (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
@@ -239,11 +239,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def export_from_args(args: argparse.Namespace) -> int:
     """Run `stego export` and print what it wrote."""
-    from stego_tasks.tools.export import export
+    from stego_tasks.data.adapters.core import CORPUS_FILE
+    from stego_tasks.tools.export import ANNOTATIONS, export
 
     result = export(args.run, args.out, args.predictions, args.split)
-    print(f"wrote {result['out']}: annotations.json (COCO, {result['annotations']} RLE masks over {result['images']} images, "
-          f"{result['classes']} categories) and images/{result['split']} + labels/{result['split']} (corpus.yaml)")
+    print(f"wrote {result['out']}: {ANNOTATIONS} (COCO, {result['annotations']} RLE masks over {result['images']} images, "
+          f"{result['classes']} categories) and images/{result['split']} + labels/{result['split']} ({CORPUS_FILE})")
     return 0
 
 
@@ -252,12 +253,12 @@ TOOLS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
     "predict": (
         f"Segment new images with a trained run: reads IMAGES_OR_DIR and the run's {PATHS['model']}, "
         f"{PATHS['assignment']}, {PATHS['cluster_names']} and the alpha, flip and CRF settings its cluster and crf "
-        "stages recorded; writes <stem>_clusters.png (palette), <stem>_overlay.png, <stem>_classes.png (with labels), "
-        "<stem>_named.png (with names) and legend.json to --out.",
+        "stages recorded; writes to --out, per image, its cluster map (palette PNG), an overlay, its class map (when the "
+        "run had labels) and its named map (when clusters have names), and a legend of what it wrote.",
         add_predict_arguments, predict_from_args,
     ),
     "adapt": (
-        "Turn a CocoStuff-27 / Cityscapes-27 / Potsdam(-3) download into a corpus folder (images, labels, corpus.yaml).",
+        "Turn a CocoStuff-27 / Cityscapes-27 / Potsdam(-3) download into a corpus folder (images, labels, corpus params).",
         add_adapt_arguments, adapt_from_args,
     ),
     "sweep-k": (
@@ -271,18 +272,18 @@ TOOLS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[
         add_seeds_arguments, seeds_from_args,
     ),
     "params": (
-        "Describe params.yaml: --explain KEY (type, range, default, the stages that read it, published values), "
-        "--schema writes stego_tasks/params.schema.json, --check-schema compares it with the generated one.",
+        f"Describe {PARAMS_FILE}: --explain KEY (type, range, default, the stages that read it, published values), "
+        "--schema writes the params JSON schema, --check-schema compares the committed one with the generated one.",
         add_params_arguments, params_from_args,
     ),
     "names": (
         f"`stego names init`: write a starting {PATHS['cluster_names']} from a run: every cluster, its size "
-        f"({PATHS['gallery']}/gallery.json), named after its matched class when the run had labels.",
+        f"(from the gallery in {PATHS['gallery']}), named after its matched class when the run had labels.",
         add_names_arguments, names_from_args,
     ),
     "export": (
         "Write a run's val predictions (or a folder `stego predict` wrote) as COCO JSON with RLE masks per image "
-        f"and named category, and as a pseudo-labelled corpus (images/, labels/, corpus.yaml); classes from {PATHS['cluster_names']}.",
+        f"and named category, and as a pseudo-labelled corpus (images, labels, corpus params); classes from {PATHS['cluster_names']}.",
         add_export_arguments, export_from_args,
     ),
 }

@@ -15,7 +15,7 @@ import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from stego_tasks.errors import InvalidInputError
 from stego_tasks.params_schema import DEFAULTS_FILE, build_block, published, read_yaml
@@ -28,9 +28,6 @@ DEFAULTS_NAME = DEFAULTS_FILE.stem
 
 # `FIELD_RANGES` (the allowed values of sizes, rates and the like) and `params_block` (one
 # block checked as params.yaml is) are part of this module's interface too.
-
-T = TypeVar("T")
-
 
 @dataclass(frozen=True)
 @published("demo_data")
@@ -407,48 +404,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
 def params_to_dict(params: Any) -> dict[str, Any]:
     """A JSON-ready dict of a params dataclass (tuples become lists)."""
     return json.loads(json.dumps(dataclasses.asdict(params)))
-
-
-class UndeclaredParamError(RuntimeError):
-    """A stage read a params key that its DVC stage does not declare (see `declared_view`)."""
-
-
-_VIEW_CLASSES: dict[tuple[type, frozenset[str]], type] = {}
-
-
-def _view_class(cls: type, keys: frozenset[str]) -> type:
-    if (cls, keys) not in _VIEW_CLASSES:
-        hidden = frozenset(f.name for f in dataclasses.fields(cls)) - keys
-
-        def __getattribute__(self: Any, name: str) -> Any:  # noqa: N807 - the dunder being overridden
-            if name in hidden:
-                raise UndeclaredParamError(
-                    f"this stage reads {cls.__name__}.{name}, which its dvc.yaml entry does not declare "
-                    f"(it declares {sorted(keys)}); add the key to the stage's params in dvc.yaml."
-                )
-            return object.__getattribute__(self, name)
-
-        _VIEW_CLASSES[cls, keys] = type(f"Declared{cls.__name__}", (cls,), {"__getattribute__": __getattribute__})
-    return _VIEW_CLASSES[cls, keys]
-
-
-def declared_view(block: T, keys: tuple[str, ...]) -> T:
-    """A copy of params block `block` of which only `keys` can be read.
-
-    A stage that declares some keys of a block in dvc.yaml (e.g. `corpus.root`, not the
-    whole `corpus` block) hands the library this view instead of the block: reading any
-    other key raises `UndeclaredParamError` naming it, so DVC tracks every value the stage
-    can use. The view is an instance of the block's class (the other fields hold defaults
-    and cannot be read).
-
-    Args:
-        block: a params dataclass instance.
-        keys: the field names the stage declares.
-
-    Returns:
-        The view.
-    """
-    cls = block.__class__  # not type(): a recording proxy in tests/flows/test_contracts.py names its block's class here
-    view = cls(**{key: getattr(block, key) for key in keys})
-    object.__setattr__(view, "__class__", _view_class(cls, frozenset(keys)))
-    return view

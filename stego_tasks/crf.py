@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +23,9 @@ from stego_tasks.runtime.executors import default_chunksize, run_chunks, stage_e
 
 if TYPE_CHECKING:
     from stego_tasks.config import DaskParams
+
+# The two maps refined: the cluster probe's and the linear probe's.
+BRANCHES = ("cluster", "linear")
 
 
 def crf(
@@ -67,36 +70,38 @@ def crf(
     predictions = open_store(predictions_path, "cluster", ["cluster_logits", "linear_logits"])
     same_images(predictions, read_split(store_path, "val", arrays=["image_ids"]), predictions_path, store_path)
     n_images = images.shape[0]
-    branches = ("cluster", "linear")
     with atomic.atomic_path(out_path) as tmp, stage_executor(workers, dask) as (executor, slots):
-        size = min(chunk, default_chunksize(len(branches) * n_images, slots))
+        size = min(chunk, default_chunksize(len(BRANCHES) * n_images, slots))
         out = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         # Zarr chunks equal to the tasks' chunks: each result is one whole-chunk write.
         targets = {
             name: out.create_array(
                 f"{name}_pred", shape=(n_images, *images.shape[1:3]), chunks=(size, *images.shape[1:3]), dtype="uint8"
             )
-            for name in branches
+            for name in BRANCHES
         }
-
-        def jobs() -> Iterator[tuple[tuple[str, slice], tuple]]:
-            for name in branches:
-                logits = predictions[f"{name}_logits"]
-                for start in range(0, n_images, size):
-                    rows = slice(start, min(start + size, n_images))
-                    # float16 as stored: the unary is computed in float64 either way, so the
-                    # result equals that of float32 logits, and half the bytes travel.
-                    yield (name, rows), (list(images[rows]), list(logits[rows]), params, True)
-
-        with Progress(len(branches) * n_images, "crf cluster+linear", unit="img") as progress:
+        with Progress(len(BRANCHES) * n_images, "crf cluster+linear", unit="img") as progress:
 
             def write(key: tuple[str, slice], labels: list[np.ndarray]) -> None:
                 name, rows = key
                 targets[name][rows] = np.stack(labels)
                 progress.update(len(labels))
 
-            run_chunks(executor, crf_chunk, jobs(), max_in_flight=2 * slots, on_done=write)
+            run_chunks(executor, crf_chunk, _jobs(images, predictions, params, size),
+                       max_in_flight=2 * slots, on_done=write)
         # What this run refined with, for `stego predict` on the run (`trained_run.run_settings`).
         out.attrs["crf"] = {f.name: getattr(params, f.name) for f in dataclasses.fields(CRFParams)}
         record_store_digests(out)
     return {"images": int(n_images)}
+
+
+def _jobs(images: Any, predictions: Any, params: CRFParams, size: int) -> Iterator[tuple[tuple[str, slice], tuple]]:
+    """One task per branch and `size` images: ((branch, rows), crf_chunk's arguments), read lazily."""
+    n_images = images.shape[0]
+    for name in BRANCHES:
+        logits = predictions[f"{name}_logits"]
+        for start in range(0, n_images, size):
+            rows = slice(start, min(start + size, n_images))
+            # float16 as stored: the unary is computed in float64 either way, so the
+            # result equals that of float32 logits, and half the bytes travel.
+            yield (name, rows), (list(images[rows]), list(logits[rows]), params, True)

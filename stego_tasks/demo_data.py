@@ -245,6 +245,24 @@ def demo_data(
     Raises:
         ValueError: bad counts or size, or `root` holds something other than a demo corpus.
     """
+    _check_request(root, n_train, n_val, size)
+    root = Path(root)
+    counts = {split: _write_split(root, split, n, size, seed) for split, n in (("train", n_train), ("val", n_val))}
+    return {
+        "root": str(root),
+        "n_train": n_train,
+        "n_val": n_val,
+        "size": size,
+        "seed": seed,
+        "n_classes": DEMO_N_CLASSES,
+        "class_names": list(DEMO_CLASS_NAMES),
+        "ignore_index": DEMO_IGNORE_INDEX,
+        "class_pixel_counts": counts,
+    }
+
+
+def _check_request(root: Path, n_train: int, n_val: int, size: int) -> None:
+    """Refuse bad counts or size, and a folder that holds anything but an earlier demo corpus."""
     if n_train < 3 or n_val < 3:
         raise InvalidInputError(
             f"demo_data needs at least 3 images per split so every class appears, "
@@ -260,38 +278,33 @@ def demo_data(
             f"{root} {what}; refusing to write the demo corpus there: pass a new or empty folder "
             "(or the folder of an earlier `stego demo-data`)."
         )
-    counts: dict[str, list[int]] = {}
-    for split, n in (("train", n_train), ("val", n_val)):
-        img_dir = root / "images" / split
-        lab_dir = root / "labels" / split
-        img_dir.mkdir(parents=True, exist_ok=True)
-        lab_dir.mkdir(parents=True, exist_ok=True)
-        hist = np.zeros(DEMO_N_CLASSES, dtype=np.int64)
-        for i in range(n):
-            # One generator per image: the scene does not depend on how many come before.
-            rng = np.random.default_rng([seed, _SPLIT_CODES[split], i])
-            labels = _scene_labels(rng, i, size)
-            image = _render(rng, labels)
-            labels = _mark_borders(labels, DEMO_IGNORE_INDEX)
-            _save_png(image, img_dir / f"scene_{i:04d}.png")
-            _save_png(labels, lab_dir / f"scene_{i:04d}.png")
-            valid = labels[labels != DEMO_IGNORE_INDEX]
-            hist += np.bincount(valid, minlength=DEMO_N_CLASSES)
-        counts[split] = hist.tolist()
-        # Scenes of an earlier, larger corpus in this folder: the corpus is exactly n images.
-        for folder in (img_dir, lab_dir):
-            for stale in folder.iterdir():
-                match = _SCENE_NAME.fullmatch(stale.name)
-                if match and int(match.group(1)) >= n:
-                    stale.unlink()
-    return {
-        "root": str(root),
-        "n_train": n_train,
-        "n_val": n_val,
-        "size": size,
-        "seed": seed,
-        "n_classes": DEMO_N_CLASSES,
-        "class_names": list(DEMO_CLASS_NAMES),
-        "ignore_index": DEMO_IGNORE_INDEX,
-        "class_pixel_counts": counts,
-    }
+
+
+def _write_split(root: Path, split: str, n: int, size: int, seed: int) -> list[int]:
+    """Write scenes 0..n-1 of one split (images and labels), remove any beyond n.
+
+    Returns:
+        The split's labelled pixels per class (n_classes ints, ignore pixels excluded).
+    """
+    img_dir = root / "images" / split
+    lab_dir = root / "labels" / split
+    img_dir.mkdir(parents=True, exist_ok=True)
+    lab_dir.mkdir(parents=True, exist_ok=True)
+    hist = np.zeros(DEMO_N_CLASSES, dtype=np.int64)
+    for i in range(n):
+        # One generator per image: the scene does not depend on how many come before.
+        rng = np.random.default_rng([seed, _SPLIT_CODES[split], i])
+        labels = _scene_labels(rng, i, size)
+        image = _render(rng, labels)
+        labels = _mark_borders(labels, DEMO_IGNORE_INDEX)
+        _save_png(image, img_dir / f"scene_{i:04d}.png")
+        _save_png(labels, lab_dir / f"scene_{i:04d}.png")
+        valid = labels[labels != DEMO_IGNORE_INDEX]
+        hist += np.bincount(valid, minlength=DEMO_N_CLASSES)
+    # Scenes of an earlier, larger corpus in this folder: the corpus is exactly n images.
+    for folder in (img_dir, lab_dir):
+        for stale in folder.iterdir():
+            match = _SCENE_NAME.fullmatch(stale.name)
+            if match and int(match.group(1)) >= n:
+                stale.unlink()
+    return hist.tolist()

@@ -274,20 +274,8 @@ def evaluate(
         log.warning("evaluate: the validation images have no labels; writing predictions only")
         assignment = np.arange(n_clusters)
     else:
-        results = score_methods(stores, labels, corpus, n_clusters)
-        for method, result in results.items():
-            scores[method] = {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"])}
-            per_class[method] = {name: _clean(v) for name, v in zip(class_names, result["iou"], strict=True)}
-        best = results["cluster_crf"] if "cluster_crf" in results else results["cluster"]
-        assignment, best_confusion = best["assignment"], best["confusion"]
+        assignment, best_confusion = _score_labelled(stores, labels, corpus, class_names, names, scores, per_class)
         plot_confusion(best_confusion, assignment, class_names, confusion_path)
-        named = _named_scores(best_confusion, names, class_names)
-        if named is not None:
-            scores["named"] = named
-        log.info(
-            "evaluate: cluster mIoU %.1f (crf %.1f), k-means baseline %.1f, linear %.1f",
-            *(scores.get(m, {}).get("miou") or float("nan") for m in ("cluster", "cluster_crf", "kmeans", "linear")),
-        )
     source = "crf" if "cluster_pred" in stores["crf"] else "cluster"
     final = stores[source]["cluster_pred"]
     write_overlays(overlays_dir, val["images"], labels, final, assignment, corpus, params.n_overlays, has_labels)
@@ -295,11 +283,7 @@ def evaluate(
         _blank_confusion(confusion_path)
     if confusion_csv is not None and per_class_csv is not None:
         write_plot_data(best_confusion, assignment, class_names, per_class, confusion_csv, per_class_csv)
-    kmeans = stores["cluster"].get("kmeans_pred")
-    cluster_store = stores["cluster"]
-    stats = collect(final, cluster_store.get("cluster_logits"), cluster_store["cluster_pred"], kmeans, n_clusters)
-    scores["label_free"] = label_free_scores(stats)
-    log.info("evaluate: label-free %s", scores["label_free"])
+    stats = _label_free(stores, final, n_clusters, scores)
     if gallery_dir is not None:
         matched = [class_names[c] if c >= 0 else None for c in assignment] if has_labels else None
         entries = cluster_entries(stats, names, matched, params.gallery_examples)
@@ -312,6 +296,40 @@ def evaluate(
         atomic.write_json(assignment_path, {"cluster_to_class": mapping, "class_names": class_names if has_labels else [],
                                             "method": "cluster_crf"})
     return scores
+
+
+def _score_labelled(
+    stores: dict[str, Any], labels: Any, corpus: CorpusParams, class_names: list[str], names: ClusterNames,
+    scores: dict[str, Any], per_class: dict[str, dict[str, float | None]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Score every method against the labels into `scores` and `per_class` (and the user's naming).
+
+    Returns:
+        The best map's Hungarian assignment [K] (cluster -> class) and its confusion matrix.
+    """
+    results = score_methods(stores, labels, corpus, int(stores["cluster"].attrs["n_clusters"]))
+    for method, result in results.items():
+        scores[method] = {"accuracy": _clean(result["accuracy"]), "miou": _clean(result["miou"])}
+        per_class[method] = {name: _clean(v) for name, v in zip(class_names, result["iou"], strict=True)}
+    best = results["cluster_crf"] if "cluster_crf" in results else results["cluster"]
+    named = _named_scores(best["confusion"], names, class_names)
+    if named is not None:
+        scores["named"] = named
+    log.info(
+        "evaluate: cluster mIoU %.1f (crf %.1f), k-means baseline %.1f, linear %.1f",
+        *(scores.get(m, {}).get("miou") or float("nan") for m in ("cluster", "cluster_crf", "kmeans", "linear")),
+    )
+    return best["assignment"], best["confusion"]
+
+
+def _label_free(stores: dict[str, Any], final: Any, n_clusters: int, scores: dict[str, Any]) -> Any:
+    """Add the label-free signals of the final map to `scores`; return their statistics (for the gallery)."""
+    cluster_store = stores["cluster"]
+    stats = collect(final, cluster_store.get("cluster_logits"), cluster_store["cluster_pred"],
+                    cluster_store.get("kmeans_pred"), n_clusters)
+    scores["label_free"] = label_free_scores(stats)
+    log.info("evaluate: label-free %s", scores["label_free"])
+    return stats
 
 
 def _named_scores(confusion: np.ndarray, names: ClusterNames, class_names: list[str]) -> dict[str, Any] | None:

@@ -321,11 +321,45 @@ def ingest(
     candidates, listed = scan(root)
     if not candidates:
         raise empty_corpus_error(root)
-    real_root = root.resolve()
     old, next_id, trusted = _read_previous(Path(manifest_path))
     label_names = labels_by_stem(root)
-    ambiguous = _ambiguous_stems(candidates, label_names)
+    rows, rejected, used_labels, n_kept, next_id = _checked_rows(
+        root, candidates, label_names, old, old if trusted else {}, next_id, min_size
+    )
 
+    quarantined = rejected + [row for row in listed if not row[2].startswith(SKIPPED_PREFIX)]
+    skipped = [row for row in listed if row[2].startswith(SKIPPED_PREFIX)] + unused_labels(root, used_labels)
+    _write_outputs(rows, quarantined + skipped, next_id, Path(manifest_path), Path(quarantine_path))
+    log.info(
+        "ingest: %d images ingested, %d quarantined, %d skipped; see %s",
+        len(rows), len(quarantined), len(skipped), quarantine_path,
+    )
+    return IngestSummary(
+        n_images={s: sum(r["split"] == s for r in rows) for s in SPLITS}, n_quarantined=len(quarantined),
+        n_new=len(rows) - n_kept, n_kept=n_kept, n_removed=len(old) - n_kept, n_skipped=len(skipped),
+    )
+
+
+def _checked_rows(
+    root: Path,
+    candidates: list[tuple[str, Path]],
+    label_names: dict[str, dict[str, list[str]]],
+    old: dict,
+    trusted_old: dict,
+    next_id: int,
+    min_size: int,
+) -> tuple[list[dict], list[tuple[str, str, str]], set[str], int, int]:
+    """Check every candidate image in order and give each kept one its id.
+
+    An image already in the previous manifest (same path and content) keeps its id; a new
+    one takes the next free id; a later copy of an earlier image's content is rejected.
+
+    Returns:
+        (manifest rows, rejections (path, split, reason), labels accounted for by an image,
+        number of ids kept, next free id).
+    """
+    ambiguous = _ambiguous_stems(candidates, label_names)
+    real_root = root.resolve()
     rows: list[dict] = []
     rejected: list[tuple[str, str, str]] = []
     first_of_hash: dict[str, str] = {}
@@ -336,7 +370,7 @@ def ingest(
         # Whatever its fate, the image's label is accounted for by the image's row.
         used_labels.update(f"labels/{split}/{n}" for n in label_names[split].get(path.stem, []) if is_image_name(n))
         row, rejection = _check_candidate(root, real_root, split, path, ambiguous.get((split, path.stem)),
-                                          old if trusted else {}, min_size, label_names[split])
+                                          trusted_old, min_size, label_names[split])
         if rejection is not None:
             rejected.append(rejection)
             continue
@@ -352,15 +386,4 @@ def ingest(
             row["id"] = next_id
             next_id += 1
         rows.append(row)
-
-    quarantined = rejected + [row for row in listed if not row[2].startswith(SKIPPED_PREFIX)]
-    skipped = [row for row in listed if row[2].startswith(SKIPPED_PREFIX)] + unused_labels(root, used_labels)
-    _write_outputs(rows, quarantined + skipped, next_id, Path(manifest_path), Path(quarantine_path))
-    log.info(
-        "ingest: %d images ingested, %d quarantined, %d skipped; see %s",
-        len(rows), len(quarantined), len(skipped), quarantine_path,
-    )
-    return IngestSummary(
-        n_images={s: sum(r["split"] == s for r in rows) for s in SPLITS}, n_quarantined=len(quarantined),
-        n_new=len(rows) - n_kept, n_kept=n_kept, n_removed=len(old) - n_kept, n_skipped=len(skipped),
-    )
+    return rows, rejected, used_labels, n_kept, next_id

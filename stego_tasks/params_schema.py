@@ -144,30 +144,36 @@ def _shown(value: Any) -> str:
         return repr(value)
 
 
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _checked_scalar(value: Any, hint: type, allowed: _Range | None) -> Any:
+    """`value` as the scalar type `hint` (an int as a float), within `allowed`; else `_Mismatch`.
+
+    A bool is never a number here, though Python's bool is an int.
+    """
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is bool and isinstance(value, bool):
+        return value
+    if hint is int and is_number and isinstance(value, int) and (allowed is None or allowed.admits(value)):
+        return value
+    if hint is float and is_number and math.isfinite(value) and (allowed is None or allowed.admits(value)):
+        return float(value)
+    if hint is str and isinstance(value, str):
+        return value
+    if hint is type(None) and value is None:
+        return None
+    raise _Mismatch
+
+
 def _checked(value: Any, hint: Any, allowed: _Range | None) -> Any:
     """`value` converted to annotation `hint` (lists to tuples, ints to floats); else `_Mismatch`."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any or hint is object:
         return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool) and (allowed is None or allowed.admits(value)):
-            return value
-    elif hint is float:
-        if (
-            isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-            and (allowed is None or allowed.admits(value))
-        ):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    elif hint is type(None):
-        if value is None:
-            return None
-    elif origin in (typing.Union, types.UnionType):
+    if hint in _SCALARS:
+        return _checked_scalar(value, hint, allowed)
+    if origin in (typing.Union, types.UnionType):
         for arm in args:
             try:
                 return _checked(value, arm, allowed)

@@ -122,16 +122,24 @@ def load_model(model_dir: Path) -> StegoModel:
             missing or of the wrong type; model.safetensors truncated, corrupt or not
             matching model.json).
     """
-    from safetensors import SafetensorError
-
-    from stego_tasks.params_schema import params_block
-
     model_dir = Path(model_dir)
     json_path, weights_path = model_dir / MODEL_JSON, model_dir / MODEL_WEIGHTS
     if not holds_model(model_dir):
         raise MissingInputError(f"{model_dir} holds no trained model ({MODEL_JSON} + {MODEL_WEIGHTS}); run `stego train` first.")
-    redo = "rerun `stego train` to write the model again"
-    info = atomic.read_json_object(json_path, "train", redo)
+    info, params = _read_model_info(json_path)
+    model = build_model(info["in_dim"], info["n_classes"], params, info)
+    _load_tensors(model, weights_path, info.get(SAFETENSORS_SHA256))
+    return model.eval()
+
+
+_REDO = "rerun `stego train` to write the model again"
+
+
+def _read_model_info(json_path: Path) -> tuple[dict[str, Any], TrainParams]:
+    """model.json checked key by key: (the info dict, its training params); one sentence when broken."""
+    from stego_tasks.params_schema import params_block
+
+    info = atomic.read_json_object(json_path, "train", _REDO)
     expected = {"in_dim": "a positive integer", "n_classes": "a positive integer", "train": "a mapping"}
     for key, what in expected.items():
         value = info.get(key)
@@ -140,28 +148,33 @@ def load_model(model_dir: Path) -> StegoModel:
         )
         if not fits:
             got = "missing" if key not in info else f"got {json.dumps(value)[:60]}"
-            raise InvalidInputError(f"{json_path}: {key} must be {what} ({got}); {redo}.")
+            raise InvalidInputError(f"{json_path}: {key} must be {what} ({got}); {_REDO}.")
     for key in ("resolution", "backbone"):
         kind = int if key == "resolution" else str
         if info.get(key) is not None and (not isinstance(info[key], kind) or isinstance(info[key], bool)):
             raise InvalidInputError(f"{json_path}: {key} must be {'an integer' if kind is int else 'a string'} or null, "
-                             f"got {json.dumps(info[key])[:60]}; {redo}.")
+                                    f"got {json.dumps(info[key])[:60]}; {_REDO}.")
     try:
         recorded = {key: value for key, value in info["train"].items() if key not in MOVED_TO_RUNTIME}
         params = params_block(TrainParams, recorded, "train", str(json_path))
     except ValueError as error:
-        raise InvalidInputError(f"{str(error).rstrip('.')}; {redo}.") from None
-    model = build_model(info["in_dim"], info["n_classes"], params, info)
+        raise InvalidInputError(f"{str(error).rstrip('.')}; {_REDO}.") from None
+    return info, params
+
+
+def _load_tensors(model: StegoModel, weights_path: Path, checksum: str | None) -> None:
+    """Load model.safetensors into `model`, verified against the checksum model.json recorded."""
+    from safetensors import SafetensorError
+
     try:
         tensors = load_file(str(weights_path))
     except SafetensorError as error:
-        raise InvalidInputError(f"{weights_path}: not a readable .safetensors file, truncated or corrupt ({error}); {redo}.") from None
-    recorded = info.get(SAFETENSORS_SHA256)
-    if recorded is not None and recorded != sha256_of_file(weights_path):
+        raise InvalidInputError(f"{weights_path}: not a readable .safetensors file, truncated or corrupt ({error}); {_REDO}.") from None
+    if checksum is not None and checksum != sha256_of_file(weights_path):
         # It parses, but a bit of a tensor (or the whole file) is not what train wrote.
         raise InvalidInputError(
-            f"{weights_path} does not match the checksum model.json recorded when it was written (damaged on disk, "
-            f"or replaced by another model's file); {redo}."
+            f"{weights_path} does not match the checksum {MODEL_JSON} recorded when it was written (damaged on disk, "
+            f"or replaced by another model's file); {_REDO}."
         )
     for prefix, module in model.modules().items():
         state = {k[len(prefix) + 1 :]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
@@ -170,9 +183,8 @@ def load_model(model_dir: Path) -> StegoModel:
         except RuntimeError as error:
             detail = " ".join(str(error).split())[:200]
             raise InvalidInputError(
-                f"{weights_path}: its {prefix} tensors do not fit the model model.json describes ({detail}); {redo}."
+                f"{weights_path}: its {prefix} tensors do not fit the model {MODEL_JSON} describes ({detail}); {_REDO}."
             ) from None
-    return model.eval()
 
 
 def check_trained_on(info: dict[str, Any], store_attrs: dict[str, Any], model_dir: Path, store_path: Path) -> None:

@@ -47,6 +47,8 @@ from stego_tasks.tools.cluster_names import IGNORED, ClusterNames, load_names
 from stego_tasks.tools.predict_output import CLUSTERS_PNG, LEGEND, WRITER
 
 KIND = "export"
+# The COCO file of an export (the folder also holds a corpus: images/, labels/ and its corpus file).
+ANNOTATIONS = "annotations.json"
 EXIF_ORIENTATION = 0x0112
 SPLITS = ("train", "val")
 
@@ -204,7 +206,7 @@ def write_export(items: Iterator[Item], class_names: tuple[str, ...], out_dir: P
         categories = [{"id": j + 1, "name": name, "supercategory": "stego"} for j, name in enumerate(class_names)]
         coco = {"info": {"description": "stego export: unsupervised segmentation masks"}, "images": images,
                 "annotations": annotations, "categories": categories}
-        atomic.write_json(tmp / "annotations.json", coco)
+        atomic.write_json(tmp / ANNOTATIONS, coco)
         corpus = {"corpus": {"n_classes": len(class_names), "ignore_index": IGNORED,
                              "class_names": list(class_names), "demo": False}}
         atomic.write_text(tmp / CORPUS_FILE, yaml.safe_dump(corpus, sort_keys=False))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -248,20 +249,7 @@ def load_run(
     # The position-embedding resampling the features were stored with (`extract.preprocess`).
     pos_embed = str(info.get("pos_embed") or "timm")
     backbone = _create_backbone(name, weights if weights is not None else _weights_for(info, run_dir), source, pos_embed)
-    recorded = info.get("backbone_weights_sha256")
-    if recorded and backbone.weights_sha256 != recorded:
-        given = "the checkpoint passed with --weights" if weights is not None else f"the run's checkpoint ({source})"
-        raise InvalidInputError(
-            f"{given} is not the file the run's features were extracted with (its content changed: sha256 "
-            f"{str(backbone.weights_sha256)[:12]}... instead of {recorded[:12]}...), so the head would be paired with "
-            "another backbone; pass --weights PATH to the original checkpoint, or rerun `dvc repro` to extract and train "
-            "with the new one."
-        )
-    if backbone.embed_dim != info["in_dim"]:
-        raise InvalidInputError(
-            f"Backbone {name} gives {backbone.embed_dim}-d features but the head expects "
-            f"{info['in_dim']}-d ones; pass --weights for the backbone the run was trained on."
-        )
+    _check_backbone_fits(backbone, info, given_weights=weights is not None)
     size = int(resolution if resolution is not None else info.get("resolution") or 0)
     if size < backbone.patch_size:
         raise InvalidInputError(
@@ -289,3 +277,22 @@ def load_run(
         preprocess=str(info.get("preprocess") or "antialias"),
         names=None if user_names.is_empty else user_names,
     )
+
+
+def _check_backbone_fits(backbone: Backbone, info: dict[str, Any], given_weights: bool) -> None:
+    """Refuse a backbone that is not the one the run's features came from (content or width)."""
+    recorded = info.get("backbone_weights_sha256")
+    if recorded and backbone.weights_sha256 != recorded:
+        source = str(info.get("backbone_weights"))
+        given = "the checkpoint passed with --weights" if given_weights else f"the run's checkpoint ({source})"
+        raise InvalidInputError(
+            f"{given} is not the file the run's features were extracted with (its content changed: sha256 "
+            f"{str(backbone.weights_sha256)[:12]}... instead of {recorded[:12]}...), so the head would be paired with "
+            "another backbone; pass --weights PATH to the original checkpoint, or rerun `dvc repro` to extract and train "
+            "with the new one."
+        )
+    if backbone.embed_dim != info["in_dim"]:
+        raise InvalidInputError(
+            f"Backbone {info.get('backbone')} gives {backbone.embed_dim}-d features but the head expects "
+            f"{info['in_dim']}-d ones; pass --weights for the backbone the run was trained on."
+        )

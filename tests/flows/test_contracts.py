@@ -26,9 +26,10 @@ import yaml
 from flows import stage_functions
 from flows.cli import _parser
 from flows.code_deps import PACKAGE, import_closure, imported_modules
+from flows.declared_params import UndeclaredParamError, declared_view
 from flows.dvc_yaml import dvc_yaml
 from flows.registry import STAGES, flow_of
-from stego_tasks.config import DemoParams, Params, UndeclaredParamError, declared_view, load_params
+from stego_tasks.config import DemoParams, Params, load_params
 from stego_tasks.paths import PARAMS_FILE, PATHS, load_paths
 from stego_tasks.report import INPUTS
 from tests.conftest import REPO
