@@ -17,7 +17,7 @@ from PIL import Image
 
 from stego_tasks import ingest as ingest_mod
 from stego_tasks.data.corpus_layout import EmptyCorpusError
-from stego_tasks.data.manifest import MANIFEST_SCHEMA, read_manifest, resolve_in_corpus
+from stego_tasks.data.manifest import MANIFEST_SCHEMA, read_manifest
 from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import IngestSummary, ingest
 
@@ -260,22 +260,6 @@ def test_outputs_are_atomic(tmp_path, monkeypatch):
     assert sorted(p.name for p in out.iterdir()) == ["manifest.parquet", "quarantine.csv"], (
         f"temporary files left: {sorted(p.name for p in out.iterdir())}"
     )
-
-
-def test_resolve_in_corpus(tmp_path):
-    root = _corpus(tmp_path)
-    good = resolve_in_corpus(root, "images/train/scene_0000.png")
-    assert good == (root / "images/train/scene_0000.png").resolve(), "plain path resolved wrong"
-    (root / "images" / "train" / "escape.png").symlink_to(tmp_path)
-    for bad in [
-        "../corpus/images/train/scene_0000.png",
-        "/etc/passwd",
-        "",
-        "images/../../x.png",
-        "images/train/escape.png",
-    ]:
-        with pytest.raises(ValueError, match="corpus path"):
-            resolve_in_corpus(root, bad)
 
 
 def test_camvid_dev(tmp_path):

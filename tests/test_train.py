@@ -21,7 +21,6 @@ import zarr
 from stego_tasks import knn as knn_module
 from stego_tasks import train as train_mod
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
-from stego_tasks.data.shard_rows import gather_rows
 from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
 from stego_tasks.method.neighbours import knn_graph, pool_features
@@ -253,31 +252,6 @@ def _stored(tmp_path: Path, data: TrainingData | None = None) -> tuple[Path, Pat
     _write_store(store, _data() if data is None else data)
     knn_module.knn(store, knn, 3)
     return store, knn
-
-
-def test_gather_rows_returns_the_requested_rows_in_order_with_duplicates(tmp_path):
-    store, _ = _stored(tmp_path)
-    group = zarr.open_group(str(store), mode="r")["train"]
-    # Unsorted, repeated, across all three 4-row chunks, first and last row included.
-    index = np.array([9, 0, 5, 5, 3, 9, 8, 1, 0])
-    for name in ("feats", "labels"):
-        expected = np.asarray(group[name])[index]
-        got = gather_rows(group[name], index)
-        assert got.dtype == expected.dtype, f"{name}: dtype {got.dtype} != stored {expected.dtype}"
-        assert np.array_equal(got, expected), f"{name}: gathered rows differ from the stored rows {index}"
-    assert gather_rows(group["feats"], np.array([], dtype=np.int64)).shape == (0, 8, 4, 4), "empty selection"
-    with pytest.raises(IndexError, match="rows \\[0, 10\\] requested from an array of 10 rows"):
-        gather_rows(group["feats"], np.array([0, 10]))
-
-
-def test_gather_rows_from_a_sharded_array(tmp_path):
-    # One-row inner chunks in 4-row shards: read row by row, same answer.
-    feats = _data().feats.numpy()
-    array = zarr.open_group(str(tmp_path / "s.zarr"), mode="w", zarr_format=3).create_array(
-        "feats", shape=feats.shape, shards=(4, 8, 4, 4), chunks=(1, 8, 4, 4), dtype="float16")
-    array[:] = feats
-    index = np.array([7, 2, 2, 9, 0])
-    assert np.array_equal(gather_rows(array, index), feats[index]), "sharded gather differs"
 
 
 def test_load_streams_above_the_byte_budget_and_never_widens_labels(tmp_path):

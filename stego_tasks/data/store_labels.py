@@ -62,19 +62,21 @@ def row_label_keys(rows: pd.DataFrame, crops: int, ignore_index: int) -> np.ndar
 
 def ensure_label_keys(group: zarr.Group, n_rows: int, rows_per_chunk: int) -> zarr.Array:
     """The split's `label_keys` array, created (all `UNKNOWN`) or resized to `n_rows`; damage resets it."""
-    if LABEL_KEYS in group:
-        try:
-            array = group[LABEL_KEYS]
-            array[:0]  # its metadata reads
-        except Exception:  # noqa: BLE001 - damaged metadata: the keys are only a cache of what is known
-            del group[LABEL_KEYS]
-        else:
-            if array.shape[0] != n_rows:
-                old = array.shape[0]
-                array.resize((n_rows,))
-                if n_rows > old:
-                    array[old:] = UNKNOWN
-            return array
+    # Not `LABEL_KEYS in group`: that reads the metadata too, and raises when it is damaged.
+    try:
+        array = group[LABEL_KEYS]
+        array[:0]  # its metadata reads
+    except KeyError:
+        pass  # no keys yet
+    except Exception:  # noqa: BLE001 - damaged metadata: the keys are only a cache of what is known
+        del group[LABEL_KEYS]
+    else:
+        if array.shape[0] != n_rows:
+            old = array.shape[0]
+            array.resize((n_rows,))
+            if n_rows > old:
+                array[old:] = UNKNOWN
+        return array
     return group.require_group(INTEGRITY_GROUP).create_array(
         "label_keys", shape=(n_rows,), chunks=(max(rows_per_chunk, 1),), dtype="int64", fill_value=UNKNOWN,
         overwrite=True,

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image, ImageOps
 
 from stego_tasks.data import images
-from stego_tasks.data.corpus_files import is_image_name
 from stego_tasks.data.images import ImageDecodeError, ImageInfo, load_label, load_rgb, probe_image
 
 
@@ -198,10 +197,3 @@ def test_labels(tmp_path):
     _save(_noise(20, 30), tmp_path / "rgb.png")
     with pytest.raises(ImageDecodeError, match="must be single-channel class-index PNGs"):
         load_label(tmp_path / "rgb.png")
-
-
-def test_is_image_name():
-    for name in ["a.jpg", "b.JPEG", "c.png", "d.bmp", "e.tif", "f.TIFF", "g.webp"]:
-        assert is_image_name(name), f"{name} should count as an image"
-    for name in ["a.txt", "b.gif", "c", ".DS_Store"]:
-        assert not is_image_name(name), f"{name} should not count as an image"

@@ -4,6 +4,9 @@ The expected inputs are built independently, with torchvision's own transforms i
 the reference applies them (reference doc section 11): `ToTensor` + `five_crop` on the
 original image, each crop back to uint8 by `mul(255).add(0.5).clamp(0, 255)`, saved as a
 JPEG file with PIL's defaults and read back, then `Resize(res, NEAREST)` + `CenterCrop(res)`.
+The five-crop boxes, and the crops `preprocess` cuts from an image and its label alike, are
+compared with torchvision's `five_crop`; the resize and centre crop keep the centre of the
+long side, for labels (nearest) and images (bilinear).
 """
 
 from pathlib import Path
@@ -14,6 +17,7 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
+from torchvision.transforms.functional import five_crop
 
 from stego_tasks.data.preprocess import (
     five_crop_boxes,
@@ -108,3 +112,53 @@ def test_predict_resizes_new_images_like_the_runs_val_images() -> None:
     want = np.asarray(T.Resize(40, Image.NEAREST)(Image.fromarray(image)))
     assert np.array_equal(resize_short_side(image, 40, mode="reference"), want), "reference run: NEAREST, torchvision sizes"
     assert resize_short_side(image, 40, mode="antialias").shape == (40, 54, 3)
+
+
+@pytest.mark.parametrize("height,width", [(64, 64), (37, 50), (45, 31), (101, 77), (9, 9)])
+def test_five_crop_boxes_equal_torchvision_five_crop(height, width):
+    image = torch.arange(height * width * 3).reshape(3, height, width)
+    size = [int(height * 0.5), int(width * 0.5)]
+    expected = five_crop(image, size)
+    boxes = five_crop_boxes(height, width, 0.5)
+    assert len(boxes) == 5, f"expected 5 boxes, got {len(boxes)}"
+    for index, ((top, left, h, w), crop) in enumerate(zip(boxes, expected, strict=True)):
+        ours = image[:, top : top + h, left : left + w]
+        assert torch.equal(ours, crop), f"crop {index} of a {height}x{width} image differs from torchvision's"
+
+
+def test_preprocess_five_crop_cuts_the_torchvision_crops_of_image_and_label():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    label = rng.integers(0, 5, (37, 50), dtype=np.uint8)
+    pieces = preprocess(image, label, 16, five_crop=True, crop_ratio=0.5)
+    crops = five_crop(torch.from_numpy(image).permute(2, 0, 1), [18, 25])
+    label_crops = five_crop(torch.from_numpy(label)[None], [18, 25])
+    for index, ((crop, crop_label), expected, expected_label) in enumerate(zip(pieces, crops, label_crops, strict=True)):
+        want = resize_center_crop(expected.permute(1, 2, 0).numpy(), 16)
+        want_label = resize_center_crop(expected_label[0].numpy(), 16, nearest=True)
+        assert np.array_equal(crop, want), f"image crop {index} is not the resized torchvision crop"
+        assert np.array_equal(crop_label, want_label), f"label crop {index} is not cut like its image"
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+def test_resize_center_crop_keeps_the_centre_of_the_long_side(transpose):
+    # 40 x 80 label whose value is the 4-px band of the column: the 40 central columns
+    # (20..59) are bands 5..14; halving maps each band onto 2 output columns.
+    label = np.repeat((np.arange(80) // 4)[None, :], 40, axis=0).astype(np.uint8)
+    label = label.T if transpose else label
+    out = resize_center_crop(label, 20, nearest=True)
+    expected = np.repeat((5 + np.arange(20) // 2)[None, :], 20, axis=0)
+    expected = expected.T if transpose else expected
+    assert out.shape == (20, 20), f"shape {out.shape}"
+    assert np.array_equal(out, expected), f"nearest resize did not keep the central square:\n{out}"
+
+
+def test_resize_center_crop_bilinear_shape_and_centre():
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    image[:, 20:60] = 200  # the central 40 x 40 square (of the 80 columns) is bright
+    out = resize_center_crop(image, 20)
+    assert out.shape == (20, 20, 3) and out.dtype == np.uint8, f"got {out.shape} {out.dtype}"
+    assert resize_center_crop(np.zeros((50, 70, 3), np.uint8), 32).shape == (32, 32, 3), "non-integer scale shape"
+    # Away from the two borders, where bilinear weights reach the dark margin, all bright.
+    assert np.all(out[:, 2:-2] == 200), f"centre columns not kept: {np.unique(out[:, 2:-2])}"
+    assert np.all(out[:, [0, -1]] < 200), "the border columns should blend in the dark margin"

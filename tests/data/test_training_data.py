@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.data.training_data's readers: direct shard reads, batches read ahead by
+"""Tests for stego_tasks.data.training_data's readers: batches read ahead by
 threads, and the per-step positives that make them independent of how the data is read.
 
 Stores are written in the layout `extract` writes (`feature_store.array_layout`: the train
@@ -18,7 +18,6 @@ import zarr
 
 from stego_tasks.config import TrainParams
 from stego_tasks.data.feature_store import array_layout
-from stego_tasks.data.shard_rows import ShardRows, gather_rows
 from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.knn import knn
 from stego_tasks.method.batching import step_positives
@@ -54,44 +53,6 @@ def _store(path: Path, compression: str = "zstd", rows: int = 10) -> tuple[Path,
     group.create_array("done", data=np.ones(-(-rows // ROWS_PER_CHUNK), dtype=bool))
     knn(path / "features.zarr", path / "knn.zarr", 3)
     return path / "features.zarr", path / "knn.zarr"
-
-
-@pytest.mark.parametrize("compression", COMPRESSIONS)
-def test_shard_rows_read_exactly_what_zarr_reads(tmp_path, compression):
-    store, _ = _store(tmp_path, compression)
-    group = zarr.open_group(str(store), mode="r")["train"]
-    # Unsorted, repeated, the never-written row 3 and the last, partial shard (rows 8, 9).
-    index = np.array([9, 0, 3, 5, 5, 8, 1, 3, 7])
-    for name in ("feats", "labels"):
-        reader = ShardRows.open(group[name])
-        assert reader is not None, f"{compression}: {name} is extract's layout, the direct reader must handle it"
-        expected = np.stack([group[name][int(i)] for i in index])
-        got = reader.gather(index)
-        assert got.dtype == expected.dtype and np.array_equal(got, expected), f"{compression}: {name} rows differ from zarr's"
-        assert np.array_equal(gather_rows(group[name], index), expected), f"{compression}: gather_rows of {name}"
-    assert not gather_rows(group["feats"], np.array([3])).any(), "a never-written row must read as the fill value 0"
-
-
-def test_shard_rows_leave_other_layouts_to_zarr(tmp_path):
-    feats, _ = _values()
-    plain = zarr.open_group(str(tmp_path / "p.zarr"), mode="w", zarr_format=3).create_array("feats", data=feats, chunks=(4, 8, 4, 4))
-    assert ShardRows.open(plain) is None, "an unsharded array is read through zarr"
-    memory = zarr.open_group(zarr.storage.MemoryStore(), mode="w", zarr_format=3).create_array(
-        "feats", shape=feats.shape, dtype=feats.dtype, chunks=(1, 8, 4, 4), shards=(4, 8, 4, 4))
-    memory[:] = feats
-    assert ShardRows.open(memory) is None, "a store without files is read through zarr"
-    assert np.array_equal(gather_rows(memory, np.array([7, 2, 2])), feats[[7, 2, 2]]), "zarr's path still answers"
-
-
-def test_a_damaged_shard_index_is_named(tmp_path):
-    store, _ = _store(tmp_path)
-    shard = store / "train" / "feats" / "c" / "1" / "0" / "0" / "0"
-    data = bytearray(shard.read_bytes())
-    data[-3] ^= 0xFF  # the index's checksum
-    shard.write_bytes(bytes(data))
-    reader = ShardRows.open(zarr.open_group(str(store), mode="r")["train"]["feats"])
-    with pytest.raises(ValueError, match=r"c/1/0/0/0: the shard index does not match its checksum; run `stego extract`"):
-        reader.gather(np.array([5]))
 
 
 def _all_batches(data: TrainingData, readers: int) -> list[tuple[torch.Tensor, ...]]:
