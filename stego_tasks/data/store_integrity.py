@@ -10,6 +10,7 @@ the raw bytes of what they read with the record, without decoding, and raise
 from __future__ import annotations
 
 import asyncio
+import logging
 import zlib
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,6 +23,8 @@ from zarr.core.sync import sync
 
 from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.runtime.atomic import ZARR_METADATA
+
+log = logging.getLogger("stego")
 
 
 def opens(group: zarr.Group, name: str) -> bool:
@@ -123,10 +126,38 @@ def _problem(key: str, found: tuple[int, int] | None, recorded: Sequence[int]) -
     return None
 
 
+class _UnreadableDigests(Exception):
+    """The split's digests array exists but its metadata cannot be read."""
+
+
+def _digests(group: zarr.Group) -> zarr.Array | None:
+    """The split's digests array, None when it has none.
+
+    Raises:
+        _UnreadableDigests: its zarr.json is damaged or lacks the attributes written with it.
+    """
+    try:
+        digests = group[DIGESTS]
+    except KeyError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - a damaged zarr.json (JSON, metadata or codec errors)
+        raise _UnreadableDigests(f"its {ZARR_METADATA} cannot be read ({type(exc).__name__})") from None
+    if not {"arrays", "rows_per_chunk"} <= set(digests.attrs):
+        raise _UnreadableDigests(f"its {ZARR_METADATA} lacks the attributes written with it")
+    return digests
+
+
 def ensure_digests(group: zarr.Group, rows_per_chunk: int) -> None:
-    """Give a writable split a `digests` array (fill -1: no record yet) if it has none."""
-    if DIGESTS in group:
-        return
+    """Give a writable split a `digests` array (fill -1: no record yet) if it has none.
+
+    A digests array whose metadata is damaged is made again empty: the done chunks then get
+    records again where each of their arrays decodes (`feature_store.pending_chunks`).
+    """
+    try:
+        if _digests(group) is not None:
+            return
+    except _UnreadableDigests as damaged:
+        log.warning("%s/%s: %s; recording the chunks' digests again", group.path, DIGESTS, damaged)
     names = sorted(set(group.array_keys()) - BOOKKEEPING)
     n_chunks = group["done"].shape[0]
     digests = group.require_group(INTEGRITY_GROUP).create_array(
@@ -202,6 +233,21 @@ def chunk_problems(
     return problems
 
 
+def _checked_digests(group: zarr.Group, store_path: Path | str) -> zarr.Array | None:
+    """The split's digests for a reader: None for a split written before records existed.
+
+    Raises:
+        StoreDamagedError: the split records integrity but its digests are gone or unreadable.
+    """
+    try:
+        digests = _digests(group)
+    except _UnreadableDigests as damaged:
+        raise StoreDamagedError(store_path, f"{group.path}/{DIGESTS}", None, str(damaged), EXTRACT_FIX) from None
+    if digests is None and dict(group.attrs).get("integrity"):
+        raise StoreDamagedError(store_path, f"{group.path}/{DIGESTS}", None, "is missing", EXTRACT_FIX)
+    return digests
+
+
 def verify_split(
     group: zarr.Group, store_path: Path | str, arrays: Iterable[str] | None = None, chunks: Iterable[int] | None = None
 ) -> None:
@@ -210,14 +256,13 @@ def verify_split(
 
     A split written before digests existed (no `integrity` attribute) is not checked.
     """
-    if DIGESTS not in group:
-        if dict(group.attrs).get("integrity"):
-            raise StoreDamagedError(store_path, f"{group.path}/{DIGESTS}", None, "is missing", EXTRACT_FIX)
+    digests = _checked_digests(group, store_path)
+    if digests is None:
         return
     names = None if arrays is None else list(arrays)
     if names == []:
         return
-    indices = range(group[DIGESTS].shape[0]) if chunks is None else chunks
+    indices = range(digests.shape[0]) if chunks is None else chunks
     problems = chunk_problems(group, indices, names)
     if problems:
         index = min(problems)
@@ -231,9 +276,10 @@ def verify_rows(array: zarr.Array, rows: np.ndarray, store_path: Path | str | No
         return  # not an array of a split group (e.g. an in-memory array)
     parent = array.path.rsplit("/", 1)[0]
     group = zarr.open_group(array.store, path=parent, mode="r")
-    if DIGESTS not in group and not dict(group.attrs).get("integrity"):
+    digests = _checked_digests(group, store_path or getattr(array.store, "root", array.store))
+    if digests is None:
         return
-    rows_per_chunk = int(group[DIGESTS].attrs["rows_per_chunk"])
+    rows_per_chunk = int(digests.attrs["rows_per_chunk"])
     chunks = np.unique(np.asarray(rows, dtype=np.int64) // rows_per_chunk).tolist()
     name = array.path.rsplit("/", 1)[-1]
     verify_split(group, store_path or getattr(array.store, "root", array.store), [name], chunks)

@@ -11,6 +11,7 @@ the arrays and chunks asked; that stores without records are read unchecked; and
 
 from __future__ import annotations
 
+import json
 import re
 import zlib
 from collections.abc import Callable
@@ -217,3 +218,30 @@ def test_opens_tells_present_from_missing_or_damaged_metadata(tmp_path: Path) ->
     assert not opens(fresh, "feats"), "damaged metadata"
     problems = chunk_problems(fresh, [0, 2])
     assert problems == {i: ("train/feats", "has lost its metadata (zarr.json)") for i in (0, 2)}, f"{problems}"
+
+
+@pytest.mark.parametrize("damage", ["not JSON", "no attributes"])
+def test_unreadable_digests_are_named_to_readers_and_made_again_by_the_writer(tmp_path: Path, damage: str) -> None:
+    group = _split(tmp_path / "s.zarr")
+    metadata = tmp_path / "s.zarr" / "train" / DIGESTS / "zarr.json"
+    if damage == "not JSON":
+        metadata.write_text("{broken", encoding="utf-8")
+    else:
+        record = json.loads(metadata.read_text(encoding="utf-8"))
+        record["attributes"] = {}
+        metadata.write_text(json.dumps(record), encoding="utf-8")
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")["train"]
+    for check in (lambda: verify_split(group, tmp_path / "s.zarr"),
+                  lambda: verify_rows(group["feats"], np.array([0]), tmp_path / "s.zarr")):
+        with pytest.raises(StoreDamagedError) as caught:
+            check()
+        message = str(caught.value)
+        assert message.startswith(f"{tmp_path / 's.zarr'}: train/{DIGESTS} its zarr.json ")
+        assert message.endswith(f"; {EXTRACT_FIX}.") and "\n" not in message
+    # `stego extract` makes the records again: empty (no record) until each chunk is recorded.
+    ensure_digests(group, ROWS_PER_CHUNK)
+    group = zarr.open_group(str(tmp_path / "s.zarr"), mode="r+")["train"]
+    assert chunk_problems(group, [0, 1, 2]) == {i: ("train/feats", NO_RECORD) for i in range(3)}
+    for index in range(3):
+        record_chunk(group, index)
+    verify_split(group, tmp_path / "s.zarr")
