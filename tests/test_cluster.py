@@ -1,7 +1,6 @@
-"""Tests for stego_tasks.cluster: flip-averaged codes, the k-means baseline, the predictions store.
-
-Expected values come from a naive NumPy head and a naive loop-based bilinear upsampler
-(PyTorch's align_corners=False convention), not from the functions under test.
+"""Tests for stego_tasks.cluster: the k-means baseline's centroids and the predictions store, checked
+against the inference functions (whose own tests, against a naive NumPy head and upsampler, are in
+tests/method/test_inference.py).
 """
 
 from __future__ import annotations
@@ -25,67 +24,9 @@ MODEL_PARAMS = TrainParams(n_codes=5, extra_clusters=1)
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _bilinear(x: np.ndarray, size: int) -> np.ndarray:
-    """Naive bilinear resize [B, K, h, w] -> [B, K, size, size], half-pixel centres, edges clamped."""
-
-    def taps(n_in: int, i: int) -> tuple[int, int, float]:
-        src = max((i + 0.5) * n_in / size - 0.5, 0.0)
-        low = min(int(np.floor(src)), n_in - 1)
-        return low, min(low + 1, n_in - 1), src - low
-
-    out = np.zeros((*x.shape[:2], size, size))
-    for i in range(size):
-        y0, y1, wy = taps(x.shape[2], i)
-        for j in range(size):
-            x0, x1, wx = taps(x.shape[3], j)
-            out[:, :, i, j] = (
-                (1 - wy) * ((1 - wx) * x[:, :, y0, x0] + wx * x[:, :, y0, x1])
-                + wy * ((1 - wx) * x[:, :, y1, x0] + wx * x[:, :, y1, x1])
-            )
-    return out
-
-
-def _head(model, feats: np.ndarray) -> np.ndarray:
-    """The head in eval mode, by hand: W x + b + W2 relu(W1 x + b1) + b2 at every position."""
-    p = {k: v.detach().double().numpy() for k, v in model.head.state_dict().items()}
-    x = feats.astype(np.float64)
-
-    def conv(w, b, v):
-        return np.einsum("oc,bchw->bohw", w[:, :, 0, 0], v) + b[None, :, None, None]
-
-    hidden = np.maximum(conv(p["nonlinear.0.weight"], p["nonlinear.0.bias"], x), 0)
-    return conv(p["linear.weight"], p["linear.bias"], x) + conv(p["nonlinear.2.weight"], p["nonlinear.2.bias"], hidden)
-
-
 def _model(seed: int = 0):
     torch.manual_seed(seed)
     return build_model(C, N_CLASSES, MODEL_PARAMS).eval()
-
-
-def test_predict_code_averages_with_the_mirrored_code_then_upsamples():
-    model = _model()
-    rng = np.random.default_rng(0)
-    feats = rng.normal(size=(2, C, 3, 4)).astype(np.float32)
-    flipped = rng.normal(size=(2, C, 3, 4)).astype(np.float32)
-    with torch.no_grad():
-        got = predict_code(model, torch.from_numpy(feats), torch.from_numpy(flipped), 8).numpy()
-        plain = predict_code(model, torch.from_numpy(feats), None, 8).numpy()
-    expected = _bilinear((_head(model, feats) + _head(model, flipped)[..., ::-1]) / 2, 8)
-    assert got.shape == (2, MODEL_PARAMS.n_codes, 8, 8), f"shape {got.shape}"
-    np.testing.assert_allclose(got, expected, atol=1e-5, err_msg="flip-averaged code")
-    np.testing.assert_allclose(plain, _bilinear(_head(model, feats), 8), atol=1e-5, err_msg="code without flip")
-
-
-def test_kmeans_predict_is_the_argmax_of_upsampled_cosine_similarities():
-    rng = np.random.default_rng(1)
-    centroids = rng.normal(size=(4, C)).astype(np.float32)
-    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
-    feats = rng.normal(size=(3, C, 3, 3)).astype(np.float32) * rng.uniform(0.1, 5, (3, 1, 3, 3)).astype(np.float32)
-    got = kmeans_predict(centroids, torch.from_numpy(feats), 7).numpy()
-    unit = feats / np.linalg.norm(feats, axis=1, keepdims=True)
-    expected = _bilinear(np.einsum("bchw,kc->bkhw", unit.astype(np.float64), centroids), 7).argmax(1)
-    assert got.shape == (3, 7, 7), f"shape {got.shape}"
-    assert np.array_equal(got, expected), f"{(got != expected).sum()} of {got.size} labels differ"
 
 
 def test_fit_kmeans_finds_well_separated_directions():

@@ -1,7 +1,7 @@
-"""Tests for the `crf` stage and `method.dense_crf`: refinement toward image edges, validation, parallel batches,
-and the `crf` stage on a local pool and on a Dask cluster (tiny Zarr stores)."""
+"""Tests for the `crf` stage: the published parameters, chunk sizes, the stage on a local pool and on a Dask
+cluster (tiny Zarr stores), and chunks read only when a slot is free. `method.dense_crf` itself is
+tested in tests/method/test_dense_crf.py."""
 
-import os
 from collections.abc import Iterator
 from concurrent.futures import Executor, Future
 from pathlib import Path
@@ -12,8 +12,8 @@ import zarr
 
 from stego_tasks.config import CRFParams, DaskParams
 from stego_tasks.crf import crf
-from stego_tasks.method.dense_crf import crf_chunk, dense_crf, dense_crf_batch
-from stego_tasks.runtime.executors import default_chunksize, run_chunks, spawn_pool
+from stego_tasks.method.dense_crf import crf_chunk, dense_crf
+from stego_tasks.runtime.executors import default_chunksize, run_chunks
 
 H = W = 48
 EDGE = 24
@@ -26,14 +26,6 @@ def _two_colour_image() -> tuple[np.ndarray, np.ndarray]:
     image[:, EDGE:] = (40, 40, 200)
     truth = np.broadcast_to(np.arange(W)[None, :] >= EDGE, (H, W)).astype(np.int64)
     return image, truth
-
-
-def _offset_logits(offset: int, confidence: float = 0.5) -> np.ndarray:
-    """Weak two-class logits whose boundary sits `offset` pixels right of the true edge."""
-    right = np.broadcast_to(np.arange(W)[None, :] >= EDGE + offset, (H, W))
-    return np.stack([np.where(right, 0.0, confidence), np.where(right, confidence, 0.0)]).astype(
-        np.float32
-    )
 
 
 def test_params_are_the_published_ones():
@@ -49,59 +41,6 @@ def test_params_are_the_published_ones():
     assert got == (10, 1, 3, 67, 3, 4), f"published STEGO CRF parameters changed: {got}"
 
 
-@pytest.mark.parametrize("offset", [4, 8])
-def test_crf_moves_boundary_to_the_image_edge(offset):
-    image, truth = _two_colour_image()
-    logits = _offset_logits(offset)
-    before = float((logits.argmax(0) == truth).mean())
-    q = dense_crf(image, logits)
-    after = float((q.argmax(0) == truth).mean())
-    assert q.shape == (2, H, W) and q.dtype == np.float32, f"got {q.shape} {q.dtype}"
-    assert after >= before + 0.08 and after > 0.98, (
-        f"boundary offset by {offset}px: accuracy {before:.3f} -> {after:.3f}, expected a snap to the edge"
-    )
-
-
-def test_crf_cleans_strong_noise_and_sums_to_one():
-    image, truth = _two_colour_image()
-    rng = np.random.default_rng(0)
-    onehot = np.stack([truth == 0, truth == 1]).astype(np.float32)
-    logits = (onehot + rng.normal(scale=1.5, size=onehot.shape)).astype(np.float32)
-    before = float((logits.argmax(0) == truth).mean())
-    q = dense_crf(image, logits)
-    after = float((q.argmax(0) == truth).mean())
-    assert after >= before + 0.2, f"noisy labelling: accuracy {before:.3f} -> {after:.3f}"
-    np.testing.assert_allclose(
-        q.sum(axis=0), 1.0, atol=1e-5, err_msg="CRF output is not a distribution per pixel"
-    )
-    assert np.all(q >= 0), "negative probabilities"
-
-
-def test_zero_iterations_return_the_clipped_softmax():
-    image, _ = _two_colour_image()
-    logits = _offset_logits(3, confidence=2.0)
-    q = dense_crf(image, logits, CRFParams(iterations=0))
-    e = np.exp(logits - logits.max(0))
-    np.testing.assert_allclose(
-        q, e / e.sum(0), atol=1e-5, err_msg="0 iterations should give softmax(logits)"
-    )
-
-
-@pytest.mark.parametrize(
-    ("image", "logits", "match"),
-    [
-        (np.zeros((H, W, 3), np.float32), np.zeros((2, H, W), np.float32), "uint8"),
-        (np.zeros((H, W), np.uint8), np.zeros((2, H, W), np.float32), "uint8"),
-        (np.zeros((H, W, 3), np.uint8), np.zeros((2, H // 8, W // 8), np.float32), "upsample"),
-        (np.zeros((H, W, 3), np.uint8), np.zeros((H, W), np.float32), r"\[n_labels, H, W\]"),
-        (np.zeros((H, W, 3), np.uint8), np.full((2, H, W), np.nan, np.float32), "NaN"),
-    ],
-)
-def test_bad_inputs_raise(image, logits, match):
-    with pytest.raises(ValueError, match=match):
-        dense_crf(image, logits)
-
-
 def _batch(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     rng = np.random.default_rng(1)
     image, truth = _two_colour_image()
@@ -112,66 +51,6 @@ def _batch(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
         for i in range(n)
     ]
     return images, logits
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("chunksize", [1, 2, None])
-def test_parallel_batch_equals_serial(chunksize):
-    images, logits = _batch(5)
-    serial_progress: list[int] = []
-    serial = dense_crf_batch(images, logits, workers=1, progress=serial_progress.append)
-    parallel_progress: list[int] = []
-    parallel = dense_crf_batch(
-        images, logits, workers=2, chunksize=chunksize, progress=parallel_progress.append
-    )
-    assert len(parallel) == 5, f"expected 5 results, got {len(parallel)}"
-    for i, (a, b) in enumerate(zip(serial, parallel, strict=True)):
-        np.testing.assert_allclose(
-            b, a, atol=1e-6, err_msg=f"image {i}: parallel result differs or is out of order"
-        )
-        np.testing.assert_allclose(
-            a, dense_crf(images[i], logits[i]), atol=1e-6, err_msg=f"image {i}: serial batch"
-        )
-    assert serial_progress == [1, 2, 3, 4, 5], f"serial progress calls: {serial_progress}"
-    assert parallel_progress[-1] == 5 and parallel_progress == sorted(parallel_progress), (
-        f"parallel progress should count up to 5, got {parallel_progress}"
-    )
-
-
-class _KillsWorker(np.ndarray):
-    """An image whose unpickling ends the receiving process, like an OOM kill."""
-
-    def __reduce_ex__(self, protocol):
-        return (os._exit, (3,))
-
-
-@pytest.mark.timeout(60)
-def test_dead_worker_raises_instead_of_hanging():
-    images, logits = _batch(4)
-    images[2] = images[2].view(_KillsWorker)
-    with pytest.raises(RuntimeError, match="worker process died"):
-        dense_crf_batch(images, logits, workers=2)
-
-
-def test_batch_validates_before_starting():
-    images, logits = _batch(3)
-    logits[1] = logits[1][:, :10]
-    with pytest.raises(ValueError, match="upsample"):
-        dense_crf_batch(images, logits, workers=2)
-    with pytest.raises(ValueError, match="3 images but 2 logits"):
-        dense_crf_batch(images, logits[:2])
-
-
-@pytest.mark.timeout(60)
-@pytest.mark.parametrize("workers", [1, 2])
-def test_argmax_option_gives_the_argmax_labels(workers):
-    images, logits = _batch(5)
-    labels = dense_crf_batch(images, logits, workers=workers, argmax=True)
-    assert len(labels) == 5, f"expected 5 label maps, got {len(labels)}"
-    for i, got in enumerate(labels):
-        assert got.shape == (H, W) and got.dtype == np.uint8, f"image {i}: got {got.shape} {got.dtype}"
-        want = dense_crf(images[i], logits[i]).argmax(0)
-        assert np.array_equal(got, want), f"image {i}: labels differ from dense_crf(...).argmax(0)"
 
 
 def test_default_chunksize_is_about_four_tasks_per_worker():
@@ -194,32 +73,6 @@ class _RecordingExecutor(Executor):
         future: Future = Future()
         future.set_result(fn(*args, **kwargs))
         return future
-
-
-def test_batch_chunks_default_and_explicit_sizes():
-    images, logits = _batch(9)
-    recorder = _RecordingExecutor()
-    dense_crf_batch(images, logits, workers=1, executor=recorder, argmax=True)
-    assert recorder.chunk_sizes == [3, 3, 3], f"9 images, 1 worker: chunks {recorder.chunk_sizes}"
-    recorder = _RecordingExecutor()
-    out = dense_crf_batch(images, logits, workers=2, executor=recorder, argmax=True)
-    assert recorder.chunk_sizes == [2, 2, 2, 2, 1], f"9 images, 2 workers: chunks {recorder.chunk_sizes}"
-    assert len(out) == 9, f"expected 9 results, got {len(out)}"
-    recorder = _RecordingExecutor()
-    dense_crf_batch(images, logits, workers=2, chunksize=4, executor=recorder, argmax=True)
-    assert recorder.chunk_sizes == [4, 4, 1], f"explicit chunksize=4 not honoured: {recorder.chunk_sizes}"
-    with pytest.raises(ValueError, match="chunksize >= 1"):
-        dense_crf_batch(images, logits, workers=2, chunksize=0)
-
-
-@pytest.mark.timeout(60)
-def test_shared_pool_serves_several_batches():
-    images, logits = _batch(4)
-    with spawn_pool(2) as pool:
-        first = dense_crf_batch(images[:2], logits[:2], workers=2, executor=pool, argmax=True)
-        second = dense_crf_batch(images[2:], logits[2:], workers=2, executor=pool, argmax=True)
-    for i, got in enumerate(first + second):
-        assert np.array_equal(got, dense_crf(images[i], logits[i]).argmax(0)), f"image {i} differs"
 
 
 # --- the `crf` stage on tiny stores ---

@@ -22,7 +22,7 @@ from stego_tasks import knn as knn_module
 from stego_tasks import train as train_mod
 from stego_tasks.config import CorpusParams, TrainParams, params_to_dict
 from stego_tasks.data.training_data import TrainingData, load_training_data
-from stego_tasks.method.model import StegoModel, build_model, load_model, save_model
+from stego_tasks.method.model import StegoModel, build_model, load_model
 from stego_tasks.method.neighbours import knn_graph, pool_features
 from stego_tasks.runtime.content_hash import sha256_of_file
 from stego_tasks.train import LOSS_COLUMNS, fit, train, write_loss_log
@@ -148,27 +148,6 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path, monkeypatch)
 
 
 # --- files -----------------------------------------------------------------------------------
-
-
-def test_save_and_load_model_round_trip(tmp_path):
-    model, _ = fit(_data(), N_CLASSES, PARAMS, seed=0, ignore_index=IGNORE, info=_info())
-    save_model(model, tmp_path)
-    loaded = load_model(tmp_path)
-    _assert_same_model(model, loaded, "loaded model")
-    recorded = {**_info(), "safetensors_sha256": sha256_of_file(tmp_path / "model.safetensors")}
-    assert json.loads((tmp_path / "model.json").read_text()) == recorded, "model.json is not the model's info + checksum"
-    feats = torch.randn(2, 8, 5, 5)
-    with torch.no_grad():
-        code, code_loaded = model.eval().head(feats), loaded.head(feats)
-        assert torch.equal(code, code_loaded), "head outputs differ after a round trip"
-        assert torch.equal(model.cluster_probe.log_probs(code), loaded.cluster_probe.log_probs(code)), "cluster probe"
-        assert torch.equal(model.linear_probe(code), loaded.linear_probe(code)), "linear probe outputs differ"
-    assert not loaded.head.training, "load_model must return an eval-mode model"
-
-
-def test_load_model_from_an_empty_folder_says_what_to_run(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run `stego train` first"):
-        load_model(tmp_path)
 
 
 def test_loss_log_csv(tmp_path):

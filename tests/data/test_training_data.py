@@ -20,8 +20,7 @@ from stego_tasks.config import TrainParams
 from stego_tasks.data.feature_store import array_layout
 from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.knn import knn
-from stego_tasks.method.batching import step_positives
-from stego_tasks.method.neighbours import knn_graph, pool_features
+from stego_tasks.method.neighbours import pool_features
 from stego_tasks.train import fit, training_batches
 
 N_CLASSES, IGNORE, ROWS_PER_CHUNK = 3, 255, 4
@@ -95,22 +94,6 @@ def test_a_lossless_codec_gives_the_same_losses_and_model_as_the_zstd_store(tmp_
     assert rows_a == rows_b, f"{compression}: loss values differ from the zstd store's"
     state_a, state_b = model_a.head.state_dict(), model_b.head.state_dict()
     assert all(torch.equal(state_a[k], state_b[k]) for k in state_a), f"{compression}: the head differs"
-
-
-def test_positives_are_neighbours_drawn_from_seed_and_step_alone():
-    feats, _ = _values(rows=30)
-    knn = knn_graph(pool_features(feats), 5)
-    index = np.array([4, 0, 29, 4, 11])
-    first = step_positives(knn, index, seed=3, step=17)
-    assert first.dtype == np.int64 and first.shape == (5,)
-    assert all(p in knn[i] for i, p in zip(index, first, strict=True)), "a positive is not among its row's neighbours"
-    assert np.array_equal(step_positives(knn, index, seed=3, step=17), first), "not reproducible"
-    draws = {tuple(step_positives(knn, index, seed=3, step=s)) for s in range(20)}
-    assert len(draws) > 10, "steps draw the same positives"
-    assert not np.array_equal(step_positives(knn, index, seed=4, step=17), first) or \
-        not np.array_equal(step_positives(knn, index, seed=5, step=17), first), "the seed changes nothing"
-    columns = [np.flatnonzero(knn[0] == step_positives(knn, np.array([0]), 0, s)[0])[0] for s in range(400)]
-    assert set(columns) == set(range(5)), "every one of the k neighbours must be drawn"
 
 
 def test_a_failing_read_stops_training_with_its_error_and_leaves_no_reader_thread(tmp_path, monkeypatch):
