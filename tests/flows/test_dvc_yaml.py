@@ -131,11 +131,13 @@ def test_every_committed_command_reads_back_as_its_stage_command() -> None:
 def test_main_writes_dvc_yaml_and_check_says_whether_it_is_current(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    generated = HEADER + stage_text(FIRST, MADE_UP)
     monkeypatch.setattr(generator, "REPO", tmp_path)
+    monkeypatch.setattr(generator, "dvc_yaml", lambda: generated)
     (tmp_path / "dvc.yaml").write_text("stages: {}\n", encoding="utf-8")
     assert generator.main(["--check"]) == 1
     assert "dvc.yaml differs from the registry" in capsys.readouterr().out
     assert generator.main([]) == 0
-    assert (tmp_path / "dvc.yaml").read_text(encoding="utf-8") == dvc_yaml()
+    assert (tmp_path / "dvc.yaml").read_text(encoding="utf-8") == generated
     assert generator.main(["--check"]) == 0
     assert capsys.readouterr().out.strip() == "dvc.yaml is current"
