@@ -54,6 +54,7 @@ def dask_task_runner(address: str) -> Iterator[Any]:
     with ExitStack() as stack:
         try:
             task_runner = stack.enter_context(DaskTaskRunner(address=address))
+            _ = task_runner.client  # prefect-dask connects lazily, at the first submit: connect now
         except (OSError, TimeoutError) as error:
             raise unreachable_scheduler(address, error) from None
         yield task_runner

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -441,52 +440,3 @@ def test_dask_scheduler_and_two_workers_give_the_local_store(base, dask_cli_clus
             continue  # 2 images per chunk instead of 4: more chunks, all done
         _assert_same(got[name], want[name], f"{name} differs between the Dask cluster and the local run")
     assert bool(np.all(got["train/done"])) and bool(np.all(got["val/done"])), "not every chunk is done"
-
-
-def _task_run_names(api_url: str) -> list[tuple[str, str]]:
-    import json
-    import urllib.request
-
-    body = json.dumps({"task_runs": {"name": {"like_": "extract-"}}, "limit": 200}).encode()
-    request = urllib.request.Request(f"{api_url}/task_runs/filter", data=body, headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        return [(run["name"], run["state_type"]) for run in json.loads(response.read())]
-
-
-def test_prefect_flow_submits_chunks_through_dask_task_runner(base, dask_cli_cluster, project_env, tmp_path):
-    """`stego extract` (its Prefect flow) with `dask.address`: one `extract-<split>-<i>` task run
-    per chunk on the cluster via prefect-dask, and the same store as the local run."""
-    import subprocess
-
-    import yaml
-
-    from tests.conftest import VENV_BIN, run
-
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump({
-        "corpus": {"root": str(base.root), "n_classes": 5, "ignore_index": 255, "demo": True},
-        "backbone": {"name": BACKBONE.name, "weights": "random"},
-        "extract": {"resolution": 32, "val_resolution": 48, "batch_size": 4, "device": "cpu"},
-        "dask": {"address": dask_cli_cluster},
-    }))
-    store = tmp_path / "features.zarr"
-    before = {name for name, _ in _task_run_names(project_env["PREFECT_API_URL"])}
-    result = run(
-        [str(VENV_BIN / "stego"), "extract", "--params", str(params_file), "--manifest", str(base.manifest),
-         "--features", str(store)],
-        tmp_path, project_env, timeout=300,
-    )
-    assert isinstance(result, subprocess.CompletedProcess)
-    deadline = time.monotonic() + 30
-    while True:  # the server records task runs from their events, a moment after they end
-        runs = [(name, state) for name, state in _task_run_names(project_env["PREFECT_API_URL"]) if name not in before]
-        if len(runs) >= 3 and all(state == "COMPLETED" for _, state in runs) or time.monotonic() > deadline:
-            break
-        time.sleep(0.5)
-    expected = {"extract-train-0", "extract-train-1", "extract-val-0"}
-    assert {name for name, _ in runs} == expected, f"task runs of this flow: {runs}"
-    assert all(state == "COMPLETED" for _, state in runs), f"not every chunk's task run completed: {runs}"
-    want, got = _arrays(base.store), _arrays(store)
-    assert set(got) == set(want), f"arrays {sorted(got)} vs the local run's {sorted(want)}"
-    for name in want:
-        _assert_same(got[name], want[name], f"{name} differs between the Prefect + Dask run and the local run")

@@ -1,6 +1,5 @@
-"""The params JSON schema and `stego params --explain`: generated, committed, and agreeing with
-the params loader on what is valid; the explanation's stages and citations read back from
-dvc.yaml and the presets independently."""
+"""The params JSON schema: generated, committed, and agreeing with the params loader on what
+is valid (`stego params --explain` is tested in tests/flows/test_params_tool.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +11,7 @@ import jsonschema
 import pytest
 import yaml
 
-from flows.cli import main
-from flows.params_tool import explain, generated_schema_text
+from flows.params_tool import generated_schema_text
 from stego_tasks.config import params_from_dict
 from stego_tasks.params_doc import SCHEMA_FILE, json_schema, yaml_comments
 from tests.conftest import REPO
@@ -82,24 +80,3 @@ def test_comments_are_read_per_dotted_key() -> None:
     schema = json_schema(yaml_comments(PARAMS.read_text()))
     assert schema["properties"]["ingest"]["properties"]["min_size"]["minimum"] == 16
     assert schema["properties"]["train"]["properties"]["steps"]["default"] == 5000
-
-
-def test_explain_names_type_stages_and_published_source() -> None:
-    text = explain("train.n_codes", PARAMS, REPO / "dvc.yaml")
-    stages = [name for name, stage in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items()
-              if "train.n_codes" in stage.get("params", []) or "train" in stage.get("params", [])]
-    assert f"  read by:  {', '.join(stages)}" in text, text
-    assert "a positive integer" in text and "default:  70" in text, text
-    published = yaml_comments((REPO / "stego_tasks" / "presets" / "defaults.yaml").read_text())["train.n_codes"]
-    assert f"defaults: 70   # {published}" in text, text
-    overridden = yaml_comments((REPO / "stego_tasks" / "presets" / "cityscapes27_vitb8.yaml").read_text())["train.n_codes"]
-    assert f"cityscapes27_vitb8: 100   # {overridden}" in text and "custom:" not in text, text
-    assert "read by:  crf, evaluate" not in explain("crf.iterations", PARAMS, REPO / "dvc.yaml")
-    assert "read by:  crf" in explain("crf.iterations", PARAMS, REPO / "dvc.yaml")
-
-
-def test_an_unknown_key_is_one_sentence(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["params", "--explain", "train.stepz"]) == 2
-    error = capsys.readouterr().err.strip()
-    assert error.startswith("stego params: error: params has no key 'train.stepz'") and "train.steps" in error, error
-    assert len(error.splitlines()) == 1

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from flows import cli, registry
-from flows.dvc_yaml import command, dvc_yaml
+from flows.dvc_yaml import dvc_yaml
 from flows.registry import NO_CACHE, STAGES, Stage, flow_of
 from stego_tasks.paths import PARAMS_FILE, PATHS
 
@@ -91,10 +91,3 @@ def test_every_stage_entry_point_is_named_as_its_stage() -> None:
         library = importlib.import_module(stage.module)
         assert callable(getattr(library, name, None)), f"{stage.module} has no function {name}"
         assert stage.function.__module__ == "flows.stage_functions", f"{name}: {stage.function.__module__}"
-
-
-def test_the_command_of_an_always_changed_check_runs_without_prefect_or_trace() -> None:
-    assert command(STAGES["weights"]) == "stego weights --no-prefect --weights ${paths.weights}"
-    assert STAGES["weights"].trace() is None and STAGES["knn"].trace() == f"{PATHS['trace']}/knn.json"
-    assert command(STAGES["demo_data"]).startswith("stego demo-data ${paths.demo_corpus} --trace"), "positional folder"
-    assert command(STAGES["report"]).startswith("stego report --run . --out ${paths.report}"), "fixed values and renames"
