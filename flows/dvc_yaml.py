@@ -1,7 +1,7 @@
 """`dvc.yaml`, generated from the stage registry (`flows/registry.py`): `python -m flows.dvc_yaml`.
 
 DVC and its users read `dvc.yaml`, so it stays a committed file; this writes it, and
-`tests/test_dvc_yaml.py` fails when the committed file differs from what this makes. Per
+`tests/flows/test_dvc_yaml.py` fails when the committed file differs from what this makes. Per
 stage: the command (the stage function's path parameters as `${paths.<key>}`, then its
 trace), the deps (the stage function's file, the paths it reads, then its code: the import
 closure of its library module, `flows/code_deps.py`), its params keys, and its outs,
