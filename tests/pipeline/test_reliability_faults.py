@@ -98,14 +98,6 @@ def test_an_atomic_artifact_out_of_room_names_it_and_keeps_the_previous_one(tmp_
     assert not [p for p in project.iterdir() if p.name.startswith(".manifest.parquet.")], "a temporary file was left behind"
 
 
-def test_room_guard_passes_other_errors_through_and_measures_the_bytes():
-    expected = r"ran out of room writing thing \(2.0 KiB being written: No space left"
-    with pytest.raises(OutOfRoomError, match=expected), room_guard("thing", lambda: 2048, "all else is kept", "rerun it"):
-        raise OSError(28, "No space left on device")
-    with pytest.raises(KeyError), room_guard("thing", 1, "kept", "rerun"):
-        raise KeyError("not a room problem")
-
-
 # --- model files ------------------------------------------------------------------------------
 
 def _model_dir(tmp_path: Path) -> Path:

@@ -177,27 +177,6 @@ def test_the_same_checkpoint_moved_elsewhere_keeps_the_features(tmp_path):
     assert _extract(root, manifest, store, str(moved)).chunks_computed == {"train": 0, "val": 0}, "a moved file rebuilt the store"
 
 
-def test_weights_identity_follows_content_and_the_hash_cache_reads_a_file_once(tmp_path, monkeypatch):
-    weights = tmp_path / "w.safetensors"
-    _checkpoint(weights, seed=1)
-    out = tmp_path / "weights.json"
-    params = BackboneParams(name=TINY, weights=str(weights))
-    first = weights_module.weights(params, out)
-    assert first["sha256"] == content_hash.sha256_of_file(weights), "the identity is not the file's SHA-256"
-    assert first["size"] == weights.stat().st_size
-    text = out.read_text()
-    reads = []
-    original = content_hash.sha256_of_file
-    monkeypatch.setattr(content_hash, "sha256_of_file", lambda path, *a: reads.append(path) or original(path, *a))
-    weights_module.weights(params, out)
-    assert reads == [] and out.read_text() == text, "an unchanged checkpoint was hashed again or changed the identity"
-    _checkpoint(weights, seed=2)
-    changed = weights_module.weights(params, out)
-    assert len(reads) == 1 and changed["sha256"] == original(weights) != first["sha256"], "a replaced file kept its hash"
-    random = weights_identity(BackboneParams(name=TINY, weights="random"))
-    assert random["sha256"] is None and random["found"] == "random weights", f"random weights identity: {random}"
-
-
 def test_a_backbone_built_from_a_file_carries_its_content_hash(tmp_path):
     weights = tmp_path / "w.safetensors"
     _checkpoint(weights, seed=3)

@@ -106,27 +106,6 @@ def images_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def test_load_run_reads_model_checkpoint_assignment_and_params(run: Run, run_dir: Path):
-    assert run.backbone.weights_source.startswith("file:"), f"weights from {run.backbone.weights_source}"
-    assert Path(run.backbone.weights_source[5:]).resolve() == (run_dir / "weights" / "vit.safetensors").resolve(), (
-        f"relative checkpoint resolved to {run.backbone.weights_source}"
-    )
-    assert run.resolution == RESOLUTION and run.n_clusters == 4, f"{run.resolution}, {run.n_clusters}"
-    assert run.cluster_to_class.tolist() == CLUSTER_TO_CLASS, f"assignment {run.cluster_to_class}"
-    assert run.class_names == tuple(CLASS_NAMES), f"class names {run.class_names}"
-    assert run.alpha == 3.0 and run.crf_params.iterations == 5 and run.flip, (
-        f"the settings the run's stages recorded were not used: {run.alpha}, {run.flip}, {run.crf_params}"
-    )
-
-
-def test_run_settings_are_the_recorded_ones_or_the_published_defaults(tmp_path: Path, run_dir: Path):
-    assert run_settings(run_dir) == RunSettings(3.0, True, CRFParams(iterations=5)), "recorded by the stages"
-    assert run_settings(tmp_path) == RunSettings(), "a run whose cluster and crf stages have not run"
-    zarr.open_group(str(tmp_path / "artifacts" / "predictions.zarr"), mode="w").attrs.update({"alpha": -1.0})
-    with pytest.raises(ValueError, match="alpha must be a positive number"):
-        run_settings(tmp_path)
-
-
 @pytest.mark.parametrize("height,width", [(37, 53), (100, 30), (32, 32), (17, 200), (300, 401)])
 def test_output_has_the_input_size(run: Run, height: int, width: int):
     seg = segment_image(run, _photo(height, width), crf=False)
@@ -254,43 +233,6 @@ def test_run_without_assignment_writes_no_classes(run_dir: Path, images_dir: Pat
     assert summary.written == 1 and not summary.failed, f"summary {summary}"
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["a_clusters.png", "a_overlay.png", "legend.json"], f"wrote {names}"
-
-
-def test_output_keys_keep_sub_paths_on_clashes(tmp_path: Path):
-    for name in ("day/x.jpg", "night/x.jpg", "day/y.jpg", "day/y.png", "day/.hidden.png", "day/out/old.png"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    images, problems = collect_images([tmp_path / "day", tmp_path / "night", tmp_path / "nope"], exclude=tmp_path / "day" / "out")
-    assert [p.name for p, _ in problems] == ["nope"], f"problems {problems}"
-    keys = {str(path.relative_to(tmp_path)): str(key) for (path, _), key in zip(images, output_keys(images), strict=True)}
-    assert keys == {"day/x.jpg": "day/x", "night/x.jpg": "night/x", "day/y.jpg": "y_jpg", "day/y.png": "y_png"}, keys
-
-
-def test_run_without_model_gives_a_clear_error(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="holds no trained model"):
-        load_run(tmp_path)
-
-
-def test_missing_checkpoint_asks_for_weights(run_dir: Path, tmp_path: Path):
-    moved = tmp_path / "moved"
-    shutil.copytree(run_dir / "artifacts", moved / "artifacts")
-    with pytest.raises(FileNotFoundError, match="pass --weights PATH"):
-        load_run(moved)
-    run = load_run(moved, weights=str(run_dir / "weights" / "vit.safetensors"), device="cpu")
-    assert run.backbone.weights_source.startswith("file:"), f"weights from {run.backbone.weights_source}"
-
-
-def test_random_weights_warn_and_match_extraction(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from stego_tasks.data.embed import _cached_backbone
-
-    root = _write_run(tmp_path, "random")
-    with caplog.at_level(logging.WARNING, logger="stego"), pytest.warns(UserWarning, match="RANDOM"):
-        run = load_run(root, device="cpu")
-    assert "RANDOM BACKBONE" in caplog.text, f"no loud warning logged: {caplog.text!r}"
-    reference = _cached_backbone(BACKBONE, "random", "cpu")
-    x = torch.randn(1, 3, 32, 48)
-    gap = float((run.backbone(x) - reference(x)).abs().max())
-    assert gap == 0.0, f"random backbone differs from the one extract embedded with by {gap}"
 
 
 def test_main_from_args(run_dir: Path, images_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
