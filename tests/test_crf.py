@@ -12,8 +12,8 @@ import zarr
 
 from stego_tasks.config import CRFParams, DaskParams
 from stego_tasks.crf import crf
-from stego_tasks.method.dense_crf import crf_chunk, dense_crf, dense_crf_batch
-from stego_tasks.runtime.executors import default_chunksize, run_chunks, spawn_pool
+from stego_tasks.method.dense_crf import dense_crf, dense_crf_batch
+from stego_tasks.runtime.executors import spawn_pool
 
 H = W = 48
 EDGE = 24

@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from flows import stage_functions
-from stego_tasks.config import DEFAULTS_FILE, Params, load_params, params_from_dict, params_to_dict
+from stego_tasks.config import DEFAULTS_FILE, load_params, params_from_dict, params_to_dict
 from stego_tasks.data.adapters import PRESETS_FOR, preset_for, write_params
 from stego_tasks.demo_data import DEMO_CLASS_NAMES, DEMO_IGNORE_INDEX, DEMO_N_CLASSES
 from stego_tasks.params_schema import read_yaml

@@ -27,7 +27,6 @@ from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.method.model import build_model, load_model, save_model
 from stego_tasks.runtime import content_hash
-from stego_tasks.runtime.room import OutOfRoomError, room_guard
 from tests.conftest import REPO
 
 TINY = "vit_tiny_patch16_224"

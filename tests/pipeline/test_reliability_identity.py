@@ -19,7 +19,6 @@ import zarr
 from PIL import Image
 from safetensors.torch import save_file
 
-from stego_tasks import weights as weights_module
 from stego_tasks.config import (
     BackboneParams,
     CorpusParams,
@@ -32,7 +31,6 @@ from stego_tasks.extract import extract
 from stego_tasks.ingest import ingest
 from stego_tasks.method.backbone import create_backbone
 from stego_tasks.runtime import content_hash
-from stego_tasks.weights import weights_identity
 
 TINY = "vit_tiny_patch16_224"
 EXTRACT = ExtractParams(resolution=32, val_resolution=32, batch_size=2, device="cpu")

@@ -19,7 +19,13 @@ import pytest
 
 from stego_tasks.paths import PATHS
 from stego_tasks.runtime import provenance as provenance_module
-from stego_tasks.runtime.provenance import RUN_RECORDS, cuda_state, git_state, package_version, provenance
+from stego_tasks.runtime.provenance import (
+    RUN_RECORDS,
+    cuda_state,
+    git_state,
+    package_version,
+    provenance,
+)
 
 
 def test_provenance_names_the_installed_versions_and_the_git_commit(tmp_path: Path) -> None:

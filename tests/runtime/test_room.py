@@ -14,7 +14,14 @@ import os
 import pytest
 
 from stego_tasks.errors import StegoError
-from stego_tasks.runtime.room import OutOfRoomError, is_out_of_room, out_of_room, room_guard, room_reason, size_text
+from stego_tasks.runtime.room import (
+    OutOfRoomError,
+    is_out_of_room,
+    out_of_room,
+    room_guard,
+    room_reason,
+    size_text,
+)
 
 
 def test_room_guard_passes_other_errors_through_and_measures_the_bytes():

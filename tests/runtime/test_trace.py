@@ -7,14 +7,11 @@ import json
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stego_tasks.paths import PATHS
-from stego_tasks.runtime.provenance import git_state, provenance
 from stego_tasks.runtime.trace import (
     PROC_IO,
     StageTrace,

@@ -5,13 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from flows.cli import main
 from stego_tasks.paths import PATHS
 from stego_tasks.tools.cluster_names import IGNORED, load_names
-from stego_tasks.tools.names_init import write_init
 from tests.conftest import REPO
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import shutil
 from pathlib import Path
 
@@ -27,9 +26,8 @@ from flows.tools import add_predict_arguments, predict_from_args
 from stego_tasks.config import CRFParams, TrainParams, params_to_dict
 from stego_tasks.method.dense_crf import dense_crf
 from stego_tasks.method.model import build_model, save_model
-from stego_tasks.tools.predict import collect_images, nearest_resize, predict_paths, segment_image
-from stego_tasks.tools.predict_output import output_keys
-from stego_tasks.tools.trained_run import UNMATCHED, Run, RunSettings, load_run, run_settings
+from stego_tasks.tools.predict import nearest_resize, predict_paths, segment_image
+from stego_tasks.tools.trained_run import UNMATCHED, Run, load_run
 from stego_tasks.tools.visualize import palette
 
 BACKBONE = "vit_tiny_patch16_224"

@@ -7,13 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stego_tasks.paths import PATHS
 from stego_tasks.report import render
-from stego_tasks.tools.report_dag import dag_svg, pipeline_graph
 from stego_tasks.tools.report_trace import provenance_section, timeline_section, trace_records
-from tests.conftest import REPO
 
 ORIGIN = {"project": "0.1.0", "python": "3.11.7", "platform": "Linux", "packages": {"torch": "2.14.1", "zarr": "3.1.0"},
           "cuda": None, "gpu": None, "git_commit": "a" * 40, "git_dirty": True}
