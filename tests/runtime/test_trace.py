@@ -1,5 +1,5 @@
-"""The stage trace and provenance against independent measurements: a busy loop's CPU time,
-a file's size, a big allocation's memory, versions from package metadata, git's own answers."""
+"""The stage trace against independent measurements: a busy loop's CPU time, a file's size, a big
+allocation's memory (provenance has its own tests, `test_provenance.py`)."""
 
 from __future__ import annotations
 

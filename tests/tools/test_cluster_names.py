@@ -1,4 +1,4 @@
-"""Tests for stego_tasks.tools.cluster_names: the names file, its checks, and `stego names init`."""
+"""Tests for stego_tasks.tools.cluster_names: the names file and its checks (`stego names init`: `test_names_init.py`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The report's stage timeline, resource table and provenance, from trace files with known numbers."""
+"""The report's stage timeline, resource table and provenance, from trace files with known numbers
+(the pipeline DAG has its own tests, `test_report_dag.py`)."""
 
 from __future__ import annotations
 

@@ -17,7 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stego_tasks.tools.visualize import colorize, loss_plot_png, overlay, palette, palette_png, panel, read_loss_log
+from stego_tasks.tools.visualize import (
+    colorize,
+    loss_plot_png,
+    overlay,
+    palette,
+    palette_png,
+    panel,
+    read_loss_log,
+)
 
 # PASCAL VOC's colours of classes 1..5 (its colormap skips black, index 0 here is VOC's 1).
 VOC_FIRST = [(128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128)]
