@@ -12,8 +12,7 @@ import zarr
 
 from stego_tasks.config import CRFParams, DaskParams
 from stego_tasks.crf import crf
-from stego_tasks.method.dense_crf import crf_chunk, dense_crf
-from stego_tasks.runtime.executors import default_chunksize, run_chunks
+from stego_tasks.method.dense_crf import dense_crf
 
 H = W = 48
 EDGE = 24
@@ -53,13 +52,6 @@ def _batch(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
     return images, logits
 
 
-def test_default_chunksize_is_about_four_tasks_per_worker():
-    got = {
-        (n, w): default_chunksize(n, w)
-        for n, w in [(32, 2), (33, 2), (5, 2), (0, 2), (100, 1), (7, 0), (1000, 8)]
-    }
-    want = {(32, 2): 4, (33, 2): 5, (5, 2): 1, (0, 2): 1, (100, 1): 25, (7, 0): 2, (1000, 8): 32}
-    assert got == want, f"default chunk sizes: {got}"
 
 
 class _RecordingExecutor(Executor):
@@ -173,18 +165,3 @@ def test_stage_error_in_a_worker_surfaces_and_writes_nothing(tmp_path):
     assert not out.exists(), "a failed crf stage left an output store behind"
 
 
-def test_chunks_are_read_only_when_a_slot_is_free():
-    """The stage's loop draws (reads) a chunk only while fewer than max_in_flight are pending."""
-    images, logits = _batch(6)
-    drawn, delivered, pending_at_draw = [], [], []
-
-    def jobs():
-        for i in range(6):
-            pending_at_draw.append(len(drawn) - len(delivered))
-            drawn.append(i)
-            yield i, ([images[i]], [logits[i]], CRFParams(), True)
-
-    recorder = _RecordingExecutor()
-    run_chunks(recorder, crf_chunk, jobs(), max_in_flight=2, on_done=lambda key, out: delivered.append(key))
-    assert sorted(delivered) == list(range(6)), f"delivered chunks: {delivered}"
-    assert max(pending_at_draw) < 2, f"a chunk was read while 2 were in flight: {pending_at_draw}"

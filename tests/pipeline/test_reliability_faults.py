@@ -27,7 +27,6 @@ from stego_tasks.demo_data import demo_data
 from stego_tasks.ingest import ingest
 from stego_tasks.method.model import build_model, load_model, save_model
 from stego_tasks.runtime import content_hash
-from stego_tasks.runtime.room import OutOfRoomError, room_guard
 from tests.conftest import REPO
 
 TINY = "vit_tiny_patch16_224"
@@ -96,14 +95,6 @@ def test_an_atomic_artifact_out_of_room_names_it_and_keeps_the_previous_one(tmp_
     assert "ran out of room writing" in message and "manifest.parquet" in message, message
     assert (project / "manifest.parquet").read_bytes() == before, "the previous manifest was damaged by the failed write"
     assert not [p for p in project.iterdir() if p.name.startswith(".manifest.parquet.")], "a temporary file was left behind"
-
-
-def test_room_guard_passes_other_errors_through_and_measures_the_bytes():
-    expected = r"ran out of room writing thing \(2.0 KiB being written: No space left"
-    with pytest.raises(OutOfRoomError, match=expected), room_guard("thing", lambda: 2048, "all else is kept", "rerun it"):
-        raise OSError(28, "No space left on device")
-    with pytest.raises(KeyError), room_guard("thing", 1, "kept", "rerun"):
-        raise KeyError("not a room problem")
 
 
 # --- model files ------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import zarr
 from PIL import Image
 from safetensors.torch import save_file
 
-from stego_tasks import weights as weights_module
 from stego_tasks.config import (
     BackboneParams,
     CorpusParams,
@@ -32,7 +31,6 @@ from stego_tasks.extract import extract
 from stego_tasks.ingest import ingest
 from stego_tasks.method.backbone import create_backbone
 from stego_tasks.runtime import content_hash
-from stego_tasks.weights import weights_identity
 
 TINY = "vit_tiny_patch16_224"
 EXTRACT = ExtractParams(resolution=32, val_resolution=32, batch_size=2, device="cpu")
@@ -175,27 +173,6 @@ def test_the_same_checkpoint_moved_elsewhere_keeps_the_features(tmp_path):
     moved = tmp_path / "b.safetensors"
     shutil.move(weights, moved)
     assert _extract(root, manifest, store, str(moved)).chunks_computed == {"train": 0, "val": 0}, "a moved file rebuilt the store"
-
-
-def test_weights_identity_follows_content_and_the_hash_cache_reads_a_file_once(tmp_path, monkeypatch):
-    weights = tmp_path / "w.safetensors"
-    _checkpoint(weights, seed=1)
-    out = tmp_path / "weights.json"
-    params = BackboneParams(name=TINY, weights=str(weights))
-    first = weights_module.weights(params, out)
-    assert first["sha256"] == content_hash.sha256_of_file(weights), "the identity is not the file's SHA-256"
-    assert first["size"] == weights.stat().st_size
-    text = out.read_text()
-    reads = []
-    original = content_hash.sha256_of_file
-    monkeypatch.setattr(content_hash, "sha256_of_file", lambda path, *a: reads.append(path) or original(path, *a))
-    weights_module.weights(params, out)
-    assert reads == [] and out.read_text() == text, "an unchanged checkpoint was hashed again or changed the identity"
-    _checkpoint(weights, seed=2)
-    changed = weights_module.weights(params, out)
-    assert len(reads) == 1 and changed["sha256"] == original(weights) != first["sha256"], "a replaced file kept its hash"
-    random = weights_identity(BackboneParams(name=TINY, weights="random"))
-    assert random["sha256"] is None and random["found"] == "random weights", f"random weights identity: {random}"
 
 
 def test_a_backbone_built_from_a_file_carries_its_content_hash(tmp_path):

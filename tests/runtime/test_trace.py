@@ -1,5 +1,5 @@
-"""The stage trace and provenance against independent measurements: a busy loop's CPU time,
-a file's size, a big allocation's memory, versions from package metadata, git's own answers."""
+"""The stage trace against independent measurements: a busy loop's CPU time, a file's size, a big
+allocation's memory (provenance has its own tests, `test_provenance.py`)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,11 @@ import json
 import subprocess
 import sys
 import time
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from stego_tasks.paths import PATHS
-from stego_tasks.runtime.provenance import git_state, provenance
 from stego_tasks.runtime.trace import (
     PROC_IO,
     StageTrace,
@@ -121,32 +118,6 @@ def test_counts_come_from_the_summary_and_a_failure_is_recorded(tmp_path: Path) 
         raise RuntimeError("boom")
     record = json.loads((tmp_path / "broken.json").read_text())
     assert record["status"] == "failed" and record["counts"] == {"rows.train": 12, "rows.val": 3, "steps": 30}
-
-
-def test_provenance_names_the_installed_versions_and_the_git_commit(tmp_path: Path) -> None:
-    origin = provenance(tmp_path)
-    assert origin["packages"]["torch"] == metadata.version("torch")
-    assert origin["packages"]["numpy"] == metadata.version("numpy")
-    assert origin["packages"]["dvc"] == metadata.version("dvc")
-    assert origin["packages"]["prefect"] == metadata.version("prefect")
-    assert origin["git_commit"] is None and origin["git_dirty"] is None, "no git tree: no commit"
-    assert origin["cuda"] is None or isinstance(origin["cuda"], str)
-    json.dumps(origin)  # JSON-ready
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.strip()
-
-    git("init", "--quiet")
-    (tmp_path / "a.txt").write_text("one")
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / PATHS["scores"]).write_text("{}")
-    git("add", "a.txt", PATHS["scores"])
-    git("-c", "user.name=t", "-c", "user.email=t@example.invalid", "-c", "commit.gpgsign=false", "commit", "-qm", "one")
-    assert git_state(tmp_path) == {"commit": git("rev-parse", "HEAD"), "dirty": False}
-    (tmp_path / PATHS["scores"]).write_text('{"cluster": 1}')
-    assert git_state(tmp_path)["dirty"] is False, "a run's own metrics rewritten by its stages leave the tree clean"
-    (tmp_path / "a.txt").write_text("two")
-    assert git_state(tmp_path)["dirty"] is True, "an edited tracked file makes the tree dirty"
 
 
 class _FakeCuda:

@@ -1,17 +1,15 @@
-"""Tests for stego_tasks.tools.cluster_names: the names file, its checks, and `stego names init`."""
+"""Tests for stego_tasks.tools.cluster_names: the names file and its checks (`stego names init`: `test_names_init.py`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from flows.cli import main
 from stego_tasks.paths import PATHS
 from stego_tasks.tools.cluster_names import IGNORED, load_names
-from stego_tasks.tools.names_init import write_init
 from tests.conftest import REPO
 
 
@@ -62,36 +60,3 @@ def test_cli_turns_a_bad_names_file_into_one_line(tmp_path: Path, capsys: pytest
     assert err.count("\n") == 0 and "id 7 is not a cluster of this run" in err, err
 
 
-def _gallery(run: Path, shares: list[float]) -> None:
-    folder = run / PATHS["gallery"]
-    folder.mkdir(parents=True)
-    clusters = [{"id": k, "pixel_share": s, "image_share": 0.5} for k, s in enumerate(shares)]
-    (folder / "gallery.json").write_text(json.dumps({"clusters": clusters}))
-
-
-def test_names_init_suggests_the_matched_classes_and_keeps_the_users_file(tmp_path: Path) -> None:
-    _gallery(tmp_path, [0.5, 0.3, 0.2])
-    (tmp_path / PATHS["assignment"]).parent.mkdir(parents=True, exist_ok=True)
-    (tmp_path / PATHS["assignment"]).write_text(json.dumps({"cluster_to_class": [1, -1, 0], "class_names": ["sky", "road"]}))
-    out = tmp_path / PATHS["cluster_names"]
-    result = write_init(tmp_path, out)
-    assert result == {"out": str(out), "clusters": 3, "suggested": 2}
-    names = load_names(out, 3)
-    assert names.names == {0: "road", 1: "cluster 1", 2: "sky"} and not names.ignore
-    assert "50.0 % of pixels" in out.read_text(), out.read_text()
-    with pytest.raises(ValueError, match="already names clusters; edit it, or pass --force"):
-        write_init(tmp_path, out)
-    write_init(tmp_path, out, force=True)
-
-
-def test_names_init_without_labels_names_every_cluster_by_id(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    _gallery(tmp_path, [0.6, 0.4])
-    (tmp_path / PATHS["cluster_names"]).write_text("names: {}\nignore: []\n")  # the committed empty file is replaced
-    assert main(["names", "init", "--run", str(tmp_path)]) == 0
-    names = load_names(tmp_path / PATHS["cluster_names"], 2)
-    assert names.names == {0: "cluster 0", 1: "cluster 1"}
-    assert np.array_equal(names.cluster_to_class(), [0, 1])
-    assert "wrote" in capsys.readouterr().out
-    empty = tmp_path / "fresh"
-    empty.mkdir()
-    assert main(["names", "init", "--run", str(empty)]) == 2, "no gallery yet: one sentence, status 2"

@@ -1,8 +1,7 @@
 """Tests for stego_tasks.tools.predict: any-size segmentation, flip averaging, CRF, files, CLI.
 
-The run is built here: a random ViT-Ti/16 saved as a timm .safetensors file (so the
-backbone is loaded through the real "file:<path>" route), an untrained head and probes
-saved with `save_model`, and an assignment.json as the evaluate stage writes it.
+The run is built in `tests/tools/conftest.py` (fixtures `run_dir` and `run`): a random ViT-Ti/16
+saved as a timm .safetensors file, an untrained head and probes, and an assignment.json.
 """
 
 from __future__ import annotations
@@ -10,34 +9,21 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import timm
 import torch
 import torch.nn.functional as F
-import zarr
 from PIL import Image
-from safetensors.torch import save_file
 
 from flows.tools import add_predict_arguments, predict_from_args
-from stego_tasks.config import CRFParams, TrainParams, params_to_dict
 from stego_tasks.method.dense_crf import dense_crf
-from stego_tasks.method.model import build_model, save_model
-from stego_tasks.tools.predict import collect_images, nearest_resize, predict_paths, segment_image
-from stego_tasks.tools.predict_output import output_keys
-from stego_tasks.tools.trained_run import UNMATCHED, Run, RunSettings, load_run, run_settings
+from stego_tasks.tools.predict import nearest_resize, predict_paths, segment_image
+from stego_tasks.tools.trained_run import UNMATCHED, Run, load_run
 from stego_tasks.tools.visualize import palette
-
-BACKBONE = "vit_tiny_patch16_224"
-RESOLUTION = 32
-N_CLASSES = 3
-CLASS_NAMES = ["sky", "road", "tree"]
-# Four clusters (one extra): cluster 2 is unmatched, as Hungarian matching leaves it.
-CLUSTER_TO_CLASS = [2, 0, -1, 1]
+from tests.tools.conftest import CLASS_NAMES, N_CLASSES, RESOLUTION
 
 
 def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -46,51 +32,6 @@ def _photo(height: int, width: int, seed: int = 0) -> np.ndarray:
     coarse = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
     big = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BILINEAR), dtype=np.int16)
     return np.clip(big + rng.integers(-20, 21, size=big.shape), 0, 255).astype(np.uint8)
-
-
-def _write_run(root: Path, weights_source: str, with_assignment: bool = True) -> Path:
-    """A project folder holding artifacts/model (+ assignment.json) and a params.yaml."""
-    torch.manual_seed(0)
-    params = TrainParams(n_codes=8, extra_clusters=1)
-    info = {
-        "in_dim": 192,
-        "n_classes": N_CLASSES,
-        "class_names": CLASS_NAMES,
-        "ignore_index": 255,
-        "backbone": BACKBONE,
-        "backbone_weights": weights_source,
-        "resolution": RESOLUTION,
-        "seed": 0,
-        "train": params_to_dict(params),
-        "linear_probe_trained": False,
-    }
-    save_model(build_model(192, N_CLASSES, params, info), root / "artifacts" / "model")
-    if with_assignment:
-        assignment = {"cluster_to_class": CLUSTER_TO_CLASS, "class_names": CLASS_NAMES}
-        (root / "artifacts" / "assignment.json").write_text(json.dumps(assignment))
-    # What the run's cluster and crf stages recorded in their stores; params.yaml says otherwise
-    # (edited after the run), and must not change how the run predicts.
-    zarr.open_group(str(root / "artifacts" / "predictions.zarr"), mode="w").attrs.update({"alpha": 3.0, "flip": True})
-    crf = {**dataclasses.asdict(CRFParams()), "iterations": 5}
-    zarr.open_group(str(root / "artifacts" / "crf.zarr"), mode="w").attrs.update({"crf": crf})
-    (root / "params.yaml").write_text("cluster:\n  alpha: 9.0\n  flip: false\ncrf:\n  iterations: 1\n")
-    return root
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run whose model.json records a checkpoint relative to the run folder."""
-    root = tmp_path_factory.mktemp("run")
-    torch.manual_seed(1)
-    vit = timm.create_model(BACKBONE, pretrained=False, num_classes=0)
-    (root / "weights").mkdir()
-    save_file({k: v.contiguous() for k, v in vit.state_dict().items()}, str(root / "weights" / "vit.safetensors"))
-    return _write_run(root, "file:weights/vit.safetensors")
-
-
-@pytest.fixture(scope="module")
-def run(run_dir: Path) -> Run:
-    return load_run(run_dir, device="cpu")
 
 
 @pytest.fixture
@@ -104,27 +45,6 @@ def images_dir(tmp_path: Path) -> Path:
     (folder / "empty.jpg").write_bytes(b"")
     (folder / "notes.txt").write_text("not an image")
     return folder
-
-
-def test_load_run_reads_model_checkpoint_assignment_and_params(run: Run, run_dir: Path):
-    assert run.backbone.weights_source.startswith("file:"), f"weights from {run.backbone.weights_source}"
-    assert Path(run.backbone.weights_source[5:]).resolve() == (run_dir / "weights" / "vit.safetensors").resolve(), (
-        f"relative checkpoint resolved to {run.backbone.weights_source}"
-    )
-    assert run.resolution == RESOLUTION and run.n_clusters == 4, f"{run.resolution}, {run.n_clusters}"
-    assert run.cluster_to_class.tolist() == CLUSTER_TO_CLASS, f"assignment {run.cluster_to_class}"
-    assert run.class_names == tuple(CLASS_NAMES), f"class names {run.class_names}"
-    assert run.alpha == 3.0 and run.crf_params.iterations == 5 and run.flip, (
-        f"the settings the run's stages recorded were not used: {run.alpha}, {run.flip}, {run.crf_params}"
-    )
-
-
-def test_run_settings_are_the_recorded_ones_or_the_published_defaults(tmp_path: Path, run_dir: Path):
-    assert run_settings(run_dir) == RunSettings(3.0, True, CRFParams(iterations=5)), "recorded by the stages"
-    assert run_settings(tmp_path) == RunSettings(), "a run whose cluster and crf stages have not run"
-    zarr.open_group(str(tmp_path / "artifacts" / "predictions.zarr"), mode="w").attrs.update({"alpha": -1.0})
-    with pytest.raises(ValueError, match="alpha must be a positive number"):
-        run_settings(tmp_path)
 
 
 @pytest.mark.parametrize("height,width", [(37, 53), (100, 30), (32, 32), (17, 200), (300, 401)])
@@ -254,43 +174,6 @@ def test_run_without_assignment_writes_no_classes(run_dir: Path, images_dir: Pat
     assert summary.written == 1 and not summary.failed, f"summary {summary}"
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert names == ["a_clusters.png", "a_overlay.png", "legend.json"], f"wrote {names}"
-
-
-def test_output_keys_keep_sub_paths_on_clashes(tmp_path: Path):
-    for name in ("day/x.jpg", "night/x.jpg", "day/y.jpg", "day/y.png", "day/.hidden.png", "day/out/old.png"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_bytes(b"")
-    images, problems = collect_images([tmp_path / "day", tmp_path / "night", tmp_path / "nope"], exclude=tmp_path / "day" / "out")
-    assert [p.name for p, _ in problems] == ["nope"], f"problems {problems}"
-    keys = {str(path.relative_to(tmp_path)): str(key) for (path, _), key in zip(images, output_keys(images), strict=True)}
-    assert keys == {"day/x.jpg": "day/x", "night/x.jpg": "night/x", "day/y.jpg": "y_jpg", "day/y.png": "y_png"}, keys
-
-
-def test_run_without_model_gives_a_clear_error(tmp_path: Path):
-    with pytest.raises(FileNotFoundError, match="holds no trained model"):
-        load_run(tmp_path)
-
-
-def test_missing_checkpoint_asks_for_weights(run_dir: Path, tmp_path: Path):
-    moved = tmp_path / "moved"
-    shutil.copytree(run_dir / "artifacts", moved / "artifacts")
-    with pytest.raises(FileNotFoundError, match="pass --weights PATH"):
-        load_run(moved)
-    run = load_run(moved, weights=str(run_dir / "weights" / "vit.safetensors"), device="cpu")
-    assert run.backbone.weights_source.startswith("file:"), f"weights from {run.backbone.weights_source}"
-
-
-def test_random_weights_warn_and_match_extraction(tmp_path: Path, caplog: pytest.LogCaptureFixture):
-    from stego_tasks.data.embed import _cached_backbone
-
-    root = _write_run(tmp_path, "random")
-    with caplog.at_level(logging.WARNING, logger="stego"), pytest.warns(UserWarning, match="RANDOM"):
-        run = load_run(root, device="cpu")
-    assert "RANDOM BACKBONE" in caplog.text, f"no loud warning logged: {caplog.text!r}"
-    reference = _cached_backbone(BACKBONE, "random", "cpu")
-    x = torch.randn(1, 3, 32, 48)
-    gap = float((run.backbone(x) - reference(x)).abs().max())
-    assert gap == 0.0, f"random backbone differs from the one extract embedded with by {gap}"
 
 
 def test_main_from_args(run_dir: Path, images_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture):

@@ -1,4 +1,5 @@
-"""The report's stage timeline, resource table and provenance, from trace files with known numbers."""
+"""The report's stage timeline, resource table and provenance, from trace files with known numbers
+(the pipeline DAG has its own tests, `test_report_dag.py`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stego_tasks.paths import PATHS
 from stego_tasks.report import render
-from stego_tasks.tools.report_dag import dag_svg, pipeline_graph
 from stego_tasks.tools.report_trace import provenance_section, timeline_section, trace_records
-from tests.conftest import REPO
 
 ORIGIN = {"project": "0.1.0", "python": "3.11.7", "platform": "Linux", "packages": {"torch": "2.14.1", "zarr": "3.1.0"},
           "cuda": None, "gpu": None, "git_commit": "a" * 40, "git_dirty": True}
@@ -69,40 +67,3 @@ def test_the_page_holds_timeline_and_provenance_and_a_broken_trace_is_one_senten
         render(tmp_path)
 
 
-DVC_YAML = """
-stages:
-  a:
-    cmd: x
-    outs: ["${paths.manifest}"]
-  b:
-    cmd: x
-    deps: ["${paths.manifest}", "${corpus.root}/images"]
-    outs: [out/b]
-  c:
-    cmd: x
-    deps: [out/b/part.json, "${paths.manifest}"]
-    metrics: [m/c.json]
-  d:
-    cmd: x
-    deps: [m/c.json]
-"""
-
-
-def test_the_dag_comes_from_dvc_yaml_with_implied_edges_left_out() -> None:
-    names, edges = pipeline_graph(DVC_YAML, {"corpus": {"root": "out/b"}})
-    assert names == ["a", "b", "c", "d"]
-    # a -> c is implied by a -> b -> c; b -> c holds twice (a file inside b's out folder).
-    assert edges == {("a", "b"), ("b", "c"), ("c", "d")}, f"edges {sorted(edges)}"
-    svg = dag_svg(names, edges)
-    xs = {name: float(x) for name, x in re.findall(r'<g data-stage="(\w)"><rect x="([\d.]+)"', svg)}
-    assert xs["a"] < xs["b"] < xs["c"] < xs["d"], f"columns follow the order: {xs}"
-    assert svg.count("<line ") == 3
-
-
-def test_the_repos_own_pipeline_is_one_chain_from_demo_data_to_report_with_the_weights_check() -> None:
-    root = REPO
-    names, edges = pipeline_graph((root / "dvc.yaml").read_text(), yaml.safe_load((root / "params.yaml").read_text()))
-    chain = ["demo_data", "ingest", "validate", "extract", "knn", "train", "cluster", "crf", "evaluate", "report"]
-    # The checkpoint's content hash (the always-changed `weights` stage) feeds extract alone.
-    expected = set(zip(chain[:-1], chain[1:], strict=True)) | {("weights", "extract")}
-    assert edges == expected, f"edges {sorted(edges)}"
