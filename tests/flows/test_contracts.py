@@ -468,3 +468,19 @@ def test_each_stage_flow_takes_its_stage_functions_typed_parameters(stage: str) 
     schema = flow.parameters.model_dump()["properties"]
     untyped = [name for name, spec in schema.items() if not ({"type", "anyOf"} & set(spec))]
     assert not untyped, f"flow {stage}: Prefect sees no type for {untyped}"
+
+
+def _mirrored_test(module: Path) -> Path:
+    """Where the tests of a package module live: tests/<its folder under the package>/test_<name>.py."""
+    package, *inner = module.relative_to(REPO).parts
+    folder = Path("tests", *inner[:-1]) if package == "stego_tasks" else Path("tests", package, *inner[:-1])
+    return REPO / folder / f"test_{module.name}"
+
+
+def test_every_module_has_a_test_file_at_its_mirrored_path() -> None:
+    # Tests mirror the package (mmsegmentation's layout): a module's tests are found by its path.
+    modules = [m for package in ("stego_tasks", "flows") for m in sorted((REPO / package).rglob("*.py"))
+               if m.name != "__init__.py"]
+    missing = [f"{m.relative_to(REPO)} -> {_mirrored_test(m).relative_to(REPO)}"
+               for m in modules if not _mirrored_test(m).is_file()]
+    assert len(modules) > 80 and not missing, f"modules without their test file: {missing}"
