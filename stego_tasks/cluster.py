@@ -58,7 +58,7 @@ def fit_kmeans(train_feats: zarr.Array, n_clusters: int, params: ClusterParams, 
     vectors = vectors.transpose(0, 2, 3, 1).reshape(-1, dim)
     if vectors.shape[0] > params.kmeans_samples:
         vectors = vectors[rng.choice(vectors.shape[0], params.kmeans_samples, replace=False)]
-    return spherical_kmeans(vectors, n_clusters, params.kmeans_iters, seed)
+    return spherical_kmeans(vectors, n_clusters, params.kmeans_iters, seed, in_place=True)  # its own array
 
 
 def protocol_of(info: dict) -> dict:

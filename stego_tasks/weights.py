@@ -45,12 +45,13 @@ def weights_identity(backbone: BackboneParams) -> dict[str, Any]:
 
     Returns:
         {"backbone", "weights", "sha256", "size", "found"}: sha256 and size are None for
-        random weights and when no file is found (`found` then says why, in one sentence;
-        `extract` refuses or, for the demo, falls back to random weights). No absolute
-        path is recorded, so the identity is the same on every machine holding the file.
+        random weights and when no file is found, a missing path or a folder included
+        (`found` then says why, in one sentence; `extract` refuses or, for the demo, falls
+        back to random weights). No absolute path is recorded, so the identity is the same
+        on every machine holding the file.
 
     Raises:
-        ValueError: an unknown backbone name, or a path that is not a regular file.
+        ValueError: an unknown backbone name.
     """
     spec = _spec(backbone.name)
     identity: dict[str, Any] = {"backbone": spec.name, "weights": str(backbone.weights), "sha256": None, "size": None}

@@ -58,7 +58,7 @@ def iter_val_codes(
         yield rows, feats, predict_code(model, feats, flipped, size)
 
 
-def spherical_kmeans(vectors: np.ndarray, n_clusters: int, iters: int, seed: int) -> np.ndarray:
+def spherical_kmeans(vectors: np.ndarray, n_clusters: int, iters: int, seed: int, *, in_place: bool = False) -> np.ndarray:
     """Spherical k-means (faiss) of feature vectors.
 
     Args:
@@ -66,19 +66,19 @@ def spherical_kmeans(vectors: np.ndarray, n_clusters: int, iters: int, seed: int
         n_clusters: number of centroids.
         iters: k-means iterations.
         seed: faiss's seed.
+        in_place: normalise `vectors` itself when it is float32 and C-contiguous (a caller
+            that built the array saves a copy of all patch features); else a copy is.
 
     Returns:
         Unit-norm centroids, float32 [n_clusters, C].
     """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    vectors = np.array(vectors, dtype=np.float32, order="C", copy=None if in_place else True)
     dim = vectors.shape[1]
     faiss.normalize_L2(vectors)
     kmeans = faiss.Kmeans(dim, n_clusters, niter=iters, seed=seed, spherical=True, verbose=False)
     kmeans.train(vectors)
     centroids = kmeans.centroids.astype(np.float32)
     return centroids / np.linalg.norm(centroids, axis=1, keepdims=True).clip(1e-12)
-
-
 
 
 def kmeans_predict(centroids: np.ndarray, feats: torch.Tensor, size: int) -> torch.Tensor:

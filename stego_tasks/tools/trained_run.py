@@ -90,8 +90,8 @@ def _model_dir(run_dir: Path) -> Path:
     )
 
 
-def _weights_for(info: dict, run_dir: Path) -> str:
-    """Map the recorded `backbone_weights` to a `create_backbone` weights argument."""
+def _weights_for(info: dict, project: Path) -> str:
+    """Map the recorded `backbone_weights` to a `create_backbone` weights argument (paths from `project`)."""
     source = info.get("backbone_weights")
     try:
         weights = weights_argument(source)
@@ -104,7 +104,7 @@ def _weights_for(info: dict, run_dir: Path) -> str:
         return weights
     recorded = Path(weights)
     # DVC runs stages in the project folder, so a relative path is relative to it.
-    for path in (recorded,) if recorded.is_absolute() else (run_dir / recorded, recorded):
+    for path in (recorded,) if recorded.is_absolute() else (project / recorded, recorded):
         if path.is_file():
             return str(path)
     raise MissingInputError(
@@ -248,7 +248,9 @@ def load_run(
     source = str(info.get("backbone_weights"))
     # The position-embedding resampling the features were stored with (`extract.preprocess`).
     pos_embed = str(info.get("pos_embed") or "timm")
-    backbone = _create_backbone(name, weights if weights is not None else _weights_for(info, run_dir), source, pos_embed)
+    # Relative paths the run recorded are relative to its project folder, however the run was given.
+    project = project_of(run_dir, model_dir)
+    backbone = _create_backbone(name, weights if weights is not None else _weights_for(info, project), source, pos_embed)
     _check_backbone_fits(backbone, info, given_weights=weights is not None)
     size = int(resolution if resolution is not None else info.get("resolution") or 0)
     if size < backbone.patch_size:
@@ -258,7 +260,6 @@ def load_run(
         )
     if model.cluster_probe.n_clusters > 256:
         raise InvalidInputError(f"The run has {model.cluster_probe.n_clusters} clusters; predict writes at most 256.")
-    project = project_of(run_dir, model_dir)
     mapping, names = _read_assignment(run_path(project, "assignment"), model.cluster_probe.n_clusters, info)
     settings = run_settings(project)
     user_names = load_names(run_path(project, "cluster_names"), model.cluster_probe.n_clusters)

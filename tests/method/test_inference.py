@@ -124,3 +124,13 @@ def test_spherical_kmeans_finds_directions_whatever_the_vectors_norms():
     np.testing.assert_allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-5, err_msg="centroids not unit norm")
     best = (centroids @ directions.T).max(axis=0)
     assert np.all(best > 0.99), f"a direction has no centroid: best cosines {best}"
+
+
+def test_spherical_kmeans_leaves_the_callers_vectors_alone_unless_asked() -> None:
+    vectors = np.random.default_rng(0).normal(size=(60, 4)).astype(np.float32) * 5
+    before = vectors.copy()
+    centroids = spherical_kmeans(vectors, 3, iters=5, seed=0)
+    np.testing.assert_array_equal(vectors, before, err_msg="the input was normalised in place")
+    again = spherical_kmeans(vectors, 3, iters=5, seed=0, in_place=True)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-6, err_msg="in_place must normalise the input")
+    np.testing.assert_allclose(again, centroids, atol=1e-6, err_msg="normalising in place must not change the result")

@@ -121,6 +121,15 @@ def test_the_model_folder_itself_loads_with_the_projects_assignment(run_dir: Pat
     assert run.model_dir == (run_dir / PATHS["model"]).resolve()
 
 
+def test_the_model_folder_finds_the_checkpoint_the_run_recorded_relative_to_its_project(
+    run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # neither the project nor the model folder
+    run = load_run(run_dir / PATHS["model"], device="cpu")
+    given = load_run(run_dir, device="cpu")
+    assert run.backbone.weights_sha256 == given.backbone.weights_sha256 is not None
+
+
 def test_a_resolution_below_the_patch_size_is_refused(run: Run, run_dir: Path) -> None:
     with pytest.raises(InvalidInputError, match=r"^Resolution 8 is smaller than the patch size 16 of vit_tiny_patch16_224 .*"
                                                  r"pass --resolution N with N >= the patch size\.$"):
