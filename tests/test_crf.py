@@ -1,9 +1,8 @@
-"""Tests for the `crf` stage: the published parameters, chunk sizes, the stage on a local pool and on a Dask
-cluster (tiny Zarr stores), and chunks read only when a slot is free. `method.dense_crf` itself is
-tested in tests/method/test_dense_crf.py."""
+"""Tests for the `crf` stage: the published parameters, and the stage on a local pool and on a Dask
+cluster (tiny Zarr stores), equal to `dense_crf` image by image, and failing whole. `method.dense_crf`
+itself is tested in tests/method/test_dense_crf.py, the executors in tests/runtime/test_executors.py."""
 
 from collections.abc import Iterator
-from concurrent.futures import Executor, Future
 from pathlib import Path
 
 import numpy as np
@@ -13,18 +12,7 @@ import zarr
 from stego_tasks.config import CRFParams, DaskParams
 from stego_tasks.crf import crf
 from stego_tasks.method.dense_crf import dense_crf
-
-H = W = 48
-EDGE = 24
-
-
-def _two_colour_image() -> tuple[np.ndarray, np.ndarray]:
-    """A red left half and a blue right half, and the true labelling (1 = right)."""
-    image = np.zeros((H, W, 3), np.uint8)
-    image[:, :EDGE] = (200, 40, 40)
-    image[:, EDGE:] = (40, 40, 200)
-    truth = np.broadcast_to(np.arange(W)[None, :] >= EDGE, (H, W)).astype(np.int64)
-    return image, truth
+from tests.method.test_dense_crf import H, W, _two_colour_image
 
 
 def test_params_are_the_published_ones():
@@ -40,31 +28,8 @@ def test_params_are_the_published_ones():
     assert got == (10, 1, 3, 67, 3, 4), f"published STEGO CRF parameters changed: {got}"
 
 
-def _batch(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    rng = np.random.default_rng(1)
-    image, truth = _two_colour_image()
-    onehot = np.stack([truth == 0, truth == 1, np.zeros_like(truth, bool)]).astype(np.float32)
-    images = [np.roll(image, 3 * i, axis=1) for i in range(n)]
-    logits = [
-        (np.roll(onehot, 3 * i, axis=2) + rng.normal(size=onehot.shape)).astype(np.float32)
-        for i in range(n)
-    ]
-    return images, logits
 
 
-
-
-class _RecordingExecutor(Executor):
-    """Runs calls inline and records how many images each submitted chunk held."""
-
-    def __init__(self) -> None:
-        self.chunk_sizes: list[int] = []
-
-    def submit(self, fn, /, *args, **kwargs) -> Future:
-        self.chunk_sizes.append(len(args[0]))
-        future: Future = Future()
-        future.set_result(fn(*args, **kwargs))
-        return future
 
 
 # --- the `crf` stage on tiny stores ---

@@ -22,22 +22,13 @@ from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.knn import knn
 from stego_tasks.method.neighbours import pool_features
 from stego_tasks.train import fit, training_batches
+from tests.data.test_shard_rows import COMPRESSIONS, IGNORE, N_CLASSES, ROWS_PER_CHUNK, _values
 
-N_CLASSES, IGNORE, ROWS_PER_CHUNK = 3, 255, 4
-COMPRESSIONS = ("zstd", "none", "blosc-lz4", "blosc-zstd")
 PARAMS = TrainParams(
     n_codes=6, steps=7, batch_size=4, feature_samples=3, neg_samples=2, device="cpu", log_every=1, checkpoint_every=0
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _values(rows: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    feats = rng.normal(size=(rows, 8, 4, 4)).astype(np.float16)
-    labels = rng.integers(0, N_CLASSES, (rows, 8, 8)).astype(np.uint8)
-    labels[:, 0, :] = IGNORE
-    return feats, labels
 
 
 def _store(path: Path, compression: str = "zstd", rows: int = 10) -> tuple[Path, Path]:

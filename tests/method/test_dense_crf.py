@@ -17,10 +17,33 @@ import pytest
 from stego_tasks.config import CRFParams
 from stego_tasks.method.dense_crf import crf_chunk, dense_crf, dense_crf_batch, labels
 from stego_tasks.runtime.executors import spawn_pool
-from tests.test_crf import EDGE, H, W, _batch, _RecordingExecutor, _two_colour_image
+from tests.runtime.test_executors import _RecordingExecutor
 
 # Both pairwise kernels weighted 0: mean-field inference then sees the unary term alone.
 UNARY_ONLY = CRFParams(iterations=5, gaussian_compat=0, bilateral_compat=0)
+H = W = 48
+EDGE = 24
+
+
+def _two_colour_image() -> tuple[np.ndarray, np.ndarray]:
+    """A red left half and a blue right half, and the true labelling (1 = right)."""
+    image = np.zeros((H, W, 3), np.uint8)
+    image[:, :EDGE] = (200, 40, 40)
+    image[:, EDGE:] = (40, 40, 200)
+    truth = np.broadcast_to(np.arange(W)[None, :] >= EDGE, (H, W)).astype(np.int64)
+    return image, truth
+
+
+def _batch(n: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(1)
+    image, truth = _two_colour_image()
+    onehot = np.stack([truth == 0, truth == 1, np.zeros_like(truth, bool)]).astype(np.float32)
+    images = [np.roll(image, 3 * i, axis=1) for i in range(n)]
+    logits = [
+        (np.roll(onehot, 3 * i, axis=2) + rng.normal(size=onehot.shape)).astype(np.float32)
+        for i in range(n)
+    ]
+    return images, logits
 
 
 def _offset_logits(offset: int, confidence: float = 0.5) -> np.ndarray:

@@ -75,14 +75,14 @@ def test_hub_cache_loads_offline(
 
     backbone = create_backbone("dino_vits16")
     assert backbone.weights_source == "hub-cache", f"got source {backbone.weights_source}"
-    torch.testing.assert_close(
-        backbone(images224),
-        _reference_patches(vits16, images224),
-        atol=1e-5,
-        rtol=1e-5,
-        msg="features differ",
-    )
+    _assert_reference_features(backbone, vits16, images224)
 
+
+
+def _assert_reference_features(backbone: torch.nn.Module, reference: torch.nn.Module, images: torch.Tensor) -> None:
+    """The loaded backbone's patch features equal those of the reference model it was saved from."""
+    torch.testing.assert_close(backbone(images), _reference_patches(reference, images), atol=1e-5, rtol=1e-5,
+                               msg="features differ")
 
 def test_missing_weights_offline_names_three_ways(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_download(*args, **kwargs):
@@ -123,13 +123,7 @@ def test_download_when_online(
     backbone = create_backbone("dino_vits16")
     assert calls == [("timm/vit_small_patch16_224.dino", "model.safetensors")], f"calls: {calls}"
     assert backbone.weights_source == "hub-download", f"got source {backbone.weights_source}"
-    torch.testing.assert_close(
-        backbone(images224),
-        _reference_patches(vits16, images224),
-        atol=1e-5,
-        rtol=1e-5,
-        msg="features differ",
-    )
+    _assert_reference_features(backbone, vits16, images224)
 
     def failing_download(repo_id, filename, cache_dir=None):
         raise ConnectionError("no route to host")
