@@ -80,6 +80,7 @@ def _best_kmeans(feats: torch.Tensor, k: int) -> np.ndarray:
     return kmeans.centroids / np.linalg.norm(kmeans.centroids, axis=1, keepdims=True)
 
 
+@pytest.mark.slow  # 300 training steps: about 25 s on 2 cores
 def test_trained_head_beats_kmeans_on_raw_features():
     rng = np.random.default_rng(SEED)
     train_feats, _ = _corpus(rng, 64)
