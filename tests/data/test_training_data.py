@@ -14,15 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zarr
 
 from stego_tasks.config import TrainParams
-from stego_tasks.data.feature_store import array_layout
 from stego_tasks.data.training_data import TrainingData, load_training_data
 from stego_tasks.knn import knn
 from stego_tasks.method.neighbours import pool_features
 from stego_tasks.train import fit, training_batches
-from tests.data.test_shard_rows import COMPRESSIONS, IGNORE, N_CLASSES, ROWS_PER_CHUNK, _values
+from tests.data.test_shard_rows import COMPRESSIONS, IGNORE, N_CLASSES, ROWS_PER_CHUNK
+from tests.data.test_shard_rows import _store as shard_store
 
 PARAMS = TrainParams(
     n_codes=6, steps=7, batch_size=4, feature_samples=3, neg_samples=2, device="cpu", log_every=1, checkpoint_every=0
@@ -33,13 +32,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def _store(path: Path, compression: str = "zstd", rows: int = 10) -> tuple[Path, Path]:
     """A features store of `_values()` in extract's train layout with `compression`, and its kNN store."""
-    feats, labels = _values(rows)
-    feats[3] = 0  # an all-zero row: zarr writes no chunk for it, so it reads back as the fill value
-    group = zarr.open_group(str(path / "features.zarr"), mode="w", zarr_format=3).create_group("train")
-    for name, values in (("feats", feats), ("labels", labels)):
-        layout = array_layout("train", name, ROWS_PER_CHUNK, values.shape[1:], compression)
-        group.create_array(name, shape=values.shape, dtype=values.dtype, fill_value=0, **layout)[:] = values
-    group.create_array("pooled", data=pool_features(feats))
+    _, group = shard_store(path, compression, rows)
+    group.create_array("pooled", data=pool_features(group["feats"][:]))
     group.create_array("done", data=np.ones(-(-rows // ROWS_PER_CHUNK), dtype=bool))
     knn(path / "features.zarr", path / "knn.zarr", 3)
     return path / "features.zarr", path / "knn.zarr"
