@@ -242,19 +242,15 @@ def test_generator_draws_coords_then_derangements():
     assert not torch.equal(drawn.total, other.total), "a different seed should give other draws"
 
 
+def _published_loss(*tensors: torch.Tensor, feature_samples: int, neg_samples: int) -> CorrespondenceTerms:
+    """The loss of (feats, feats_pos, code, code_pos) at the published shifts and weights, seed 0."""
+    return correspondence_loss(*tensors, shifts=SHIFTS, weights=WEIGHTS, feature_samples=feature_samples,
+                               neg_samples=neg_samples, generator=torch.Generator().manual_seed(0))
+
+
 def test_gradients_reach_codes_only_and_total_is_weighted_sum():
     feats, feats_pos, code, code_pos = (t.requires_grad_() for t in _inputs(3, seed=1))
-    out = correspondence_loss(
-        feats,
-        feats_pos,
-        code,
-        code_pos,
-        shifts=SHIFTS,
-        weights=WEIGHTS,
-        feature_samples=4,
-        neg_samples=2,
-        generator=torch.Generator().manual_seed(0),
-    )
+    out = _published_loss(feats, feats_pos, code, code_pos, feature_samples=4, neg_samples=2)
     assert isinstance(out, CorrespondenceTerms), f"expected CorrespondenceTerms, got {type(out)}"
     expected = WEIGHTS[0] * out.intra + WEIGHTS[1] * out.inter + WEIGHTS[2] * out.neg
     _close(out.total, expected, "total vs weighted sum of terms")
@@ -269,17 +265,7 @@ def test_gradients_reach_codes_only_and_total_is_weighted_sum():
 
 def test_cd_diagnostics_are_detached_with_documented_shapes():
     feats, feats_pos, code, code_pos = (t.requires_grad_() for t in _inputs(2, seed=2))
-    out = correspondence_loss(
-        feats,
-        feats_pos,
-        code,
-        code_pos,
-        shifts=SHIFTS,
-        weights=WEIGHTS,
-        feature_samples=3,
-        neg_samples=4,
-        generator=torch.Generator().manual_seed(0),
-    )
+    out = _published_loss(feats, feats_pos, code, code_pos, feature_samples=3, neg_samples=4)
     shapes = {"intra": (2, 3, 3, 3, 3), "inter": (2, 3, 3, 3, 3), "neg": (8, 3, 3, 3, 3)}
     for name, shape in shapes.items():
         cd = out.cd[name]
