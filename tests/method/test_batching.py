@@ -14,7 +14,7 @@ from scipy.stats import chi2
 
 from stego_tasks.method.batching import epoch_batches, step_plan, step_positives
 from stego_tasks.method.neighbours import knn_graph, pool_features
-from tests.data.test_training_data import _values
+from tests.data.test_shard_rows import _values
 
 
 def _take(size: int, batch_size: int, seed: int, start_step: int, n: int) -> list[list[int]]:
