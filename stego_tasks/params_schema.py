@@ -259,7 +259,7 @@ def build_block(cls: type[T], values: dict[str, Any] | None, where: str, source:
         try:
             kwargs[name] = _checked(value, hint, allowed)
         except _Mismatch:
-            limit = f" of at most {INT_LIMIT}" if isinstance(value, int) and abs(value) > INT_LIMIT else ""
+            limit = f", at most {INT_LIMIT}" if isinstance(value, int) and abs(value) > INT_LIMIT else ""
             raise InvalidInputError(f"{source}: {dotted} must be {_describe(hint, allowed)}{limit}, got {_shown(value)}.") from None
     try:
         return cls(**kwargs)

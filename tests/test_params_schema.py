@@ -80,8 +80,8 @@ def test_yaml_values_are_converted_to_the_annotations() -> None:
         ({"batch_size": True}, "toy.batch_size must be a positive integer, got true."),
         ({"seed": -1}, "toy.seed must be a non-negative integer, got -1."),
         # Beyond a C int the libraries overflow (torch's seed, faiss' iterations): refused, not a traceback.
-        ({"seed": 2**70}, f"toy.seed must be a non-negative integer of at most 2147483647, got {2**70}."),
-        ({"batch_size": 10**30}, f"toy.batch_size must be a positive integer of at most 2147483647, got {10**30}."),
+        ({"seed": 2**70}, f"toy.seed must be a non-negative integer, at most 2147483647, got {2**70}."),
+        ({"batch_size": 10**30}, f"toy.batch_size must be a positive integer, at most 2147483647, got {10**30}."),
         ({"lr": float("nan")}, "toy.lr must be a positive number, got NaN."),
         ({"lr": "0.1"}, 'toy.lr must be a positive number, got the string "0.1".'),
         ({"dropout": 1.5}, "toy.dropout must be a number from 0 to 1, got 1.5."),
