@@ -13,7 +13,6 @@ CLI's one-sentence handler.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -164,13 +163,10 @@ def sweep_from_args(args: argparse.Namespace) -> int:
         )
     if not store.is_dir():
         raise MissingInputError(f"{run} holds no features store ({PATHS['features']}); run `stego extract` first.")
-    seed = args.seed
-    if seed is None:
-        seed = int(json.loads((model_dir / MODEL_JSON).read_text()).get("seed", 0))
     settings = run_settings(run)
     alpha = settings.alpha if args.alpha is None else args.alpha
     out_json, out_png = out_paths(args.out)
-    rows = sweep_k(store, model_dir, ks, out_json, out_png, seed=seed, steps=args.steps, alpha=alpha,
+    rows = sweep_k(store, model_dir, ks, out_json, out_png, seed=args.seed, steps=args.steps, alpha=alpha,
                    flip=settings.flip and not args.no_flip, restarts=args.restarts, init=args.init)
     for row in rows:
         scores = "" if row["miou"] is None else f"  mIoU {row['miou']:.1f}  accuracy {row['accuracy']:.1f}"

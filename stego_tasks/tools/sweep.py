@@ -158,7 +158,7 @@ def sweep_k(
     out_json: Path,
     out_png: Path,
     *,
-    seed: int = 0,
+    seed: int | None = 0,
     steps: int | None = None,
     alpha: float = 2.0,
     flip: bool = True,
@@ -179,7 +179,8 @@ def sweep_k(
         ks: numbers of clusters to try, distinct, each >= 1.
         out_json: JSON file to write: the rows, sorted by K.
         out_png: PNG plot to write: criterion and mIoU against K.
-        seed: seeds every probe (each K is fitted with the same seed, whatever the list).
+        seed: seeds every probe (each K is fitted with the same seed, whatever the list); None for
+            the seed the run's model.json records.
         steps: optimiser steps per probe; None for the run's `train.steps`.
         alpha: cluster-stage temperature (see `evaluate_probes`).
         flip: flip-average the val codes when the store has mirrored features.
@@ -204,6 +205,10 @@ def sweep_k(
     model = load_model(model_dir)
     check_trained_on(model.info, dict(zarr.open_group(str(store_path), mode="r").attrs), model_dir, store_path)
     train_params = model.info.get("train", {})
+    seed = model.info.get("seed", 0) if seed is None else seed
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidInputError(f"{model_dir}: model.json records the seed {seed!r}, not an integer; "
+                                "pass --seed, or rerun `stego train` to write the model again.")
     steps = int(train_params.get("steps", 5000)) if steps is None else steps
     if steps < 1:
         raise InvalidInputError(f"steps must be >= 1, got {steps}.")

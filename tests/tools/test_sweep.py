@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 
 from flows.tools import add_sweep_arguments, sweep_from_args
 from stego_tasks.config import TrainParams, params_to_dict
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.inference import predict_code
 from stego_tasks.method.metrics import unsupervised_scores
 from stego_tasks.method.model import build_model, load_model, save_model
@@ -205,3 +207,20 @@ def test_a_run_without_a_model_is_refused_in_one_sentence(tmp_path):
         sweep_from_args(_args(["--run", str(tmp_path), "--ks", "3,5"]))
     assert "\n" not in str(error.value), f"error spans lines: {error.value}"
     assert parse_ks("3,5,8,12") == [3, 5, 8, 12], "a valid list"
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda info: b"\xba\x00 not json", r"model\.json: not valid JSON .*; rerun `stego train`"),
+    (lambda info: b"[1]", r"model\.json: holds a JSON list, not the mapping train writes"),
+    (lambda info: json.dumps({**info, "seed": "x"}).encode(), r"model\.json records the seed 'x', not an integer; pass --seed"),
+])
+def test_the_command_refuses_a_damaged_model_json_in_one_sentence(run_dir, tmp_path, damage, message):
+    """The command read the run's seed from model.json raw: garbage was a bug's traceback (exit 1)."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    model_json = run / "artifacts" / "model" / "model.json"
+    model_json.write_bytes(damage(json.loads(model_json.read_text())))
+    with pytest.raises(InvalidInputError, match=message) as error:
+        sweep_from_args(_args(["--run", str(run), "--ks", "2", "--out", str(tmp_path / "k"), "--restarts", "1"]))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "k.json").exists(), "nothing is written for a damaged run"
