@@ -38,7 +38,7 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
 def _yaml_text(path: Path) -> tuple[object, str]:
     """(parsed, text) of a YAML file the user named; a folder, non-UTF-8 text or malformed YAML is one sentence."""
     if path.is_dir():
-        raise InvalidInputError(f"{path} is a folder, not a YAML file; pass the path of a file such as {path.name}.")
+        raise InvalidInputError(f"{path} is a folder, not a YAML file; pass the path of a YAML file (such as params.yaml).")
     return read_yaml(path), path.read_text(encoding="utf-8")
 
 
