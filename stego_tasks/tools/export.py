@@ -146,8 +146,8 @@ def predict_items(folder: Path, names: ClusterNames) -> Iterator[Item]:
         raise InvalidInputError(f"{folder} is not a finished `stego predict` output (no complete legend.json); "
                          "pass --predictions a folder that stego predict wrote.")
     sources = legend.get("sources")
-    if not isinstance(sources, dict) or not sources:
-        raise InvalidInputError(f"{legend_path} does not record which images were segmented (an older predict); "
+    if not isinstance(sources, dict) or not sources or not all(isinstance(v, str) for v in sources.values()):
+        raise InvalidInputError(f"{legend_path} does not record which images were segmented (an older predict, or a damaged legend); "
                          "run `stego predict` into that folder again.")
     for key, source in sorted(sources.items()):
         try:

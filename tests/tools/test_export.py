@@ -200,3 +200,15 @@ def test_a_damaged_predict_mask_or_source_image_is_one_sentence(tmp_path: Path, 
     with pytest.raises(InvalidInputError, match=message) as error:
         export(tmp_path, tmp_path / "e", predicted)
     assert "\n" not in str(error.value) and not (tmp_path / "e").exists()
+
+
+def test_a_legend_whose_sources_are_not_paths_is_one_sentence(tmp_path: Path) -> None:
+    """A number as a source path was a TypeError traceback."""
+    _write_run(tmp_path)
+    predicted = tmp_path / "predicted"
+    predicted.mkdir()
+    legend = {"written_by": "stego predict", "complete": True, "sources": {"a": 5}}
+    (predicted / "legend.json").write_text(json.dumps(legend))
+    with pytest.raises(InvalidInputError, match=r"legend\.json does not record which images were segmented .*; "
+                                                r"run `stego predict` into that folder again\.$"):
+        export(tmp_path, tmp_path / "e", predicted)
