@@ -321,6 +321,12 @@ class Params:
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
     demo: DemoParams = field(default_factory=DemoParams)
 
+    def __post_init__(self) -> None:
+        clusters = self.corpus.n_classes + self.train.extra_clusters  # stored as 8-bit cluster ids and PNG palettes
+        if clusters > 256:
+            raise InvalidInputError(f"corpus.n_classes + train.extra_clusters is {clusters}, but cluster maps hold at most "
+                                    f"256 clusters; set train.extra_clusters to at most {256 - self.corpus.n_classes}.")
+
 
 def apply_demo_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """The params mapping with its `demo` block merged over `extract` / `train` when `corpus.demo` is true.

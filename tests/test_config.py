@@ -96,6 +96,14 @@ def test_n_classes_must_fit_a_uint8_label(n_classes):
         CorpusParams(n_classes=n_classes)
 
 
+def test_the_clusters_must_fit_an_8_bit_cluster_map():
+    """300 extra clusters trained and clustered, then wrapped around in the uint8 cluster maps."""
+    with pytest.raises(ValueError, match=r"params\.yaml: corpus\.n_classes \+ train\.extra_clusters is 305, but cluster maps "
+                                         r"hold at most 256 clusters; set train\.extra_clusters to at most 251\.$"):
+        params_from_dict({"corpus": {"n_classes": 5, "class_names": []}, "train": {"extra_clusters": 300}})
+    assert params_from_dict({"corpus": {"n_classes": 5, "class_names": []}, "train": {"extra_clusters": 251}})
+
+
 def test_missing_file_gives_defaults_and_a_non_mapping_file_is_refused(tmp_path):
     assert load_params(tmp_path / "absent.yaml") == Params(), "a missing params.yaml must give the defaults"
     bad = tmp_path / "params.yaml"
