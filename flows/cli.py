@@ -220,7 +220,11 @@ def _exit_status(command: str, error: BaseException) -> int:
     and says how to report it (status 1).
     """
     if isinstance(error, KeyboardInterrupt):
-        print(f"stego {command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        stage = STAGES.get(stage_of(command))
+        # A stage that resumes only when asked (train) starts over when rerun as it was.
+        how = ("rerun it with --resume to continue from its last checkpoint" if stage and "resume" in stage.options()
+               else "rerun the same command to resume")
+        print(f"stego {command}: interrupted; {how}.", file=sys.stderr)
         return 130
     if isinstance(error, USER_ERRORS):
         print(f"stego {command}: error: {user_error_message(error)}", file=sys.stderr)

@@ -154,3 +154,16 @@ def test_an_os_error_on_a_path_is_one_sentence_naming_the_path_and_the_fix(
         assert main(args) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"stego ingest: error: {path} {fix}") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("stage", "advice"), [
+    ("train", "interrupted; rerun it with --resume to continue from its last checkpoint."),
+    ("extract", "interrupted; rerun the same command to resume."),
+])
+def test_an_interrupt_says_how_that_command_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture, stage: str, advice: str) -> None:
+    """Rerun as it was, `stego train` starts over: its advice names --resume."""
+    monkeypatch.chdir(tmp_path)
+    _fail_in_stage(monkeypatch, stage, KeyboardInterrupt())
+    assert main([stage, "--no-prefect", "--trace", "t.json"]) == 130
+    assert capsys.readouterr().err.strip() == f"stego {stage}: {advice}"
