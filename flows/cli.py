@@ -25,7 +25,7 @@ import typing
 from typing import Any
 
 from flows.registry import STAGES, Stage, flow_of, plain_type
-from flows.tools import TOOLS
+from flows.tools import TOOLS, cli_int
 from stego_tasks.errors import REPORT_BUG, StegoError
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime.room import is_out_of_room, out_of_room
@@ -145,7 +145,7 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: Stage) -> None:
             parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=text)
         else:
             flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
-            parser.add_argument(flag, dest=name, type=kind, default=default, help=text,
+            parser.add_argument(flag, dest=name, type=cli_int if kind is int else kind, default=default, help=text,
                                 metavar=flag.lstrip("-").upper().replace("-", "_"))
     parser.add_argument("--trace", default=stage.trace(), metavar="FILE",
                         help=f"JSON file for what the run cost: wall, CPU, memory, I/O, versions (default: {stage.trace()})")

@@ -39,6 +39,7 @@ from stego_tasks.method.inference import BATCH, iter_val_codes
 from stego_tasks.method.metrics import ScoreAccumulator
 from stego_tasks.method.model import StegoModel, check_trained_on, load_model
 from stego_tasks.method.probe_fit import INITS, best_cluster_probe, probe_objective
+from stego_tasks.params_schema import INT_LIMIT
 from stego_tasks.runtime import atomic
 
 ROW_KEYS = ("k", "criterion", "train_criterion", "miou", "accuracy")
@@ -71,9 +72,9 @@ def check_ks(ks: list[int]) -> None:
     """Raise a ValueError unless `ks` is a non-empty list of distinct integers >= 1."""
     if not ks:
         raise InvalidInputError("the list of cluster counts is empty; give at least one K, e.g. 3,5,8,12.")
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= INT_LIMIT]
     if bad:
-        raise InvalidInputError(f"every K must be an integer >= 1, got {bad}; give e.g. 3,5,8,12.")
+        raise InvalidInputError(f"every K must be an integer >= 1 (and at most {INT_LIMIT}), got {bad}; give e.g. 3,5,8,12.")
     if len(set(ks)) != len(ks):
         raise InvalidInputError(f"the K list {list(ks)} repeats a value; give each K once.")
 

@@ -189,6 +189,7 @@ def test_command_writes_prefix_json_and_png_with_the_runs_defaults(run_dir, tmp_
     (" , ", "holds no number of clusters"),
     ("3,x", "comma-separated integers"),
     ("0,3", "integer >= 1"),
+    (str(2**70), r"integer >= 1 \(and at most 2147483647\)"),
     ("3,5,3", "repeats a value"),
 ])
 def test_invalid_k_lists_are_refused_in_one_sentence(text, message):
