@@ -201,8 +201,8 @@ def sweep_k(
         FileNotFoundError: no trained model in `model_dir`.
     """
     check_ks(list(ks))
-    if not alpha > 0:
-        raise InvalidInputError(f"alpha must be > 0, got {alpha}.")
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise InvalidInputError(f"alpha must be a finite number > 0, got {alpha}.")
     model = load_model(model_dir)
     check_trained_on(model.info, dict(zarr.open_group(str(store_path), mode="r").attrs), model_dir, store_path)
     train_params = model.info.get("train", {})

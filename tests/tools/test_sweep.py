@@ -225,3 +225,12 @@ def test_the_command_refuses_a_damaged_model_json_in_one_sentence(run_dir, tmp_p
         sweep_from_args(_args(["--run", str(run), "--ks", "2", "--out", str(tmp_path / "k"), "--restarts", "1"]))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "k.json").exists(), "nothing is written for a damaged run"
+
+
+@pytest.mark.parametrize("alpha", [0.0, float("nan"), float("inf")])
+def test_an_alpha_that_is_not_a_finite_positive_number_is_refused(run_dir, tmp_path, alpha):
+    """--alpha inf was taken: a temperature that is no number of the probe's softmax."""
+    with pytest.raises(InvalidInputError, match=r"alpha must be a finite number > 0"):
+        sweep_k(run_dir / "artifacts" / "features.zarr", run_dir / "artifacts" / "model", [2],
+                tmp_path / "k.json", tmp_path / "k.png", alpha=alpha)
+    assert not (tmp_path / "k.json").exists()
