@@ -369,7 +369,10 @@ def params_from_dict(values: dict[str, Any], source: str = "params.yaml") -> Par
     """
     if not isinstance(values, dict):
         raise InvalidInputError(f"{source} must hold a mapping of parameter blocks, not {type(values).__name__}.")
-    params = build_block(Params, apply_demo_overrides(values), "<top level>", source)
+    merged = apply_demo_overrides(values)
+    if merged != values:  # a value the demo block overrides is checked too: it applies once corpus.demo is false
+        build_block(Params, values, "<top level>", source)
+    params = build_block(Params, merged, "<top level>", source)
     if params.preset not in preset_names():
         # The name is recorded in the metrics and the report as where the settings come from.
         raise InvalidInputError(

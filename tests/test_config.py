@@ -104,6 +104,14 @@ def test_the_clusters_must_fit_an_8_bit_cluster_map():
     assert params_from_dict({"corpus": {"n_classes": 5, "class_names": []}, "train": {"extra_clusters": 251}})
 
 
+def test_a_value_the_demo_block_overrides_is_still_checked():
+    """train.steps: "abc" passed silently while corpus.demo was true, to fail only once it was false."""
+    values = {"corpus": {"demo": True}, "train": {"steps": "abc"}, "demo": {"train": {"steps": 30}}}
+    with pytest.raises(ValueError, match=r'train\.steps must be a positive integer, got the string "abc"'):
+        params_from_dict(values)
+    assert params_from_dict({**values, "train": {"steps": 5000}}).train.steps == 30, "the demo's value applies"
+
+
 def test_missing_file_gives_defaults_and_a_non_mapping_file_is_refused(tmp_path):
     assert load_params(tmp_path / "absent.yaml") == Params(), "a missing params.yaml must give the defaults"
     bad = tmp_path / "params.yaml"
