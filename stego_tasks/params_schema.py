@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+import stat
 import types
 import typing
 from collections.abc import Callable
@@ -308,6 +309,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; every problem becomes one sentence naming the file (and line)."""
+    if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):  # a pipe or device: blocks, or never ends
+        raise InvalidInputError(f"{path} is not a regular file (a named pipe, socket or device); pass a YAML file.")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:

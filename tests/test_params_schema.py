@@ -149,6 +149,20 @@ def test_read_yaml_refuses_a_key_given_twice_naming_both_lines(tmp_path: Path) -
     assert read_yaml(path) == {"a": {"x": 1}, "b": {"x": 1, "y": 2}}, "a merge key is not a duplicate"
 
 
+@pytest.mark.timeout(20)
+def test_read_yaml_refuses_a_named_pipe_or_device_instead_of_blocking(tmp_path: Path) -> None:
+    """params.yaml as a FIFO hung every stego command; a link to /dev/zero would read forever."""
+    import os
+
+    pipe = tmp_path / "params.yaml"
+    os.mkfifo(pipe)
+    device = tmp_path / "zero.yaml"
+    device.symlink_to("/dev/zero")
+    for path in (pipe, device):
+        with pytest.raises(InvalidInputError, match=r"is not a regular file \(a named pipe, socket or device\); pass a YAML file\.$"):
+            read_yaml(path)
+
+
 def test_read_yaml_refuses_bytes_that_are_not_utf8_and_malformed_yaml_naming_the_place(tmp_path: Path) -> None:
     path = tmp_path / "p.yaml"
     good = b"train:\n  name: caf"
