@@ -405,6 +405,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if path.is_dir():
         raise InvalidInputError(f"{path} is a folder, not a params file; pass the path of a YAML file such as params.yaml.")
     if not path.exists():
+        if path.is_symlink():  # the file was meant to be there: defaults would run silently without it
+            raise InvalidInputError(f"{path} is a broken link (its target is missing, or it loops); point it at a params file.")
         return Params()
     values = read_yaml(path)
     return params_from_dict({} if values is None else values, source=str(path))

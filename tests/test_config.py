@@ -112,6 +112,15 @@ def test_a_value_the_demo_block_overrides_is_still_checked():
     assert params_from_dict({**values, "train": {"steps": 5000}}).train.steps == 30, "the demo's value applies"
 
 
+def test_a_broken_link_as_params_file_is_refused_not_taken_for_defaults(tmp_path):
+    """A dangling or looping params.yaml link ran every stage on the defaults without a word."""
+    (tmp_path / "dangling.yaml").symlink_to(tmp_path / "gone.yaml")
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    for name in ("dangling.yaml", "loop.yaml"):
+        with pytest.raises(ValueError, match=rf"{name} is a broken link \(its target is missing, or it loops\)"):
+            load_params(tmp_path / name)
+
+
 def test_missing_file_gives_defaults_and_a_non_mapping_file_is_refused(tmp_path):
     assert load_params(tmp_path / "absent.yaml") == Params(), "a missing params.yaml must give the defaults"
     bad = tmp_path / "params.yaml"
