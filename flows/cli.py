@@ -15,6 +15,7 @@ written is removed.
 from __future__ import annotations
 
 import argparse
+import errno
 import inspect
 import logging
 import os
@@ -24,7 +25,7 @@ import typing
 from typing import Any
 
 from flows.registry import STAGES, Stage, flow_of, plain_type
-from flows.tools import TOOLS
+from flows.tools import TOOLS, cli_int
 from stego_tasks.errors import REPORT_BUG, StegoError
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime.room import is_out_of_room, out_of_room
@@ -41,9 +42,29 @@ def stage_of(command: str) -> str:
 FLAGS = {"params_path": "--params"}
 
 # Errors a user can fix, printed as one sentence with exit status 2: the project's own types
-# (`stego_tasks/errors.py`), and a missing or unreadable path the user gave (open() raises those
-# with the path in the message). Anything else is a bug: it keeps its traceback (see `main`).
-USER_ERRORS: tuple[type[Exception], ...] = (StegoError, FileNotFoundError, PermissionError)
+# (`stego_tasks/errors.py`), and a path the user gave that is missing, unreadable, or a folder
+# where a file belongs (or the reverse); open() raises those with the path in `filename`.
+# Anything else is a bug: it keeps its traceback (see `main`).
+USER_ERRORS: tuple[type[Exception], ...] = (StegoError, FileNotFoundError, PermissionError, IsADirectoryError,
+                                            NotADirectoryError)
+# What to do about such a path, by errno: the OS's own message names no fix.
+_PATH_FIXES = {
+    errno.ENOENT: "does not exist; check the path, or run the command that writes it first",
+    errno.EACCES: "cannot be opened (permission denied); make it readable and writable, or pass another path",
+    errno.EPERM: "cannot be opened (operation not permitted); make it readable and writable, or pass another path",
+    errno.EISDIR: "is a folder where a file belongs; pass the path of a file",
+    errno.ENOTDIR: "has a file where a folder belongs (a part of the path is a file); pass a path through folders",
+}
+
+
+def user_error_message(error: BaseException) -> str:
+    """The one sentence printed for a user error: its own message, or for an OS error on a path what to do."""
+    filename = getattr(error, "filename", None)
+    if (not isinstance(error, StegoError) and isinstance(filename, str | bytes | os.PathLike)
+            and getattr(error, "errno", None) in _PATH_FIXES):
+        return f"{os.fsdecode(filename)} {_PATH_FIXES[error.errno]}."
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def is_user_error(error: BaseException | None) -> bool:
@@ -124,7 +145,7 @@ def add_stage_arguments(parser: argparse.ArgumentParser, stage: Stage) -> None:
             parser.add_argument(f"--{name.replace('_', '-')}", dest=name, action="store_true", help=text)
         else:
             flag = FLAGS.get(name, f"--{name.replace('_', '-')}")
-            parser.add_argument(flag, dest=name, type=kind, default=default, help=text,
+            parser.add_argument(flag, dest=name, type=cli_int if kind is int else kind, default=default, help=text,
                                 metavar=flag.lstrip("-").upper().replace("-", "_"))
     parser.add_argument("--trace", default=stage.trace(), metavar="FILE",
                         help=f"JSON file for what the run cost: wall, CPU, memory, I/O, versions (default: {stage.trace()})")
@@ -199,11 +220,14 @@ def _exit_status(command: str, error: BaseException) -> int:
     and says how to report it (status 1).
     """
     if isinstance(error, KeyboardInterrupt):
-        print(f"stego {command}: interrupted; rerun the same command to resume.", file=sys.stderr)
+        stage = STAGES.get(stage_of(command))
+        # A stage that resumes only when asked (train) starts over when rerun as it was.
+        how = ("rerun it with --resume to continue from its last checkpoint" if stage and "resume" in stage.options()
+               else "rerun the same command to resume")
+        print(f"stego {command}: interrupted; {how}.", file=sys.stderr)
         return 130
     if isinstance(error, USER_ERRORS):
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"stego {command}: error: {message}", file=sys.stderr)
+        print(f"stego {command}: error: {user_error_message(error)}", file=sys.stderr)
         return 2
     if is_out_of_room(error):
         # A full disk or a size limit hit by a write no stage wraps (a log, Prefect's database).

@@ -20,7 +20,7 @@ import yaml
 from stego_tasks.config import Params
 from stego_tasks.errors import InvalidInputError
 from stego_tasks.params_doc import SCHEMA_FILE, json_schema, key_field, yaml_comments
-from stego_tasks.params_schema import FIELD_RANGES, _describe
+from stego_tasks.params_schema import FIELD_RANGES, _describe, read_yaml
 from stego_tasks.paths import PARAMS_FILE
 
 
@@ -35,15 +35,25 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=SCHEMA_FILE, help=f"schema file (default: {SCHEMA_FILE})")
 
 
+def _yaml_text(path: Path) -> tuple[object, str]:
+    """(parsed, text) of a YAML file the user named; a folder, non-UTF-8 text or malformed YAML is one sentence."""
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder, not a YAML file; pass the path of a YAML file (such as params.yaml).")
+    return read_yaml(path), path.read_text(encoding="utf-8")
+
+
 def generated_schema_text(params_path: Path) -> str:
     """The schema generated from the typed params and the comments of `params_path`, as file text."""
-    comments = yaml_comments(params_path.read_text(encoding="utf-8"))
+    comments = yaml_comments(_yaml_text(params_path)[1])
     return json.dumps(json_schema(comments), indent=2) + "\n"
 
 
 def stages_reading(key: str, dvc_yaml: Path) -> list[str]:
     """The dvc.yaml stages whose `params:` declare `key`, its block or one of its keys."""
-    stages = (yaml.safe_load(dvc_yaml.read_text(encoding="utf-8")) or {}).get("stages", {})
+    data = _yaml_text(dvc_yaml)[0] or {}
+    stages = (data.get("stages") or {}) if isinstance(data, dict) else None
+    if not isinstance(stages, dict) or not all(isinstance(stage, dict) for stage in stages.values()):
+        raise InvalidInputError(f"{dvc_yaml} does not hold DVC stages (a `stages:` mapping); pass --dvc-yaml the project's dvc.yaml.")
     found = []
     for name, stage in stages.items():
         declared: list[str] = []
@@ -98,10 +108,10 @@ def explain(key: str, params_path: Path, dvc_yaml: Path) -> str:
         allowed = item.metadata.get("range", FIELD_RANGES.get(item.name))
     if dataclasses.is_dataclass(hint):
         raise InvalidInputError(f"{key} is a block; explain one of its keys, e.g. {key}.{dataclasses.fields(hint)[0].name}.")
-    text = params_path.read_text(encoding="utf-8") if params_path.is_file() else ""
-    present, value = _lookup(yaml.safe_load(text) or {}, key)
-    demo_present, demo_value = _lookup(yaml.safe_load(text) or {}, f"demo.{key}")
-    stages = stages_reading(key, dvc_yaml) if dvc_yaml.is_file() else []
+    values, text = _yaml_text(params_path) if params_path.exists() else (None, "")
+    present, value = _lookup(values or {}, key)
+    demo_present, demo_value = _lookup(values or {}, f"demo.{key}")
+    stages = stages_reading(key, dvc_yaml) if dvc_yaml.exists() else []
     lines = [
         key,
         f"  type:     {_describe(hint, allowed)}",
@@ -118,7 +128,7 @@ def explain(key: str, params_path: Path, dvc_yaml: Path) -> str:
 
 def params_from_args(args: argparse.Namespace) -> int:
     """Run `stego params`; returns the exit status."""
-    if args.explain:
+    if args.explain is not None:
         print(explain(args.explain, args.params, args.dvc_yaml))
         return 0
     text = generated_schema_text(args.params)

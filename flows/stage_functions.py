@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from flows.declared_params import declared_view
-from stego_tasks.config import load_params
+from stego_tasks.config import DemoDataParams, load_params
+from stego_tasks.params_schema import params_block
 from stego_tasks.paths import PARAMS_FILE as PARAMS
 from stego_tasks.paths import PATHS as P
 from stego_tasks.runtime.atomic import check_folder_output
@@ -39,8 +40,10 @@ def demo_data(
 
     block = load_params(params_path).demo_data
     given = {"n_train": n_train, "n_val": n_val, "size": size, "seed": seed}
+    # An option replaces its params key, so it is checked as that key is (type and range).
     chosen = {key: getattr(block, key) if value is None else value for key, value in given.items()}
-    return run(Path(demo_corpus), **chosen)
+    checked = params_block(DemoDataParams, chosen, "demo_data", "the options of `stego demo-data`")
+    return run(Path(demo_corpus), **{key: getattr(checked, key) for key in chosen})
 
 
 def ingest(params_path: str = PARAMS, manifest: str = P["manifest"], quarantine: str = P["quarantine"]) -> dict[str, Any]:

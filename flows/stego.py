@@ -43,6 +43,7 @@ def reproduce(repo: str, targets: list[str] | None = None, force: bool = False) 
     Returns:
         Names of the stages that ran.
     """
+    from dvc.exceptions import DvcException
     from dvc.repo import Repo
 
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
@@ -64,6 +65,9 @@ def reproduce(repo: str, targets: list[str] | None = None, force: bool = False) 
         with Repo(repo) as dvc_repo:
             stages = dvc_repo.reproduce(targets=targets or None, force=force)
         after = _locked_stages(repo)
+    except DvcException as error:  # not a DVC project, its lock held by another run, a stage that failed
+        raise ToolFailedError(f"`dvc repro` in {repo} failed: {str(error).strip().splitlines()[0].rstrip('.')}; fix "
+                              "what it names (a failed stage printed its own error above), then run it again.") from None
     finally:
         os.chdir(previous)
         dvc_logger.propagate = propagate

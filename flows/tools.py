@@ -13,15 +13,29 @@ CLI's one-sentence handler.
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 from flows.params_tool import add_params_arguments, params_from_args
 from stego_tasks.errors import InvalidInputError, MissingInputError
+from stego_tasks.params_schema import INT_LIMIT
 from stego_tasks.paths import PARAMS_FILE, PATHS, run_path
 
 # --- stego predict -----------------------------------------------------------------------
+
+
+def cli_int(text: str) -> int:
+    """An integer option, at most what the libraries' C ints hold (as params.yaml's integers are).
+
+    argparse prints the refusal as one line with the option's name (exit status 2).
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if abs(value) > INT_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text} is beyond {INT_LIMIT}, the largest integer stego takes")
+    return value
 
 
 def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,7 +50,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-crf", action="store_true", help="skip the dense CRF refinement")
     parser.add_argument("--weights", default=None, metavar="PATH",
                         help="backbone checkpoint (or auto / random) instead of the one the run's model records")
-    parser.add_argument("--resolution", type=int, default=None, metavar="N",
+    parser.add_argument("--resolution", type=cli_int, default=None, metavar="N",
                         help="shorter image side fed to the backbone (default: the run's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
 
@@ -132,9 +146,9 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ks", required=True, metavar="K,K,...", help="numbers of clusters to try, e.g. 3,5,8,12")
     parser.add_argument("--out", type=Path, default=Path(PATHS["k_sweep"]), metavar="PREFIX",
                         help=f"writes PREFIX.json and PREFIX.png (default: {PATHS['k_sweep']})")
-    parser.add_argument("--seed", type=int, default=None, help="probe seed (default: the run's seed)")
-    parser.add_argument("--steps", type=int, default=None, help="probe steps per K (default: the run's train.steps)")
-    parser.add_argument("--restarts", type=int, default=3,
+    parser.add_argument("--seed", type=cli_int, default=None, help="probe seed (default: the run's seed)")
+    parser.add_argument("--steps", type=cli_int, default=None, help="probe steps per K (default: the run's train.steps)")
+    parser.add_argument("--restarts", type=cli_int, default=3,
                         help="probe fits per K, the best on the training codes kept (default: 3)")
     parser.add_argument("--init", choices=INITS, default="codes",
                         help="initial centroids: random training codes (default) or the probe's N(0,1) draw as in training")
@@ -164,13 +178,10 @@ def sweep_from_args(args: argparse.Namespace) -> int:
         )
     if not store.is_dir():
         raise MissingInputError(f"{run} holds no features store ({PATHS['features']}); run `stego extract` first.")
-    seed = args.seed
-    if seed is None:
-        seed = int(json.loads((model_dir / MODEL_JSON).read_text()).get("seed", 0))
     settings = run_settings(run)
     alpha = settings.alpha if args.alpha is None else args.alpha
     out_json, out_png = out_paths(args.out)
-    rows = sweep_k(store, model_dir, ks, out_json, out_png, seed=seed, steps=args.steps, alpha=alpha,
+    rows = sweep_k(store, model_dir, ks, out_json, out_png, seed=args.seed, steps=args.steps, alpha=alpha,
                    flip=settings.flip and not args.no_flip, restarts=args.restarts, init=args.init)
     for row in rows:
         scores = "" if row["miou"] is None else f"  mIoU {row['miou']:.1f}  accuracy {row['accuracy']:.1f}"
@@ -184,8 +195,8 @@ def sweep_from_args(args: argparse.Namespace) -> int:
 
 def add_seeds_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the `stego seeds` arguments."""
-    parser.add_argument("n", type=int, metavar="N", help="number of seeds")
-    parser.add_argument("--first", type=int, default=0, help="first seed (default 0)")
+    parser.add_argument("n", type=cli_int, metavar="N", help="number of seeds")
+    parser.add_argument("--first", type=cli_int, default=0, help="first seed (default 0)")
     parser.add_argument("--prefix", default="seed", help="experiment name prefix (default: seed)")
 
 

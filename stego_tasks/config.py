@@ -321,6 +321,12 @@ class Params:
     runtime: RuntimeParams = field(default_factory=RuntimeParams)
     demo: DemoParams = field(default_factory=DemoParams)
 
+    def __post_init__(self) -> None:
+        clusters = self.corpus.n_classes + self.train.extra_clusters  # stored as 8-bit cluster ids and PNG palettes
+        if clusters > 256:
+            raise InvalidInputError(f"corpus.n_classes + train.extra_clusters is {clusters}, but cluster maps hold at most "
+                                    f"256 clusters; set train.extra_clusters to at most {256 - self.corpus.n_classes}.")
+
 
 def apply_demo_overrides(values: dict[str, Any]) -> dict[str, Any]:
     """The params mapping with its `demo` block merged over `extract` / `train` when `corpus.demo` is true.
@@ -363,7 +369,10 @@ def params_from_dict(values: dict[str, Any], source: str = "params.yaml") -> Par
     """
     if not isinstance(values, dict):
         raise InvalidInputError(f"{source} must hold a mapping of parameter blocks, not {type(values).__name__}.")
-    params = build_block(Params, apply_demo_overrides(values), "<top level>", source)
+    merged = apply_demo_overrides(values)
+    if merged != values:  # a value the demo block overrides is checked too: it applies once corpus.demo is false
+        build_block(Params, values, "<top level>", source)
+    params = build_block(Params, merged, "<top level>", source)
     if params.preset not in preset_names():
         # The name is recorded in the metrics and the report as where the settings come from.
         raise InvalidInputError(
@@ -396,6 +405,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if path.is_dir():
         raise InvalidInputError(f"{path} is a folder, not a params file; pass the path of a YAML file such as params.yaml.")
     if not path.exists():
+        if path.is_symlink():  # the file was meant to be there: defaults would run silently without it
+            raise InvalidInputError(f"{path} is a broken link (its target is missing, or it loops); point it at a params file.")
         return Params()
     values = read_yaml(path)
     return params_from_dict({} if values is None else values, source=str(path))

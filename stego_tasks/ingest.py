@@ -225,6 +225,11 @@ def _read_previous(manifest_path: Path) -> tuple[dict, int, bool]:
     its rows were accepted under the current rules (so unchanged ones need no new check)."""
     if not manifest_path.exists():
         return {}, 0, True
+    if manifest_path.is_dir():  # pyarrow would read it as a dataset: it is no earlier manifest to delete
+        raise InvalidInputError(
+            f"{manifest_path} is a folder but the manifest is a file; refusing to write over the folder: pass a file "
+            "path (e.g. a file name inside that folder), or move the folder away first."
+        )
     try:
         table = pq.read_table(manifest_path)
     except (OSError, pa.ArrowException) as exc:

@@ -18,6 +18,7 @@ import dataclasses
 import functools
 import json
 import math
+import stat
 import types
 import typing
 from collections.abc import Callable
@@ -61,6 +62,10 @@ _POSITIVE, _NON_NEGATIVE = _Range(0, low_excluded=True), _Range(0)
 # The smallest image side (px) the stages decode: the lower bound of `ingest.min_size`, and
 # `stego_tasks.data.images`' default when a caller gives none.
 MIN_IMAGE_SIZE: int = 16
+
+# The largest integer any field takes: the C ints of the libraries the stages hand them to
+# (faiss' iteration counts, torch's seed, array sizes) overflow beyond it with a bug's traceback.
+INT_LIMIT: int = 2**31 - 1
 
 # Ranges by field name, in whichever block the field is (a field's own `metadata={"range":
 # _Range(...)}` takes precedence). Sizes, counts and rates must be positive; a field not
@@ -155,7 +160,8 @@ def _checked_scalar(value: Any, hint: type, allowed: _Range | None) -> Any:
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
     if hint is bool and isinstance(value, bool):
         return value
-    if hint is int and is_number and isinstance(value, int) and (allowed is None or allowed.admits(value)):
+    if (hint is int and is_number and isinstance(value, int) and abs(value) <= INT_LIMIT
+            and (allowed is None or allowed.admits(value))):
         return value
     if hint is float and is_number and math.isfinite(value) and (allowed is None or allowed.admits(value)):
         return float(value)
@@ -254,7 +260,8 @@ def build_block(cls: type[T], values: dict[str, Any] | None, where: str, source:
         try:
             kwargs[name] = _checked(value, hint, allowed)
         except _Mismatch:
-            raise InvalidInputError(f"{source}: {dotted} must be {_describe(hint, allowed)}, got {_shown(value)}.") from None
+            limit = f", at most {INT_LIMIT}" if isinstance(value, int) and abs(value) > INT_LIMIT else ""
+            raise InvalidInputError(f"{source}: {dotted} must be {_describe(hint, allowed)}{limit}, got {_shown(value)}.") from None
     try:
         return cls(**kwargs)
     except ValueError as error:  # a check across fields in the dataclass itself
@@ -302,6 +309,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; every problem becomes one sentence naming the file (and line)."""
+    if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):  # a pipe or device: blocks, or never ends
+        raise InvalidInputError(f"{path} is not a regular file (a named pipe, socket or device); pass a YAML file.")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as error:

@@ -25,19 +25,17 @@ Provenance (versions, CUDA, GPU, git commit) comes from scores.json's `provenanc
 from __future__ import annotations
 
 import base64
-import csv
 import json
 import math
 from html import escape
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from stego_tasks.config import ReportParams
 from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.method.metrics import METHODS
 from stego_tasks.method.model import MODEL_JSON
+from stego_tasks.params_schema import read_yaml
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.report_dag import dag_section
@@ -280,8 +278,7 @@ def _quarantine_section(run_dir: Path, max_rows: int) -> str:
     path = run_dir / INPUTS["quarantine"]
     if not path.is_file():
         return head + _note(f"No quarantine list: {INPUTS['quarantine']} is missing.")
-    with path.open(newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    _, rows = atomic.read_csv_rows(path)
     if not rows:
         return head + '<p id="quarantine-empty">Nothing quarantined.</p>'
     body = "".join(
@@ -308,7 +305,14 @@ def _params_section(run_dir: Path, model: dict | None) -> str:
 
 def _dag_section(run_dir: Path) -> str:
     pipeline, params = run_dir / INPUTS["pipeline"], run_dir / INPUTS["params"]
-    values = yaml.safe_load(params.read_text(encoding="utf-8")) if params.is_file() else None
+    values = read_yaml(params) if params.is_file() else None
+    stages = (read_yaml(pipeline) or {}) if pipeline.is_file() else {}
+    if not (isinstance(stages, dict) and isinstance(stages.get("stages") or {}, dict)
+            and all(isinstance(spec, dict) for spec in (stages.get("stages") or {}).values())):
+        raise InvalidInputError(
+            f"{pipeline} does not hold DVC stages (a `stages:` mapping of stage names to their cmd, deps and outs); "
+            "restore the project's dvc.yaml (`python -m flows.dvc_yaml` writes it)."
+        )
     return dag_section(pipeline.read_text(encoding="utf-8") if pipeline.is_file() else None,
                        values if isinstance(values, dict) else None)
 

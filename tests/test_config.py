@@ -96,6 +96,31 @@ def test_n_classes_must_fit_a_uint8_label(n_classes):
         CorpusParams(n_classes=n_classes)
 
 
+def test_the_clusters_must_fit_an_8_bit_cluster_map():
+    """300 extra clusters trained and clustered, then wrapped around in the uint8 cluster maps."""
+    with pytest.raises(ValueError, match=r"params\.yaml: corpus\.n_classes \+ train\.extra_clusters is 305, but cluster maps "
+                                         r"hold at most 256 clusters; set train\.extra_clusters to at most 251\.$"):
+        params_from_dict({"corpus": {"n_classes": 5, "class_names": []}, "train": {"extra_clusters": 300}})
+    assert params_from_dict({"corpus": {"n_classes": 5, "class_names": []}, "train": {"extra_clusters": 251}})
+
+
+def test_a_value_the_demo_block_overrides_is_still_checked():
+    """train.steps: "abc" passed silently while corpus.demo was true, to fail only once it was false."""
+    values = {"corpus": {"demo": True}, "train": {"steps": "abc"}, "demo": {"train": {"steps": 30}}}
+    with pytest.raises(ValueError, match=r'train\.steps must be a positive integer, got the string "abc"'):
+        params_from_dict(values)
+    assert params_from_dict({**values, "train": {"steps": 5000}}).train.steps == 30, "the demo's value applies"
+
+
+def test_a_broken_link_as_params_file_is_refused_not_taken_for_defaults(tmp_path):
+    """A dangling or looping params.yaml link ran every stage on the defaults without a word."""
+    (tmp_path / "dangling.yaml").symlink_to(tmp_path / "gone.yaml")
+    (tmp_path / "loop.yaml").symlink_to(tmp_path / "loop.yaml")
+    for name in ("dangling.yaml", "loop.yaml"):
+        with pytest.raises(ValueError, match=rf"{name} is a broken link \(its target is missing, or it loops\)"):
+            load_params(tmp_path / name)
+
+
 def test_missing_file_gives_defaults_and_a_non_mapping_file_is_refused(tmp_path):
     assert load_params(tmp_path / "absent.yaml") == Params(), "a missing params.yaml must give the defaults"
     bad = tmp_path / "params.yaml"

@@ -285,3 +285,15 @@ def test_non_utf8_name_and_corrupt_previous_manifest(tmp_path):
     (tmp_path / "out" / "manifest.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="cannot be read .* delete it to ingest from scratch"):
         _run(root, tmp_path / "out")
+
+
+def test_a_manifest_path_that_is_a_folder_is_refused_without_advice_to_delete_it(tmp_path):
+    """A folder given as --manifest was read as a damaged manifest, and the sentence said to delete it."""
+    root = _corpus(tmp_path)
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"mine is a folder but the manifest is a file; refusing to write over the folder") as error:
+        ingest(root, folder, tmp_path / "q.csv")
+    assert "delete" not in str(error.value)
+    assert (folder / "notes.txt").read_text() == "mine"

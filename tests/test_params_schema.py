@@ -79,6 +79,9 @@ def test_yaml_values_are_converted_to_the_annotations() -> None:
         ({"batch_size": 2.0}, "toy.batch_size must be a positive integer, got 2.0."),
         ({"batch_size": True}, "toy.batch_size must be a positive integer, got true."),
         ({"seed": -1}, "toy.seed must be a non-negative integer, got -1."),
+        # Beyond a C int the libraries overflow (torch's seed, faiss' iterations): refused, not a traceback.
+        ({"seed": 2**70}, f"toy.seed must be a non-negative integer, at most 2147483647, got {2**70}."),
+        ({"batch_size": 10**30}, f"toy.batch_size must be a positive integer, at most 2147483647, got {10**30}."),
         ({"lr": float("nan")}, "toy.lr must be a positive number, got NaN."),
         ({"lr": "0.1"}, 'toy.lr must be a positive number, got the string "0.1".'),
         ({"dropout": 1.5}, "toy.dropout must be a number from 0 to 1, got 1.5."),
@@ -144,6 +147,20 @@ def test_read_yaml_refuses_a_key_given_twice_naming_both_lines(tmp_path: Path) -
         read_yaml(path)
     path.write_text("a: &base {x: 1}\nb:\n  <<: *base\n  y: 2\n")
     assert read_yaml(path) == {"a": {"x": 1}, "b": {"x": 1, "y": 2}}, "a merge key is not a duplicate"
+
+
+@pytest.mark.timeout(20)
+def test_read_yaml_refuses_a_named_pipe_or_device_instead_of_blocking(tmp_path: Path) -> None:
+    """params.yaml as a FIFO hung every stego command; a link to /dev/zero would read forever."""
+    import os
+
+    pipe = tmp_path / "params.yaml"
+    os.mkfifo(pipe)
+    device = tmp_path / "zero.yaml"
+    device.symlink_to("/dev/zero")
+    for path in (pipe, device):
+        with pytest.raises(InvalidInputError, match=r"is not a regular file \(a named pipe, socket or device\); pass a YAML file\.$"):
+            read_yaml(path)
 
 
 def test_read_yaml_refuses_bytes_that_are_not_utf8_and_malformed_yaml_naming_the_place(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 from flows import stage_functions
 from flows.cli import _parser, main
 from stego_tasks.config import ReportParams
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.report import format_number, render, report
 from tests.browser import SKIP_REASON, chromium_available, run_chromium
 
@@ -314,3 +315,18 @@ def test_page_renders_in_headless_chromium(run_dir: Path, tmp_path: Path) -> Non
         assert picture.size == (1200, 3000), f"screenshot size {picture.size}"
         colours = picture.convert("RGB").getcolors(maxcolors=1 << 16)
     assert colours is None or len(colours) > 1, "the screenshot is blank"
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("artifacts/quarantine.csv", b"\x8f\xa0path,split\n", r"quarantine\.csv is not a readable CSV file"),
+    ("plots/train_loss.csv", b"step,loss\n1,\xe6\n", r"train_loss\.csv is not a readable CSV file"),
+    ("dvc.yaml", b"stages: [\n", r"dvc\.yaml: line 2, column 1: .*; fix the YAML there"),
+    ("dvc.yaml", b"\xff\xfe garbage", r"dvc\.yaml is not UTF-8 text"),
+    ("dvc.yaml", b"- a\n", r"dvc\.yaml does not hold DVC stages"),
+])
+def test_a_damaged_csv_or_yaml_input_is_one_sentence(run_dir: Path, name: str, content: bytes, message: str) -> None:
+    """Not UTF-8, not CSV or not YAML: refused in one sentence naming the file, like a damaged JSON input."""
+    (run_dir / name).write_bytes(content)
+    with pytest.raises(InvalidInputError, match=message) as error:
+        render(run_dir)
+    assert "\n" not in str(error.value), str(error.value)

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from stego_tasks.config import BackboneParams
+from stego_tasks.data.corpus_files import ImageDecodeError
 from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.preprocess import preprocess
 from stego_tasks.errors import InvalidInputError
@@ -132,10 +133,13 @@ def decode_image(job: ChunkJob, position: int) -> DecodedImage:
     running this decode in parallel (`runtime.decode_workers`).
     """
     label_path = job.label_paths[position]
-    label = load_label(Path(label_path)) if label_path else None
-    pieces = preprocess(
-        load_rgb(Path(job.image_paths[position])), label, job.resolution, job.five_crop, job.crop_ratio, job.preprocess
-    )
+    try:
+        label = load_label(Path(label_path)) if label_path else None
+        image = load_rgb(Path(job.image_paths[position]))
+    except ImageDecodeError as error:  # ingest read it whole: the corpus changed since the manifest was written
+        raise ImageDecodeError(error.path, f"{error.reason}; it changed since `stego ingest` listed it: rerun "
+                               "`stego ingest` (or `dvc repro`), which quarantines it") from None
+    pieces = preprocess(image, label, job.resolution, job.five_crop, job.crop_ratio, job.preprocess)
     out = []
     for crop_index, (crop, crop_label) in enumerate(pieces):
         fill = np.full(crop.shape[:2], job.ignore_index, dtype=np.uint8)

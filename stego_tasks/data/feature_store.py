@@ -50,6 +50,7 @@ from stego_tasks.data.store_integrity import (
     EXTRACT_FIX,
     NO_RECORD,
     StoreDamagedError,
+    child,
     chunk_key,
     chunk_problems,
     digests_of,
@@ -163,14 +164,20 @@ def array_layout(
     return layout
 
 
+def split_fix(store_path: Path | str, split: str) -> str:
+    """What to do about a split whose own zarr.json is damaged: its settings (fingerprint) are lost with it."""
+    return f"move {Path(store_path) / split} away and run `stego extract`, which extracts that split again"
+
+
 def open_split(root: zarr.Group, split: str, fingerprint: dict[str, Any], n_rows: int, grid: int) -> zarr.Group:
     """Open the split's group, or (re)create it when the settings that shaped it changed."""
     crops = 5 if fingerprint["five_crop"] else 1
     rows_per_chunk = fingerprint["batch_size"] * crops
     specs = _split_specs(split, fingerprint, grid)
     compression = fingerprint.get("compression", DEFAULT_COMPRESSION)
-    if split in root:
-        group = root[split]
+    store_path = getattr(root.store, "root", root.store)  # a LocalStore's folder
+    group = child(root, split, store_path, split_fix(store_path, split))
+    if group is not None:
         # A split killed while being created has no `done` yet (or no fingerprint): rebuild it.
         if dict(group.attrs).get("fingerprint") == fingerprint and opens(group, "done"):
             for name, (tail, dtype) in specs.items():
@@ -330,9 +337,9 @@ def read_split(store_path: Path, split: str, arrays: Iterable[str] | None = None
             first missing, truncated or damaged chunk (`stego extract` repairs it).
     """
     root = open_features(store_path)
-    if split not in root:
+    group = child(root, split, store_path, split_fix(store_path, split))
+    if group is None:
         raise InvalidInputError(f"{store_path} has no '{split}' features; run `stego extract` first.")
-    group = root[split]
     try:
         done = group["done"][:]
     except Exception as exc:  # noqa: BLE001 - a missing or damaged flags array

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from stego_tasks.data.corpus_files import open_regular
-from stego_tasks.errors import InvalidInputError
+from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.runtime.content_hash import sha256_of_file
 
 SPLITS: tuple[str, ...] = ("train", "val")
@@ -87,9 +87,18 @@ def read_manifest(path: Path) -> pd.DataFrame:
         DataFrame with the `MANIFEST_SCHEMA` columns, one row per usable image.
 
     Raises:
-        ValueError: the file lacks manifest columns.
+        FileNotFoundError: there is no manifest (one sentence naming the stage that writes it).
+        ValueError: the file is not a readable Parquet file, or lacks manifest columns.
     """
-    table = pq.read_table(path)
+    if not Path(path).exists():
+        raise MissingInputError(f"{path} does not exist; run the ingest stage (`stego ingest`) first.")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as error:
+        raise InvalidInputError(
+            f"{path} is not a readable Parquet manifest ({str(error).splitlines()[0]}); "
+            "rerun the ingest stage to regenerate it."
+        ) from None
     missing = [name for name in MANIFEST_SCHEMA.names if name not in table.column_names]
     if missing:
         raise InvalidInputError(

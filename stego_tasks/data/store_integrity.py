@@ -36,6 +36,19 @@ def opens(group: zarr.Group, name: str) -> bool:
     return True
 
 
+def child(group: zarr.Group, name: str, store_path: Path | str, fix: str) -> zarr.Group | zarr.Array | None:
+    """`group[name]`, or None when absent; a member whose zarr.json is damaged is one sentence with `fix`.
+
+    zarr reads a member's metadata already to answer `name in group`, so both go through here.
+    """
+    try:
+        return group.get(name)
+    except Exception as exc:  # noqa: BLE001 - damaged metadata (JSON, validation errors)
+        where = f"{group.path}/{name}".strip("/")
+        raise StoreDamagedError(store_path, where, None, f"cannot be opened (its {ZARR_METADATA}: {type(exc).__name__})",
+                                fix) from None
+
+
 # The records live in a subgroup, so that they are no array of the split (or store) itself.
 INTEGRITY_GROUP = "integrity"
 DIGESTS = f"{INTEGRITY_GROUP}/digests"
@@ -324,9 +337,10 @@ def open_store(store_path: Path, stage: str, arrays: Iterable[str] | None = None
         raise MissingInputError(f"{store_path} does not exist; run `stego {stage}` first.") from None
     except Exception as exc:  # noqa: BLE001 - unreadable or invalid zarr.json
         raise InvalidInputError(f"{store_path} cannot be opened as a Zarr store ({type(exc).__name__}); {fix}.") from None
-    if INTEGRITY_GROUP not in group:
+    records = child(group, INTEGRITY_GROUP, store_path, fix)
+    if records is None:
         return group  # written before records existed (or by hand): nothing to check against
-    integrity = dict(group[INTEGRITY_GROUP].attrs)
+    integrity = dict(records.attrs)
     recorded = integrity["chunks"]
     for name in recorded if arrays is None else [n for n in arrays if n in recorded]:
         if not opens(group, name):

@@ -1,7 +1,8 @@
 """Crash-safe writes: everything goes to a temporary sibling, then is renamed into place.
 
 A stage killed half-way therefore never leaves a truncated artifact that DVC could cache.
-`read_json_object` reads back the JSON records the stages write, with one sentence on damage.
+`read_json_object` (and `read_json`, `read_csv_rows`) read back the records the stages write, with one
+sentence on damage.
 
 Nothing is replaced that a stego command did not write: a file may replace a file (a
 rerun), and a folder may replace only a folder of the same kind that this project wrote
@@ -11,6 +12,7 @@ output path naming any other existing folder is refused with one sentence, befor
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -246,6 +248,30 @@ def read_json(path: Path, redo: str = "rerun `dvc repro` to rewrite it") -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidInputError(f"{path} is not valid JSON ({error}); {redo}.") from None
+
+
+def read_csv_rows(path: Path, redo: str = "rerun `dvc repro` to rewrite it") -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV a stage wrote to `path` (the report's loss log, quarantine list).
+
+    Like `read_json`, damage is refused in one sentence instead of skipped.
+
+    Args:
+        path: an existing CSV file.
+        redo: what to do about a damaged file, for the message.
+
+    Returns:
+        (column names, one {column: cell} per row); ([], []) for an empty file.
+
+    Raises:
+        ValueError: not UTF-8 text, or not CSV (a NUL byte, say).
+    """
+    try:
+        with Path(path).open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = list(reader)
+            return list(reader.fieldnames or []), rows
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise InvalidInputError(f"{path} is not a readable CSV file ({error}); {redo}.") from None
 
 
 def read_json_object(path: Path, writer: str, redo: str) -> dict:

@@ -35,8 +35,9 @@ import yaml
 from PIL import Image
 
 from stego_tasks.data.adapters.core import CORPUS_FILE
+from stego_tasks.data.corpus_files import ImageDecodeError
 from stego_tasks.data.feature_store import read_split
-from stego_tasks.data.images import load_rgb
+from stego_tasks.data.images import load_label, load_rgb
 from stego_tasks.data.manifest import read_manifest
 from stego_tasks.data.store_integrity import open_store
 from stego_tasks.errors import InvalidInputError, MissingInputError
@@ -145,12 +146,14 @@ def predict_items(folder: Path, names: ClusterNames) -> Iterator[Item]:
         raise InvalidInputError(f"{folder} is not a finished `stego predict` output (no complete legend.json); "
                          "pass --predictions a folder that stego predict wrote.")
     sources = legend.get("sources")
-    if not isinstance(sources, dict) or not sources:
-        raise InvalidInputError(f"{legend_path} does not record which images were segmented (an older predict); "
+    if not isinstance(sources, dict) or not sources or not all(isinstance(v, str) for v in sources.values()):
+        raise InvalidInputError(f"{legend_path} does not record which images were segmented (an older predict, or a damaged legend); "
                          "run `stego predict` into that folder again.")
     for key, source in sorted(sources.items()):
-        with Image.open(folder / f"{key}{CLUSTERS_PNG}") as picture:
-            clusters = np.asarray(picture)
+        try:
+            clusters = load_label(folder / f"{key}{CLUSTERS_PNG}")
+        except ImageDecodeError as error:  # a damaged or removed output: predict writes it again
+            raise InvalidInputError(f"{error.path}: {error.reason}; run `stego predict` into {folder} again.") from None
         if clusters.max(initial=0) >= names.n_clusters:
             raise InvalidInputError(f"{folder / key}{CLUSTERS_PNG} holds cluster {clusters.max()}, but the run has "
                              f"{names.n_clusters} clusters; pass --run the run that predicted it.")
@@ -166,11 +169,16 @@ def _save_image(item: Item, folder: Path) -> tuple[str, int, int]:
     if not item.source.is_file():
         raise MissingInputError(f"the image {item.source} that stego predict segmented is gone; "
                                 "export needs it beside its mask (restore it, or predict again).")
-    with Image.open(item.source) as picture:
-        if picture.getexif().get(EXIF_ORIENTATION, 1) == 1:
-            name = f"{item.stem}{item.source.suffix.lower()}"
-            shutil.copyfile(item.source, folder / name)
-            return name, picture.width, picture.height
+    try:
+        with Image.open(item.source) as picture:
+            upright, width, height = picture.getexif().get(EXIF_ORIENTATION, 1) == 1, picture.width, picture.height
+    except OSError as error:  # replaced since predict read it (PIL's UnidentifiedImageError is an OSError)
+        raise InvalidInputError(f"the image {item.source} that stego predict segmented can no longer be read ({error}); "
+                                "restore it, or predict again.") from None
+    if upright:
+        name = f"{item.stem}{item.source.suffix.lower()}"
+        shutil.copyfile(item.source, folder / name)
+        return name, width, height
     # Predict segmented the image upright (EXIF applied): write it upright, so the masks fit any reader.
     pixels = load_rgb(item.source)
     name = f"{item.stem}.png"

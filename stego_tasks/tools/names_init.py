@@ -32,7 +32,10 @@ def write_init(run_dir: Path, out: Path, force: bool = False) -> dict:
     if not gallery.is_file():
         raise MissingInputError(f"{run_dir} has no {PATHS['gallery']}/{GALLERY_JSON}; run `dvc repro` "
                                 "(its evaluate stage writes it) before `stego names init`.")
-    clusters = atomic.read_json_object(gallery, "evaluate", "rerun `stego evaluate`").get("clusters") or []
+    clusters = atomic.read_json_object(gallery, "evaluate", "rerun `stego evaluate`").get("clusters")
+    if not isinstance(clusters, list) or not clusters or not all(isinstance(entry, dict) for entry in clusters):
+        raise InvalidInputError(f"{gallery}: `clusters` must list one mapping per cluster, as evaluate writes it; "
+                                "rerun `stego evaluate`.")
     out = Path(out)
     if out.exists() and not force:
         try:
@@ -46,7 +49,8 @@ def write_init(run_dir: Path, out: Path, force: bool = False) -> dict:
     if assignment.is_file():
         data = atomic.read_json_object(assignment, "evaluate", "rerun `stego evaluate`")
         mapping, class_names = data.get("cluster_to_class"), data.get("class_names") or []
-        if isinstance(mapping, list) and len(mapping) == len(clusters):
-            suggested = [class_names[c] if isinstance(c, int) and 0 <= c < len(class_names) else None for c in mapping]
+        if isinstance(mapping, list) and len(mapping) == len(clusters) and isinstance(class_names, list):
+            suggested = [class_names[c] if isinstance(c, int) and 0 <= c < len(class_names)
+                         and isinstance(class_names[c], str) else None for c in mapping]
     atomic.write_text(out, init_text(clusters, suggested))
     return {"out": str(out), "clusters": len(clusters), "suggested": sum(s is not None for s in suggested)}

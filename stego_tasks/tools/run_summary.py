@@ -56,6 +56,6 @@ def summary_from_files(scores_path: str | Path = PATHS["scores"], report_path: s
         return f"no scores yet: {scores_path} is missing (did the evaluate stage run?)"
     try:
         scores = json.loads(scores_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, ValueError) as error:  # ValueError: not JSON, or not UTF-8
         return f"cannot read {scores_path} ({error}); rerun `dvc repro evaluate`"
     return format_summary(scores if isinstance(scores, dict) else {}, str(report_path) if report_path.is_file() else None)

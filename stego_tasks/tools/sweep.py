@@ -39,6 +39,7 @@ from stego_tasks.method.inference import BATCH, iter_val_codes
 from stego_tasks.method.metrics import ScoreAccumulator
 from stego_tasks.method.model import StegoModel, check_trained_on, load_model
 from stego_tasks.method.probe_fit import INITS, best_cluster_probe, probe_objective
+from stego_tasks.params_schema import INT_LIMIT
 from stego_tasks.runtime import atomic
 
 ROW_KEYS = ("k", "criterion", "train_criterion", "miou", "accuracy")
@@ -71,9 +72,9 @@ def check_ks(ks: list[int]) -> None:
     """Raise a ValueError unless `ks` is a non-empty list of distinct integers >= 1."""
     if not ks:
         raise InvalidInputError("the list of cluster counts is empty; give at least one K, e.g. 3,5,8,12.")
-    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1]
+    bad = [k for k in ks if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= INT_LIMIT]
     if bad:
-        raise InvalidInputError(f"every K must be an integer >= 1, got {bad}; give e.g. 3,5,8,12.")
+        raise InvalidInputError(f"every K must be an integer >= 1 (and at most {INT_LIMIT}), got {bad}; give e.g. 3,5,8,12.")
     if len(set(ks)) != len(ks):
         raise InvalidInputError(f"the K list {list(ks)} repeats a value; give each K once.")
 
@@ -158,7 +159,7 @@ def sweep_k(
     out_json: Path,
     out_png: Path,
     *,
-    seed: int = 0,
+    seed: int | None = 0,
     steps: int | None = None,
     alpha: float = 2.0,
     flip: bool = True,
@@ -179,7 +180,8 @@ def sweep_k(
         ks: numbers of clusters to try, distinct, each >= 1.
         out_json: JSON file to write: the rows, sorted by K.
         out_png: PNG plot to write: criterion and mIoU against K.
-        seed: seeds every probe (each K is fitted with the same seed, whatever the list).
+        seed: seeds every probe (each K is fitted with the same seed, whatever the list); None for
+            the seed the run's model.json records.
         steps: optimiser steps per probe; None for the run's `train.steps`.
         alpha: cluster-stage temperature (see `evaluate_probes`).
         flip: flip-average the val codes when the store has mirrored features.
@@ -199,11 +201,15 @@ def sweep_k(
         FileNotFoundError: no trained model in `model_dir`.
     """
     check_ks(list(ks))
-    if not alpha > 0:
-        raise InvalidInputError(f"alpha must be > 0, got {alpha}.")
+    if not (alpha > 0 and math.isfinite(alpha)):
+        raise InvalidInputError(f"alpha must be a finite number > 0, got {alpha}.")
     model = load_model(model_dir)
     check_trained_on(model.info, dict(zarr.open_group(str(store_path), mode="r").attrs), model_dir, store_path)
     train_params = model.info.get("train", {})
+    seed = model.info.get("seed", 0) if seed is None else seed
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise InvalidInputError(f"{model_dir}: model.json records the seed {seed!r}, not an integer; "
+                                "pass --seed, or rerun `stego train` to write the model again.")
     steps = int(train_params.get("steps", 5000)) if steps is None else steps
     if steps < 1:
         raise InvalidInputError(f"steps must be >= 1, got {steps}.")

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from stego_tasks.runtime.atomic import read_csv_rows
 
 # A fixed, well-separated palette (PASCAL VOC's bit-interleaving scheme), so class / cluster
 # j has the same colour in every run, report and `stego predict` output.
@@ -100,15 +101,14 @@ def read_loss_log(path: Path) -> dict[str, list[float]]:
     Returns:
         {column: values}, every list as long as the CSV has rows; empty when it has none.
     """
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        columns: dict[str, list[float]] = {name: [] for name in reader.fieldnames or []}
-        for row in reader:
-            for name in columns:
-                try:
-                    columns[name].append(float(row.get(name) or "nan"))
-                except ValueError:
-                    columns[name].append(math.nan)
+    names, rows = read_csv_rows(path)
+    columns: dict[str, list[float]] = {name: [] for name in names}
+    for row in rows:
+        for name in columns:
+            try:
+                columns[name].append(float(row.get(name) or "nan"))
+            except ValueError:
+                columns[name].append(math.nan)
     return columns
 
 

@@ -79,3 +79,17 @@ def test_embedding_in_process_leaves_autograd_on(job: ChunkJob) -> None:
     extract_chunk(job)
     assert torch.is_grad_enabled(), "extract_chunk switched autograd off for the rest of the process"
     assert not torch.is_inference_mode_enabled(), "extract_chunk left inference mode on"
+
+
+@pytest.mark.parametrize("damage", ["removed", "garbage"])
+def test_an_image_changed_since_ingest_is_one_sentence_saying_to_ingest_again(
+    job: ChunkJob, tmp_path: Path, damage: str
+) -> None:
+    """The bare 'file does not exist' of a manifest's image said nothing of what to do."""
+    from stego_tasks.data.corpus_files import ImageDecodeError
+
+    image = tmp_path / "gone.png"
+    if damage == "garbage":
+        image.write_bytes(b"\x89 not a png" * 10)
+    with pytest.raises(ImageDecodeError, match=r"gone\.png: .*; it changed since `stego ingest` listed it: rerun `stego ingest`"):
+        load_chunk(replace(job, image_paths=(str(image), job.image_paths[1])))

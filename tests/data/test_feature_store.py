@@ -212,3 +212,19 @@ def test_a_damaged_root_is_refused_for_reading_and_given_new_metadata_for_writin
     root = open_for_writing(store)
     assert root["train"]["image_ids"][:].tolist() == [7, 8], "the splits below the root are kept"
     assert open_features(store)["train"]["done"][:].tolist() == [True], "the root reads again"
+
+
+@pytest.mark.parametrize("damage", ["{}", "{ broken"])
+def test_a_split_whose_own_metadata_is_damaged_is_one_sentence_to_readers_and_to_extract(tmp_path: Path, damage: str) -> None:
+    """zarr reads a split group's zarr.json to answer `split in root`: a MetadataValidationError there was a bug's
+    traceback in every reader and in extract itself."""
+    store = tmp_path / "f.zarr"
+    group = open_split(_root(store), "train", _fingerprint(), n_rows=2, grid=GRID)
+    _write_chunk(group, 0, np.array([7, 8]))
+    (store / "train" / "zarr.json").write_text(damage)
+    message = r"f\.zarr: train cannot be opened \(its zarr\.json: \w+\); move .*train away and run `stego extract`"
+    with pytest.raises(StoreDamagedError, match=message):
+        read_split(store, "train")
+    with pytest.raises(StoreDamagedError, match=message):
+        open_split(open_for_writing(store), "train", _fingerprint(), n_rows=2, grid=GRID)
+    assert (store / "train" / "image_ids").is_dir(), "nothing computed is deleted"

@@ -95,3 +95,19 @@ def test_a_file_without_manifest_columns_is_named_in_one_sentence(tmp_path: Path
     pq.write_table(pa.table(rows), tmp_path / "m.parquet")
     with pytest.raises(InvalidInputError, match=r"m\.parquet is not an ingest manifest: columns \['mode', 'label_hash'\] are missing; rerun the ingest stage"):
         read_manifest(tmp_path / "m.parquet")
+
+
+@pytest.mark.parametrize("content", [b"", b"\x8f\x00garbage" * 40, b"PAR1" + b"\x00" * 64])
+def test_an_empty_or_damaged_manifest_is_named_in_one_sentence(tmp_path: Path, content: bytes) -> None:
+    """Not Parquet at all (empty, garbage, a truncated file): one sentence, not pyarrow's exception."""
+    path = tmp_path / "m.parquet"
+    path.write_bytes(content)
+    with pytest.raises(InvalidInputError, match=r"m\.parquet is not a readable Parquet manifest .*; rerun the ingest stage"):
+        read_manifest(path)
+
+
+def test_a_missing_manifest_names_the_stage_that_writes_it(tmp_path: Path) -> None:
+    from stego_tasks.errors import MissingInputError
+
+    with pytest.raises(MissingInputError, match=r"m\.parquet does not exist; run the ingest stage"):
+        read_manifest(tmp_path / "m.parquet")

@@ -245,3 +245,11 @@ def test_unreadable_digests_are_named_to_readers_and_made_again_by_the_writer(tm
     for index in range(3):
         record_chunk(group, index)
     verify_split(group, tmp_path / "s.zarr")
+
+
+def test_a_stage_store_whose_records_group_is_damaged_is_one_sentence(tmp_path: Path) -> None:
+    store = _flat_store(tmp_path / "knn.zarr")
+    (store / "integrity" / "zarr.json").write_text("{}")
+    with pytest.raises(StoreDamagedError, match=r"knn\.zarr: integrity cannot be opened \(its zarr\.json: \w+\); "
+                                                r"rerun `stego knn`"):
+        open_store(store, "knn")

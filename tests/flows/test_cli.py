@@ -131,3 +131,39 @@ def test_console_filter_drops_only_user_errors() -> None:
     assert not console_filter.filter(record(MissingInputError("run `stego extract` first.")))
     assert console_filter.filter(record(RuntimeError("CUDA error"))), "a bug's traceback must reach the console"
     assert console_filter.filter(record(ValueError("not ours"))), "a third-party ValueError is not a user error"
+
+
+def test_an_os_error_on_a_path_is_one_sentence_naming_the_path_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """A folder where a file belongs (or the reverse), or a missing path, raised by open() deep in a
+    stage or tool: the user gave a wrong path, so one sentence with what to do, exit status 2."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text("corpus:\n  root: corpus\n")
+    (tmp_path / "a-file").write_text("x")
+    (tmp_path / "a-folder").mkdir()
+    monkeypatch.delenv("STEGO_DEBUG", raising=False)
+    args = ["ingest", "--no-prefect", "--manifest", "m.parquet", "--quarantine", "q.csv", "--trace", "t.json"]
+    for path, mode, fix in (("a-folder", "w", "is a folder where a file belongs; pass the path of a file."),
+                            ("a-file/x.json", "w", "has a file where a folder belongs"),
+                            ("missing/x.json", "r", "does not exist; check the path")):
+        try:
+            open(path, mode)  # noqa: SIM115 - only the OS error is wanted
+        except OSError as error:
+            _fail_in_stage(monkeypatch, "ingest", error)
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"stego ingest: error: {path} {fix}") and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize(("stage", "advice"), [
+    ("train", "interrupted; rerun it with --resume to continue from its last checkpoint."),
+    ("extract", "interrupted; rerun the same command to resume."),
+])
+def test_an_interrupt_says_how_that_command_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture, stage: str, advice: str) -> None:
+    """Rerun as it was, `stego train` starts over: its advice names --resume."""
+    monkeypatch.chdir(tmp_path)
+    _fail_in_stage(monkeypatch, stage, KeyboardInterrupt())
+    assert main([stage, "--no-prefect", "--trace", "t.json"]) == 130
+    assert capsys.readouterr().err.strip() == f"stego {stage}: {advice}"

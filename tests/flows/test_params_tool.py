@@ -164,3 +164,33 @@ def test_params_needs_exactly_one_action(args: list[str], capsys: pytest.Capture
 def test_explain_through_the_command_prints_the_explanation(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["params", "--explain", "knn.k", "--params", str(PARAMS), "--dvc-yaml", str(REPO / "dvc.yaml")]) == 0
     assert capsys.readouterr().out == explain("knn.k", PARAMS, REPO / "dvc.yaml") + "\n"
+
+
+@pytest.mark.parametrize(("name", "content", "message"), [
+    ("params.yaml", b"train: [\n", r"params\.yaml: line 2, column 1: .*; fix the YAML there"),
+    ("params.yaml", b"\xa2\x00garbage", r"params\.yaml is not UTF-8 text"),
+    ("dvc.yaml", b"stages: [\n", r"dvc\.yaml: line 2, column 1: .*; fix the YAML there"),
+    ("dvc.yaml", b"- a\n", r"dvc\.yaml does not hold DVC stages"),
+    ("dvc.yaml", b"stages:\n  train: 5\n", r"dvc\.yaml does not hold DVC stages"),
+])
+def test_explain_refuses_a_damaged_params_or_dvc_yaml_in_one_sentence(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    (tmp_path / "params.yaml").write_text("train:\n  steps: 7\n")
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(InvalidInputError, match=message):
+        explain("train.steps", tmp_path / "params.yaml", tmp_path / "dvc.yaml")
+
+
+def test_explain_and_schema_refuse_a_folder_as_params_file(tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match="is a folder, not a YAML file"):
+        explain("train.steps", tmp_path, tmp_path / "dvc.yaml")
+    with pytest.raises(InvalidInputError, match="is a folder, not a YAML file"):
+        generated_schema_text(tmp_path)
+
+
+def test_an_empty_key_is_explained_as_unknown_not_taken_for_schema(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--explain ''` once fell through to `--schema` and rewrote the package's schema file."""
+    assert main(["params", "--explain", "", "--out", "/nonexistent/never-written.json"]) == 2
+    assert "params has no key ''" in capsys.readouterr().err

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +144,18 @@ def test_an_output_folder_holding_something_else_is_refused_before_the_library_r
         assert message.startswith(f"{target} {words}") and "\n" not in message, message
     assert calls == [], "the library never ran"
     assert sorted(p.name for p in foreign.iterdir()) == ["holiday.jpg"], "nothing was written into the folder"
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("seed", -1, "demo_data.seed must be a non-negative integer, got -1."),
+    ("size", 8, "demo_data.size must be an integer of at least 32, got 8."),
+    ("n_train", 10**12, "demo_data.n_train must be an integer of at least 3, at most 2147483647"),
+])
+def test_demo_data_options_are_checked_as_the_params_keys_they_replace(
+    monkeypatch: pytest.MonkeyPatch, params: str, option: str, value: int, message: str
+) -> None:
+    """`--seed -1` reached numpy's seeding as a bug's traceback: an option gets its key's type and range check."""
+    calls = record_library(monkeypatch, "demo_data")
+    with pytest.raises(InvalidInputError, match=re.escape(f"the options of `stego demo-data`: {message}")):
+        stage_functions.demo_data(params, "out/demo", **{option: value})
+    assert calls == [], "nothing is written for a refused option"

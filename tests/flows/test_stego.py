@@ -151,3 +151,14 @@ def test_full_deployment_runs_on_a_process_worker(
     )
     assert "stages that ran: none" in log, f"the flow run did not find the up-to-date project:\n{log[-4000:]}"
     assert os.listdir(elsewhere) == [], f"the run wrote into the worker's folder: {os.listdir(elsewhere)}"
+
+
+def test_a_dvc_error_is_one_sentence_not_a_traceback(tmp_path: Path) -> None:
+    """`stego run` outside a DVC project raised NotDvcRepoError, a bug's traceback (exit 1)."""
+    from flows.stego import reproduce
+    from stego_tasks.errors import ToolFailedError
+
+    with pytest.raises(ToolFailedError, match=r"`dvc repro` in .* failed: you are not inside of a DVC repository.*; fix what it names") as error:
+        reproduce.fn(str(tmp_path))
+    assert "\n" not in str(error.value)
+    assert Path.cwd() != tmp_path, "the working folder is restored"

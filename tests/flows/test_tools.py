@@ -173,7 +173,7 @@ def test_sweep_refuses_a_run_without_a_features_store_in_one_sentence(tmp_path: 
 
 
 @pytest.mark.parametrize(("argv", "seed", "alpha", "flip"), [
-    ([], 4, 7.5, True),
+    ([], None, 7.5, True),  # None: sweep_k takes the seed from the model.json it checks
     (["--seed", "1", "--alpha", "3.0", "--no-flip"], 1, 3.0, False),
 ], ids=["the-runs-own", "given"])
 def test_sweep_takes_seed_alpha_and_flip_from_the_run_unless_given(
@@ -267,3 +267,18 @@ def test_export_hands_on_its_arguments_and_says_what_it_wrote(monkeypatch: pytes
     assert calls == [(Path("."), Path("e"), Path("p"), "train")]
     assert capsys.readouterr().out == ("wrote e: annotations.json (COCO, 7 RLE masks over 2 images, 3 categories) "
                                        "and images/train + labels/train (corpus.yaml)\n")
+
+
+@pytest.mark.parametrize("argv", [["sweep-k", "--ks", "2", "--seed", str(2**70)], ["predict", "x", "--out", "o", "--resolution", str(2**70)],
+                                  ["demo-data", "--seed", str(2**70)], ["sweep-k", "--ks", "2", "--steps", "abc"]])
+def test_an_integer_option_beyond_a_c_int_is_one_line_from_argparse(
+    argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--seed 2**70 overflowed in torch.manual_seed and --resolution 2**70 in PIL: bugs' tracebacks (exit 1)."""
+    monkeypatch.chdir(tmp_path)  # nothing may be written where the tests run, refused or not
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"stego {argv[0]}: error: argument"), err
+    assert ("beyond 2147483647" in err) != ("invalid int value: 'abc'" in err), err

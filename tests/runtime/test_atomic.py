@@ -40,3 +40,16 @@ def test_own_directory_target_is_replaced_whole_and_a_foreign_one_is_refused(tmp
         tmp.mkdir()
     assert (target / "notes.txt").read_text() == "mine", "a folder with the user's file must be left alone"
     assert json.loads(json.dumps(sorted(p.name for p in tmp_path.iterdir()))) == ["overlays"], "temp dir left behind"
+
+
+def test_read_csv_rows_refuses_damage_in_one_sentence(tmp_path: Path) -> None:
+    path = tmp_path / "log.csv"
+    path.write_text("step,loss\n1,0.5\n")
+    assert atomic.read_csv_rows(path) == (["step", "loss"], [{"step": "1", "loss": "0.5"}])
+    path.write_text("")
+    assert atomic.read_csv_rows(path) == ([], [])
+    for content in (b"\xe6\x00 not utf-8", b"step,loss\n1,\"" + b"9" * 200_000 + b"\"\n"):  # a field over csv's limit
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=r"log\.csv is not a readable CSV file \(.*\); rerun `stego train`") as error:
+            atomic.read_csv_rows(path, redo="rerun `stego train`")
+        assert "\n" not in str(error.value)

@@ -18,6 +18,7 @@ import zarr
 from PIL import Image
 
 from flows.tools import add_export_arguments, export_from_args
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.paths import PATHS
 from stego_tasks.tools.export import export, rle_counts, rle_encode, rle_string
 
@@ -179,3 +180,35 @@ def test_bad_sources_and_outputs_are_refused_in_one_sentence(tmp_path: Path) -> 
     (tmp_path / PATHS["cluster_names"]).write_text("names:\n  9: sky\n")
     with pytest.raises(ValueError, match=r"cluster_names.yaml: names: id 9 is not a cluster of this run"):
         export(tmp_path, tmp_path / "e")
+
+
+@pytest.mark.parametrize(("damaged", "message"), [
+    ("predicted/a_clusters.png", r"a_clusters\.png: .*; run `stego predict` into .*predicted again\."),
+    ("photos/a.png", r"the image .*a\.png that stego predict segmented can no longer be read .*; restore it, or predict again\."),
+])
+def test_a_damaged_predict_mask_or_source_image_is_one_sentence(tmp_path: Path, damaged: str, message: str) -> None:
+    """PIL's UnidentifiedImageError on a garbage mask or source was a bug's traceback (exit 1)."""
+    _write_run(tmp_path)
+    photos, predicted = tmp_path / "photos", tmp_path / "predicted"
+    photos.mkdir()
+    predicted.mkdir()
+    Image.fromarray(np.zeros((9, 14, 3), dtype=np.uint8)).save(photos / "a.png")
+    Image.fromarray(np.zeros((9, 14), dtype=np.uint8)).save(predicted / "a_clusters.png")
+    legend = {"written_by": "stego predict", "complete": True, "sources": {"a": str(photos / "a.png")}}
+    (predicted / "legend.json").write_text(json.dumps(legend))
+    (tmp_path / damaged).write_bytes(b"\x89garbage, not a PNG" * 8)
+    with pytest.raises(InvalidInputError, match=message) as error:
+        export(tmp_path, tmp_path / "e", predicted)
+    assert "\n" not in str(error.value) and not (tmp_path / "e").exists()
+
+
+def test_a_legend_whose_sources_are_not_paths_is_one_sentence(tmp_path: Path) -> None:
+    """A number as a source path was a TypeError traceback."""
+    _write_run(tmp_path)
+    predicted = tmp_path / "predicted"
+    predicted.mkdir()
+    legend = {"written_by": "stego predict", "complete": True, "sources": {"a": 5}}
+    (predicted / "legend.json").write_text(json.dumps(legend))
+    with pytest.raises(InvalidInputError, match=r"legend\.json does not record which images were segmented .*; "
+                                                r"run `stego predict` into that folder again\.$"):
+        export(tmp_path, tmp_path / "e", predicted)

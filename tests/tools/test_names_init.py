@@ -116,3 +116,21 @@ def test_every_cluster_gets_its_sizes_as_a_comment(tmp_path: Path) -> None:
     assert len(lines) == 2 and "75.0 % of pixels" in lines[0] and "25.0 % of pixels" in lines[1], lines
     assert all("50.0 % of images" in line for line in lines), lines
     assert np.array_equal(load_names(tmp_path / "names.yaml", 2).cluster_to_class(), [0, 1])
+
+
+@pytest.mark.parametrize("gallery", [{"clusters": "x"}, {"clusters": [1, 2]}, {}, {"clusters": []}])
+def test_a_gallery_without_a_list_of_clusters_is_one_sentence(tmp_path: Path, gallery: dict) -> None:
+    """'x' or [1, 2] was an AttributeError traceback; {} wrote a names file of no clusters."""
+    (tmp_path / PATHS["gallery"]).mkdir(parents=True)
+    (tmp_path / PATHS["gallery"] / "gallery.json").write_text(json.dumps(gallery))
+    with pytest.raises(InvalidInputError, match=r"gallery\.json: `clusters` must list one mapping per cluster, as evaluate "
+                                                r"writes it; rerun `stego evaluate`\.$"):
+        write_init(tmp_path, tmp_path / "names.yaml")
+    assert not (tmp_path / "names.yaml").exists()
+
+
+def test_class_names_that_are_not_text_suggest_nothing(tmp_path: Path) -> None:
+    _gallery(tmp_path, [0.5, 0.5])
+    _assignment(tmp_path, [0, 1], [3, "road"])
+    assert write_init(tmp_path, tmp_path / "names.yaml")["suggested"] == 1
+    assert load_names(tmp_path / "names.yaml", 2).names == {0: "cluster 0", 1: "road"}

@@ -32,5 +32,7 @@ def test_missing_or_broken_scores_give_one_line(tmp_path: Path) -> None:
     assert "missing" in summary_from_files(tmp_path / "scores.json")
     (tmp_path / "scores.json").write_text("{")
     assert summary_from_files(tmp_path / "scores.json").startswith("cannot read")
+    (tmp_path / "scores.json").write_bytes(b"\x8a\x00 not utf-8")  # once a UnicodeDecodeError after a whole run
+    assert summary_from_files(tmp_path / "scores.json").startswith("cannot read")
     (tmp_path / "scores.json").write_text(json.dumps({"preset": "custom"}))
     assert "nothing scored" in summary_from_files(tmp_path / "scores.json")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from PIL import Image
 
 from flows.tools import add_sweep_arguments, sweep_from_args
 from stego_tasks.config import TrainParams, params_to_dict
+from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.inference import predict_code
 from stego_tasks.method.metrics import unsupervised_scores
 from stego_tasks.method.model import build_model, load_model, save_model
@@ -187,6 +189,7 @@ def test_command_writes_prefix_json_and_png_with_the_runs_defaults(run_dir, tmp_
     (" , ", "holds no number of clusters"),
     ("3,x", "comma-separated integers"),
     ("0,3", "integer >= 1"),
+    (str(2**70), r"integer >= 1 \(and at most 2147483647\)"),
     ("3,5,3", "repeats a value"),
 ])
 def test_invalid_k_lists_are_refused_in_one_sentence(text, message):
@@ -205,3 +208,29 @@ def test_a_run_without_a_model_is_refused_in_one_sentence(tmp_path):
         sweep_from_args(_args(["--run", str(tmp_path), "--ks", "3,5"]))
     assert "\n" not in str(error.value), f"error spans lines: {error.value}"
     assert parse_ks("3,5,8,12") == [3, 5, 8, 12], "a valid list"
+
+
+@pytest.mark.parametrize(("damage", "message"), [
+    (lambda info: b"\xba\x00 not json", r"model\.json: not valid JSON .*; rerun `stego train`"),
+    (lambda info: b"[1]", r"model\.json: holds a JSON list, not the mapping train writes"),
+    (lambda info: json.dumps({**info, "seed": "x"}).encode(), r"model\.json records the seed 'x', not an integer; pass --seed"),
+])
+def test_the_command_refuses_a_damaged_model_json_in_one_sentence(run_dir, tmp_path, damage, message):
+    """The command read the run's seed from model.json raw: garbage was a bug's traceback (exit 1)."""
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    model_json = run / "artifacts" / "model" / "model.json"
+    model_json.write_bytes(damage(json.loads(model_json.read_text())))
+    with pytest.raises(InvalidInputError, match=message) as error:
+        sweep_from_args(_args(["--run", str(run), "--ks", "2", "--out", str(tmp_path / "k"), "--restarts", "1"]))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "k.json").exists(), "nothing is written for a damaged run"
+
+
+@pytest.mark.parametrize("alpha", [0.0, float("nan"), float("inf")])
+def test_an_alpha_that_is_not_a_finite_positive_number_is_refused(run_dir, tmp_path, alpha):
+    """--alpha inf was taken: a temperature that is no number of the probe's softmax."""
+    with pytest.raises(InvalidInputError, match=r"alpha must be a finite number > 0"):
+        sweep_k(run_dir / "artifacts" / "features.zarr", run_dir / "artifacts" / "model", [2],
+                tmp_path / "k.json", tmp_path / "k.png", alpha=alpha)
+    assert not (tmp_path / "k.json").exists()

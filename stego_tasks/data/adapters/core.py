@@ -192,7 +192,12 @@ def read_id_list(path: Path) -> list[str]:
     """
     if not path.is_file():
         raise MissingInputError(f"image list {path} is missing; the dataset root must hold it (see `stego adapt --help`).")
-    ids = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(f"image list {path} is not UTF-8 text (byte {error.start}); restore the dataset's "
+                                "own list file.") from None
+    ids = (line.strip() for line in text.splitlines())
     return list(dict.fromkeys(i for i in ids if i))
 
 
@@ -246,7 +251,7 @@ def _prepare_dst(dst: Path, name: str) -> None:
     if marker.is_file():
         try:
             data = yaml.safe_load(marker.read_text(encoding="utf-8"))
-        except yaml.YAMLError:
+        except (yaml.YAMLError, UnicodeDecodeError):  # unreadable: not this adapter's, so foreign
             data = None
         owner = data.get("adapter") if isinstance(data, dict) else None
         if owner != name:

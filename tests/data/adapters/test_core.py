@@ -216,6 +216,9 @@ def test_read_id_list_keeps_file_order_without_blanks_or_repeats(tmp_path: Path)
     assert core.read_id_list(path) == ["b", "a", "c"], core.read_id_list(path)
     with pytest.raises(MissingInputError, match=r"image list .*missing\.txt is missing; the dataset root must hold it"):
         core.read_id_list(tmp_path / "missing.txt")
+    path.write_bytes(b"a\n\xff\xfe\n")
+    with pytest.raises(InvalidInputError, match=r"image list .*ids\.txt is not UTF-8 text \(byte 2\)"):
+        core.read_id_list(path)
 
 
 def test_a_plan_naming_a_stem_twice_in_a_split_is_refused_before_anything_is_written(tmp_path: Path) -> None:
@@ -250,6 +253,9 @@ def test_a_destination_with_an_unreadable_corpus_yaml_is_foreign(tmp_path: Path)
     with pytest.raises(InvalidInputError, match="was written by adapter None, not 'tiny'"):
         _tiny_adapter()(src, dst)
     assert (dst / core.CORPUS_FILE).read_text() == "adapter: [unclosed\n", "the foreign marker was overwritten"
+    (dst / core.CORPUS_FILE).write_bytes(b"adapter: \xff\n")
+    with pytest.raises(InvalidInputError, match="was written by adapter None, not 'tiny'"):
+        _tiny_adapter()(src, dst)
 
 
 def test_the_corpus_block_holds_the_absolute_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
