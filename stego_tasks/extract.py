@@ -67,6 +67,7 @@ from stego_tasks.method.backbone import Backbone
 from stego_tasks.method.weights import weights_argument
 from stego_tasks.runtime.dask_cluster import dask_client, torch_threads_per_worker
 from stego_tasks.runtime.locking import artifact_lock
+from stego_tasks.runtime.memory import check_fits, image_batch_bytes
 from stego_tasks.runtime.progress import Progress
 from stego_tasks.runtime.room import room_guard
 
@@ -185,6 +186,16 @@ def _jobs_for_split(
         )
 
 
+def _check_memory(params: ExtractParams) -> None:
+    """Refuse a resolution whose input batch alone cannot fit in memory (one sentence, before any work)."""
+    for split in SPLITS:
+        side = split_resolution(params, split)
+        crops = 5 if params.five_crop and split == "train" else 1
+        key = "val_resolution" if split == "val" and params.val_resolution else "resolution"
+        check_fits(f"extract.{key} {side} (batch_size {params.batch_size}, {crops} crop{'s' if crops > 1 else ''} each)",
+                   image_batch_bytes(params.batch_size * crops, side, side), f"lower extract.{key} or extract.batch_size")
+
+
 def _check_patch_multiples(params: ExtractParams, backbone: Backbone) -> None:
     """Refuse an extract resolution the backbone's patches do not tile (one sentence with a fix)."""
     for key in ("resolution", "val_resolution"):
@@ -264,6 +275,7 @@ def plan_extraction(
     Returns:
         An `ExtractionPlan` whose `jobs` are the pending chunks.
     """
+    _check_memory(params)
     manifest = read_manifest(manifest_path)
     backbone = load_backbone(backbone_params, allow_random_fallback=corpus.demo)  # seeded: see create_seeded_backbone
     _check_patch_multiples(params, backbone)

@@ -303,6 +303,21 @@ def test_resolution_must_be_a_multiple_of_the_patch(base, tmp_path):
     assert not store.exists(), "a refused run must not create the store"
 
 
+def test_a_resolution_whose_batch_cannot_fit_is_refused_before_the_backbone_loads(base, tmp_path, monkeypatch):
+    import stego_tasks.extract as extract_module
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone was loaded for a batch that cannot fit")
+
+    monkeypatch.setattr(extract_module, "load_backbone", no_backbone)
+    store = tmp_path / "features.zarr"
+    params = ExtractParams(resolution=32, val_resolution=160_000, batch_size=2, device="cpu")
+    with pytest.raises(ValueError, match=r"^extract.val_resolution 160000 \(batch_size 2, 1 crop each\) needs at least "
+                                         r"\d+\.\d GiB of memory .*; lower extract.val_resolution or extract.batch_size\.$"):
+        extract(base.manifest, store, _corpus(base.root), BACKBONE, params, DASK)
+    assert not store.exists(), "a refused run must not create the store"
+
+
 def test_random_fallback_only_on_the_demo_corpus(base, scheduler, tmp_path, monkeypatch, caplog):
     empty_cache = tmp_path / "hub"
     empty_cache.mkdir()

@@ -26,6 +26,7 @@ from stego_tasks.params_schema import params_block
 from stego_tasks.paths import PATHS, run_path
 from stego_tasks.runtime import atomic
 from stego_tasks.runtime.devices import resolve_device
+from stego_tasks.runtime.memory import check_fits, image_batch_bytes
 from stego_tasks.tools.cluster_names import ClusterNames, load_names
 
 log = logging.getLogger("stego")
@@ -258,6 +259,7 @@ def load_run(
             f"Resolution {size} is smaller than the patch size {backbone.patch_size} of {name} "
             "(or the run records none); pass --resolution N with N >= the patch size."
         )
+    check_fits(f"--resolution {size}", image_batch_bytes(1, size, size), "pass a smaller --resolution")
     if model.cluster_probe.n_clusters > 256:
         raise InvalidInputError(f"The run has {model.cluster_probe.n_clusters} clusters; predict writes at most 256.")
     mapping, names = _read_assignment(run_path(project, "assignment"), model.cluster_probe.n_clusters, info)

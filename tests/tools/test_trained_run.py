@@ -137,6 +137,11 @@ def test_a_resolution_below_the_patch_size_is_refused(run: Run, run_dir: Path) -
     assert load_run(run_dir, resolution=48, device="cpu").resolution == 48 != RESOLUTION
 
 
+def test_a_resolution_whose_image_cannot_fit_is_refused_in_one_sentence(run_dir: Path) -> None:
+    with pytest.raises(ValueError, match=r"^--resolution 200000 needs at least \d+\.\d GiB of memory .*; pass a smaller --resolution\.$"):
+        load_run(run_dir, device="cpu", resolution=200_000)
+
+
 def test_a_names_file_that_names_nothing_gives_no_names(run_dir: Path, tmp_path: Path) -> None:
     copy = _copy_run(run_dir, tmp_path)
     (copy / PATHS["cluster_names"]).write_text("names: {}\nignore: []\n")
