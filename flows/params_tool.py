@@ -20,7 +20,7 @@ import yaml
 from stego_tasks.config import Params
 from stego_tasks.errors import InvalidInputError
 from stego_tasks.params_doc import SCHEMA_FILE, json_schema, key_field, yaml_comments
-from stego_tasks.params_schema import FIELD_RANGES, _describe, read_yaml
+from stego_tasks.params_schema import FIELD_RANGES, _describe, dvc_stages, read_yaml
 from stego_tasks.paths import PARAMS_FILE
 
 
@@ -37,8 +37,6 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _yaml_text(path: Path) -> tuple[object, str]:
     """(parsed, text) of a YAML file the user named; a folder, non-UTF-8 text or malformed YAML is one sentence."""
-    if path.is_dir():
-        raise InvalidInputError(f"{path} is a folder, not a YAML file; pass the path of a YAML file (such as params.yaml).")
     return read_yaml(path), path.read_text(encoding="utf-8")
 
 
@@ -50,10 +48,7 @@ def generated_schema_text(params_path: Path) -> str:
 
 def stages_reading(key: str, dvc_yaml: Path) -> list[str]:
     """The dvc.yaml stages whose `params:` declare `key`, its block or one of its keys."""
-    data = _yaml_text(dvc_yaml)[0] or {}
-    stages = (data.get("stages") or {}) if isinstance(data, dict) else None
-    if not isinstance(stages, dict) or not all(isinstance(stage, dict) for stage in stages.values()):
-        raise InvalidInputError(f"{dvc_yaml} does not hold DVC stages (a `stages:` mapping); pass --dvc-yaml the project's dvc.yaml.")
+    stages = dvc_stages(dvc_yaml, "pass --dvc-yaml the project's dvc.yaml")
     found = []
     for name, stage in stages.items():
         declared: list[str] = []

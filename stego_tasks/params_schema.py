@@ -309,7 +309,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 def read_yaml(path: Path) -> Any:
     """Parse a YAML file; every problem becomes one sentence naming the file (and line)."""
-    if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):  # a pipe or device: blocks, or never ends
+    if path.is_dir():
+        raise InvalidInputError(f"{path} is a folder, not a YAML file; pass the path of a YAML file (such as params.yaml).")
+    if path.exists() and not stat.S_ISREG(path.stat().st_mode):  # a pipe or device: blocks, or never ends
         raise InvalidInputError(f"{path} is not a regular file (a named pipe, socket or device); pass a YAML file.")
     try:
         text = path.read_bytes().decode("utf-8")
@@ -326,6 +328,21 @@ def read_yaml(path: Path) -> Any:
         raise InvalidInputError(f"{path}: {where}: {problem}; fix the YAML there (indentation, colons, quotes).") from None
     except yaml.YAMLError as error:
         raise InvalidInputError(f"{path} is not valid YAML ({str(error).splitlines()[0]}); fix the file.") from None
+
+
+def dvc_stages(path: Path, fix: str) -> dict[str, dict]:
+    """The `stages:` mapping of a dvc.yaml, read and checked (the report's DAG, `stego params --explain`).
+
+    Raises:
+        ValueError: one sentence ending in `fix` when the file is not YAML or holds no mapping of stages.
+    """
+    data = read_yaml(path) or {}
+    stages = (data.get("stages") or {}) if isinstance(data, dict) else None
+    if not isinstance(stages, dict) or not all(isinstance(spec, dict) for spec in stages.values()):
+        raise InvalidInputError(
+            f"{path} does not hold DVC stages (a `stages:` mapping of stage names to their cmd, deps and outs); {fix}."
+        )
+    return stages
 
 
 # Read once: a wrong defaults file must fail at import, before any stage runs on it.

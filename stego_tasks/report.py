@@ -35,7 +35,7 @@ from stego_tasks.config import ReportParams
 from stego_tasks.errors import InvalidInputError, MissingInputError
 from stego_tasks.method.metrics import METHODS
 from stego_tasks.method.model import MODEL_JSON
-from stego_tasks.params_schema import read_yaml
+from stego_tasks.params_schema import dvc_stages, read_yaml
 from stego_tasks.paths import PARAMS_FILE, PATHS
 from stego_tasks.runtime import atomic
 from stego_tasks.tools.report_dag import dag_section
@@ -306,15 +306,9 @@ def _params_section(run_dir: Path, model: dict | None) -> str:
 def _dag_section(run_dir: Path) -> str:
     pipeline, params = run_dir / INPUTS["pipeline"], run_dir / INPUTS["params"]
     values = read_yaml(params) if params.is_file() else None
-    stages = (read_yaml(pipeline) or {}) if pipeline.is_file() else {}
-    if not (isinstance(stages, dict) and isinstance(stages.get("stages") or {}, dict)
-            and all(isinstance(spec, dict) for spec in (stages.get("stages") or {}).values())):
-        raise InvalidInputError(
-            f"{pipeline} does not hold DVC stages (a `stages:` mapping of stage names to their cmd, deps and outs); "
-            "restore the project's dvc.yaml (`python -m flows.dvc_yaml` writes it)."
-        )
-    return dag_section(pipeline.read_text(encoding="utf-8") if pipeline.is_file() else None,
-                       values if isinstance(values, dict) else None)
+    stages = (dvc_stages(pipeline, "restore the project's dvc.yaml (`python -m flows.dvc_yaml` writes it)")
+              if pipeline.is_file() else None)
+    return dag_section(stages, values if isinstance(values, dict) else None)
 
 
 def render(run_dir: Path, params: ReportParams | None = None) -> str:

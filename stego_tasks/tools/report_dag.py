@@ -12,8 +12,6 @@ import re
 from html import escape
 from typing import Any
 
-import yaml
-
 from stego_tasks.paths import PATHS
 
 _VAR = re.compile(r"\$\{([\w.]+)\}")
@@ -39,15 +37,14 @@ def _touches(dep: str, out: str) -> bool:
     return dep == out or dep.startswith(f"{out}/") or out.startswith(f"{dep}/")
 
 
-def pipeline_graph(dvc_yaml_text: str, params: dict[str, Any] | None = None) -> tuple[list[str], set[tuple[str, str]]]:
+def pipeline_graph(stages: dict[str, dict], params: dict[str, Any] | None = None) -> tuple[list[str], set[tuple[str, str]]]:
     """(stage names in file order, edges (upstream, downstream) with implied edges removed).
 
     Args:
-        dvc_yaml_text: the run's dvc.yaml.
+        stages: the run's dvc.yaml `stages:` mapping (`params_schema.dvc_stages` reads and checks it).
         params: the run's params mapping, for `${block.key}` paths such as `${corpus.root}`.
     """
     variables = {**(params or {}), "paths": dict(PATHS)}
-    stages = (yaml.safe_load(dvc_yaml_text) or {}).get("stages") or {}
     outs = {name: sum((_entries(s.get(kind), variables) for kind in ("outs", "metrics", "plots")), [])
             for name, s in stages.items()}
     edges = {(up, down) for down, spec in stages.items() for dep in _entries(spec.get("deps"), variables)
@@ -93,12 +90,12 @@ def dag_svg(names: list[str], edges: set[tuple[str, str]]) -> str:
             + marker + "".join(lines) + "".join(boxes) + "</svg>")
 
 
-def dag_section(dvc_yaml_text: str | None, params: dict[str, Any] | None = None) -> str:
-    """The report's pipeline section: the DAG and its edges in words (`params`: as `pipeline_graph`)."""
+def dag_section(stages: dict[str, dict] | None, params: dict[str, Any] | None = None) -> str:
+    """The report's pipeline section: the DAG and its edges in words (`stages` None: no dvc.yaml; as `pipeline_graph`)."""
     head = "<h2>Pipeline</h2>"
-    if not dvc_yaml_text:
+    if stages is None:
         return head + '<p class="note">No dvc.yaml in the run folder: no pipeline to draw.</p>'
-    names, edges = pipeline_graph(dvc_yaml_text, params)
+    names, edges = pipeline_graph(stages, params)
     if not names:
         return head + '<p class="note">dvc.yaml declares no stages.</p>'
     words = "; ".join(f"{a} &rarr; {b}" for a, b in sorted(edges))

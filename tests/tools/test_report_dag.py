@@ -44,8 +44,13 @@ stages:
 """
 
 
+def _stages(dvc_yaml_text: str) -> dict[str, dict]:
+    """A dvc.yaml text's `stages:` mapping, as `params_schema.dvc_stages` hands it to the report."""
+    return yaml.safe_load(dvc_yaml_text).get("stages") or {}
+
+
 def test_the_dag_comes_from_dvc_yaml_with_implied_edges_left_out() -> None:
-    names, edges = pipeline_graph(DVC_YAML, {"corpus": {"root": "out/b"}})
+    names, edges = pipeline_graph(_stages(DVC_YAML), {"corpus": {"root": "out/b"}})
     assert names == ["a", "b", "c", "d"]
     # a -> c is implied by a -> b -> c; b -> c holds twice (a file inside b's out folder).
     assert edges == {("a", "b"), ("b", "c"), ("c", "d")}, f"edges {sorted(edges)}"
@@ -57,7 +62,7 @@ def test_the_dag_comes_from_dvc_yaml_with_implied_edges_left_out() -> None:
 
 def test_the_repos_own_pipeline_is_one_chain_from_demo_data_to_report_with_the_weights_check() -> None:
     root = REPO
-    names, edges = pipeline_graph((root / "dvc.yaml").read_text(), yaml.safe_load((root / "params.yaml").read_text()))
+    names, edges = pipeline_graph(_stages((root / "dvc.yaml").read_text()), yaml.safe_load((root / "params.yaml").read_text()))
     chain = ["demo_data", "ingest", "validate", "extract", "knn", "train", "cluster", "crf", "evaluate", "report"]
     # The checkpoint's content hash (the always-changed `weights` stage) feeds extract alone.
     expected = set(zip(chain[:-1], chain[1:], strict=True)) | {("weights", "extract")}
@@ -86,16 +91,16 @@ stages:
     cmd: x
     deps: ["${nowhere.key}/x"]
 """
-    names, edges = pipeline_graph(text)
+    names, edges = pipeline_graph(_stages(text))
     assert names == ["write", "read_folder", "read_plot", "unrelated"]
     assert PATHS["features"].startswith("artifacts/"), "the test's folder dep must lie around the features store"
     assert edges == {("write", "read_folder"), ("write", "read_plot")}, f"edges {sorted(edges)}"
 
 
 def test_a_stage_does_not_follow_itself_and_an_empty_file_has_no_stages() -> None:
-    names, edges = pipeline_graph("stages:\n  loop:\n    cmd: x\n    deps: [a]\n    outs: [a]\n")
+    names, edges = pipeline_graph(_stages("stages:\n  loop:\n    cmd: x\n    deps: [a]\n    outs: [a]\n"))
     assert (names, edges) == (["loop"], set())
-    assert pipeline_graph("") == ([], set())
+    assert pipeline_graph({}) == ([], set())
 
 
 def test_parallel_stages_share_a_column_and_stack_in_rows() -> None:
@@ -121,13 +126,13 @@ def test_stage_names_are_escaped_in_the_svg() -> None:
 
 def test_the_section_says_why_it_is_empty_and_lists_the_edges_in_words() -> None:
     assert "No dvc.yaml in the run folder: no pipeline to draw." in dag_section(None)
-    assert "dvc.yaml declares no stages." in dag_section("stages: {}\n")
-    section = dag_section("stages:\n  a:\n    cmd: x\n    outs: [o]\n  b:\n    cmd: x\n    deps: [o]\n")
+    assert "dvc.yaml declares no stages." in dag_section(_stages("stages: {}\n"))
+    section = dag_section(_stages("stages:\n  a:\n    cmd: x\n    outs: [o]\n  b:\n    cmd: x\n    deps: [o]\n"))
     assert section.startswith("<h2>Pipeline</h2><svg") and "From the run's dvc.yaml: a &rarr; b." in section, section
 
 
 def test_a_params_path_makes_an_edge_only_where_the_params_point_at_an_out() -> None:
     text = "stages:\n  make:\n    cmd: x\n    outs: [data/demo]\n  use:\n    cmd: x\n    deps: [\"${corpus.root}/images\"]\n"
-    assert pipeline_graph(text, {"corpus": {"root": "data/demo"}})[1] == {("make", "use")}
-    assert pipeline_graph(text, {"corpus": {"root": "/data/mine"}})[1] == set()
-    assert pipeline_graph(text)[1] == set(), "an unresolved variable stays as written and matches nothing"
+    assert pipeline_graph(_stages(text), {"corpus": {"root": "data/demo"}})[1] == {("make", "use")}
+    assert pipeline_graph(_stages(text), {"corpus": {"root": "/data/mine"}})[1] == set()
+    assert pipeline_graph(_stages(text))[1] == set(), "an unresolved variable stays as written and matches nothing"
