@@ -37,7 +37,7 @@ from stego_tasks.errors import InvalidInputError
 from stego_tasks.method.head import ClusterProbe
 from stego_tasks.method.inference import BATCH, iter_val_codes
 from stego_tasks.method.metrics import ScoreAccumulator
-from stego_tasks.method.model import StegoModel, check_trained_on, load_model
+from stego_tasks.method.model import MODEL_JSON, StegoModel, check_trained_on, load_model
 from stego_tasks.method.probe_fit import INITS, best_cluster_probe, probe_objective
 from stego_tasks.params_schema import INT_LIMIT
 from stego_tasks.runtime import atomic
@@ -208,7 +208,7 @@ def sweep_k(
     train_params = model.info.get("train", {})
     seed = model.info.get("seed", 0) if seed is None else seed
     if not isinstance(seed, int) or isinstance(seed, bool):
-        raise InvalidInputError(f"{model_dir}: model.json records the seed {seed!r}, not an integer; "
+        raise InvalidInputError(f"{model_dir}: {MODEL_JSON} records the seed {seed!r}, not an integer; "
                                 "pass --seed, or rerun `stego train` to write the model again.")
     steps = int(train_params.get("steps", 5000)) if steps is None else steps
     if steps < 1:
